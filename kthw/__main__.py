@@ -1,0 +1,59 @@
+"""Operator commands that need no host: ``python -m kthw <command>``.
+
+    validate   check cluster.yaml and print what it derives
+    pki        create or refresh the PKI, encryption config and kubeconfigs (idempotent)
+    diagram    print the topology as Mermaid
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kthw.model import ClusterConfigError, load_cluster
+from kthw.pki import PkiError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kthw", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["validate", "pki", "diagram"])
+    parser.add_argument("--cluster", help="cluster file (default: $KTHW_CLUSTER or cluster.yaml)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only changes")
+    args = parser.parse_args(argv)
+    try:
+        cluster = load_cluster(args.cluster)
+    except ClusterConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for warning in cluster.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+    if args.command == "validate":
+        print(f"{cluster.source}: ok, cluster {cluster.name!r}, API at {cluster.api_server_url}")
+        for n in cluster.nodes:
+            extra = f" pods {n.pod_cidr}" if n.pod_cidr else ""
+            print(f"  {n.role:12} {n.name:16} {n.ip}{extra}")
+    elif args.command == "diagram":
+        from kthw.diagram import mermaid
+
+        print(mermaid(cluster), end="")
+    elif args.command == "pki":
+        from kthw.kubeconfig import write_kubeconfigs
+        from kthw.pki import ensure_pki
+
+        try:
+            report = ensure_pki(cluster)
+        except PkiError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        kube = write_kubeconfigs(cluster)
+        print(f"PKI in {cluster.pki_dir}, kubeconfigs in {cluster.kubeconfig_dir}")
+        for name, action in [*report.actions.items(), *((f"{k}.kubeconfig", v) for k, v in kube.items())]:
+            if not args.quiet or action != "kept":
+                print(f"  {name:36} {action}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

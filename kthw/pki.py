@@ -1,0 +1,489 @@
+"""The cluster's PKI, generated on the operator machine with ``cryptography``.
+
+One CA signs every certificate. :func:`cert_specs` says what each certificate must be
+(subject, SANs, usages); :func:`ensure_pki` makes the files on disk agree with it:
+
+- a missing certificate is issued; a present one is kept byte for byte while it still
+  matches its spec, was signed by the CA, pairs with its key and is not about to expire;
+- otherwise it is re-issued (its key is kept unless the key itself is the problem);
+- the CA is never replaced silently: a half-present or broken CA is an error.
+
+Private keys are written 0600 and never printed::
+
+    >>> report = ensure_pki(load_cluster())
+    >>> report["kube-apiserver"]
+    'kept'
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+import secrets
+import tempfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, ip_address
+from pathlib import Path
+
+import yaml
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from kthw.model import Cluster
+
+CA_NAME = "ca"
+SERVICE_ACCOUNT = "service-account"
+ENCRYPTION_CONFIG = "encryption-config.yaml"
+# Backdate certificates a little so a node whose clock lags the operator's accepts them.
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
+class PkiError(Exception):
+    """The PKI directory is in a state we must not repair on our own (e.g. a broken CA)."""
+
+
+@dataclass(frozen=True)
+class CertSpec:
+    """What one certificate must say. Files: ``<pki dir>/<name>.crt`` and ``.key``."""
+
+    name: str
+    common_name: str
+    organizations: tuple[str, ...] = ()
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[IPv4Address, ...] = ()
+    server: bool = False  # extendedKeyUsage serverAuth
+    client: bool = False  # extendedKeyUsage clientAuth
+    purpose: str = ""
+
+    @property
+    def eku(self) -> frozenset:
+        out = set()
+        if self.server:
+            out.add(ExtendedKeyUsageOID.SERVER_AUTH)
+        if self.client:
+            out.add(ExtendedKeyUsageOID.CLIENT_AUTH)
+        return frozenset(out)
+
+
+def kubelet_cert_name(node_name: str) -> str:
+    return f"kubelet-{node_name}"
+
+
+def cert_specs(cluster: Cluster) -> list[CertSpec]:
+    """Every leaf certificate of the cluster, derived from the model."""
+    masters_ips = tuple(m.ip for m in cluster.masters)
+    loopback = IPv4Address("127.0.0.1")
+    specs = [
+        CertSpec("admin", "admin", ("system:masters",), client=True,
+                 purpose="the operator's kubectl (full access through system:masters)"),
+        CertSpec("kube-controller-manager", "system:kube-controller-manager", client=True,
+                 purpose="kube-controller-manager's identity at the apiserver"),
+        CertSpec("kube-scheduler", "system:kube-scheduler", client=True,
+                 purpose="kube-scheduler's identity at the apiserver"),
+        CertSpec("kube-proxy", "system:kube-proxy", ("system:node-proxier",), client=True,
+                 purpose="kube-proxy's identity at the apiserver"),
+        CertSpec(
+            "kube-apiserver", "kube-apiserver",
+            dns_names=(
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster",
+                f"kubernetes.default.svc.{cluster.domain}",
+            ),
+            ip_addresses=(cluster.api_service_ip, *masters_ips, cluster.loadbalancer.ip, loopback),
+            server=True,
+            purpose="apiserver serving certificate, valid for every way clients reach it",
+        ),
+        # Bound to ClusterRole system:kubelet-api-admin by RBAC, not to system:masters:
+        # the apiserver needs kubelet logs/exec, not cluster-admin.
+        CertSpec("apiserver-kubelet-client", "kube-apiserver-kubelet-client", client=True,
+                 purpose="apiserver's client certificate at kubelets (logs, exec, port-forward)"),
+        CertSpec("apiserver-etcd-client", "kube-apiserver-etcd-client", client=True,
+                 purpose="apiserver's client certificate at etcd"),
+        CertSpec("etcd-server", "etcd-server", ip_addresses=(*masters_ips, loopback),
+                 server=True, client=True,
+                 purpose="etcd serving and peer certificate (peers are clients of each other)"),
+    ]
+    for w in cluster.workers:
+        specs.append(CertSpec(
+            kubelet_cert_name(w.name), f"system:node:{w.name}", ("system:nodes",),
+            dns_names=(w.name,), ip_addresses=(w.ip,), server=True, client=True,
+            purpose=f"{w.name}'s kubelet: its identity at the apiserver and its serving certificate",
+        ))
+    return specs
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Atomically write a secret: created 0600 from the start, never world-readable."""
+    _atomic_write(path, data, 0o600)
+
+
+def write_public(path: Path, data: bytes) -> None:
+    _atomic_write(path, data, 0o644)
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _key_pem(key: PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _new_key(key_type: str) -> PrivateKey:
+    if key_type == "ecdsa-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    bits = int(key_type.split("-")[1])
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
+def _key_matches_type(key: PrivateKey, key_type: str) -> bool:
+    if key_type == "ecdsa-p256":
+        return isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
+    return isinstance(key, rsa.RSAPrivateKey) and key.key_size == int(key_type.split("-")[1])
+
+
+def _load_key(path: Path) -> PrivateKey | None:
+    try:
+        # Skipping the RSA consistency check halves rerun time; these are our own files and the
+        # key is compared with its certificate's public key before it is trusted.
+        key = serialization.load_pem_private_key(
+            path.read_bytes(), password=None, unsafe_skip_rsa_key_validation=True
+        )
+    except (OSError, ValueError, TypeError):
+        return None
+    return key if isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)) else None
+
+
+def _load_cert(path: Path) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _same_public_key(key: PrivateKey, cert: x509.Certificate) -> bool:
+    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_key().public_bytes(*fmt) == cert.public_key().public_bytes(*fmt)
+
+
+# --------------------------------------------------------------------------- building certs
+
+
+def _name(common_name: str, organizations: Iterable[str] = ()) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return x509.Name(attrs)
+
+
+def _ca_subject(cluster: Cluster) -> x509.Name:
+    return _name("KUBERNETES-CA", (cluster.name,))
+
+
+def _key_usage(key: PrivateKey, *, ca: bool) -> x509.KeyUsage:
+    # keyEncipherment only means something for RSA key transport.
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=isinstance(key, rsa.RSAPrivateKey) and not ca,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _issue_ca(cluster: Cluster, key: PrivateKey, now: dt.datetime) -> x509.Certificate:
+    subject = _ca_subject(cluster)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + dt.timedelta(days=cluster.pki.ca_validity_days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(key, ca=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _issue_leaf(spec: CertSpec, key: PrivateKey, ca_cert: x509.Certificate, ca_key: PrivateKey,
+                validity_days: int, now: dt.datetime) -> x509.Certificate:
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(spec.common_name, spec.organizations))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(min(now + dt.timedelta(days=validity_days), ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(key, ca=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(sorted(spec.eku, key=lambda o: o.dotted_string)),
+                       critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False
+        )
+    )
+    sans = [x509.DNSName(d) for d in spec.dns_names] + [x509.IPAddress(i) for i in spec.ip_addresses]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+# --------------------------------------------------------------------------- checking certs
+
+
+def cert_sans(cert: x509.Certificate) -> tuple[set[str], set[IPv4Address]]:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set(), set()
+    return set(ext.get_values_for_type(x509.DNSName)), {
+        ip_address(i) for i in ext.get_values_for_type(x509.IPAddress)
+    }
+
+
+def cert_eku(cert: x509.Certificate) -> frozenset:
+    try:
+        return frozenset(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return frozenset()
+
+
+def _why_reissue(spec: CertSpec, cert: x509.Certificate, ca_cert: x509.Certificate,
+                 renew_before: dt.timedelta, now: dt.datetime) -> str | None:
+    """None when the certificate is still right; otherwise the reason, for the report."""
+    if cert.subject != _name(spec.common_name, spec.organizations):
+        return f"subject changed ({cert.subject.rfc4514_string()})"
+    if cert.issuer != ca_cert.subject:
+        return "issued by another CA"
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (InvalidSignature, ValueError, TypeError):
+        return "signature does not verify against the CA"
+    dns, ips = cert_sans(cert)
+    if dns != set(spec.dns_names) or ips != set(spec.ip_addresses):
+        return "SANs changed"
+    if cert_eku(cert) != spec.eku:
+        return "key usages changed"
+    if cert.not_valid_after_utc - now < renew_before:
+        return f"expires {cert.not_valid_after_utc:%Y-%m-%d}, within the renewal window"
+    if cert.not_valid_before_utc > now + CLOCK_SKEW:
+        return "not valid yet"
+    return None
+
+
+# --------------------------------------------------------------------------- the whole PKI
+
+
+@dataclass
+class PkiReport:
+    """What :func:`ensure_pki` did, per file stem: created, kept, or 're-issued: why'."""
+
+    actions: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> str:
+        return self.actions[name]
+
+    @property
+    def changed(self) -> list[str]:
+        return [n for n, a in self.actions.items() if a != "kept"]
+
+    def lines(self) -> list[str]:
+        return [f"{name:32} {action}" for name, action in self.actions.items()]
+
+
+def load_ca(pki_dir: Path) -> tuple[x509.Certificate, PrivateKey]:
+    cert, key = _load_cert(pki_dir / "ca.crt"), _load_key(pki_dir / "ca.key")
+    if cert is None or key is None:
+        raise PkiError(f"no usable CA in {pki_dir}; run `python -m kthw pki` first")
+    return cert, key
+
+
+def _ensure_ca(cluster: Cluster, pki_dir: Path, now: dt.datetime, report: PkiReport
+               ) -> tuple[x509.Certificate, PrivateKey]:
+    crt_path, key_path = pki_dir / "ca.crt", pki_dir / "ca.key"
+    start_over = (f"restore both files from your backup, or delete {pki_dir} entirely to start a new "
+                  "CA (every node then needs the new certificates: rerun the deploy)")
+    if not crt_path.exists() and not key_path.exists():
+        key = _new_key(cluster.pki.key_type)
+        cert = _issue_ca(cluster, key, now)
+        write_private(key_path, _key_pem(key))
+        write_public(crt_path, cert.public_bytes(serialization.Encoding.PEM))
+        report.actions[CA_NAME] = "created"
+        return cert, key
+    cert, key = _load_cert(crt_path), _load_key(key_path)
+    if cert is None or key is None:
+        missing = crt_path if cert is None else key_path
+        raise PkiError(f"the CA is incomplete: {missing} is missing or unreadable. "
+                       f"The CA is never replaced automatically. Fix: {start_over}.")
+    if not _same_public_key(key, cert):
+        raise PkiError(f"{key_path} does not belong to {crt_path}. Fix: {start_over}.")
+    if cert.not_valid_after_utc <= now:
+        raise PkiError(f"the CA expired on {cert.not_valid_after_utc:%Y-%m-%d}. Rotating a CA is a "
+                       f"deliberate act. Fix: {start_over}.")
+    report.actions[CA_NAME] = "kept"
+    return cert, key
+
+
+def ensure_pki(cluster: Cluster, pki_dir: Path | None = None, now: dt.datetime | None = None
+               ) -> PkiReport:
+    """Make ``pki_dir`` hold a correct CA, every leaf, the service-account key pair and the
+    encryption config. Only what is missing or wrong is (re)written."""
+    pki_dir = Path(pki_dir or cluster.pki_dir)
+    now = now or dt.datetime.now(dt.UTC)
+    pki_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(pki_dir, 0o700)
+    report = PkiReport()
+    ca_cert, ca_key = _ensure_ca(cluster, pki_dir, now, report)
+    renew_before = dt.timedelta(days=cluster.pki.renew_before_days)
+    key_type = cluster.pki.key_type
+
+    # Decide first, then generate all new keys in parallel (RSA generation dominates the cost
+    # and releases the GIL).
+    plan: list[tuple[CertSpec, PrivateKey | None, str]] = []
+    for spec in cert_specs(cluster):
+        crt_path, key_path = pki_dir / f"{spec.name}.crt", pki_dir / f"{spec.name}.key"
+        cert, key = _load_cert(crt_path), _load_key(key_path)
+        if key is not None and not _key_matches_type(key, key_type):
+            plan.append((spec, None, f"re-issued: key type is now {key_type}"))
+        elif cert is None and key is None:
+            plan.append((spec, None, "created"))
+        elif key is None:
+            plan.append((spec, None, "re-issued: key missing or unreadable"))
+        elif cert is None:
+            plan.append((spec, key, "re-issued: certificate missing or unreadable"))
+        elif not _same_public_key(key, cert):
+            plan.append((spec, None, "re-issued: key does not match certificate"))
+        elif reason := _why_reissue(spec, cert, ca_cert, renew_before, now):
+            plan.append((spec, key, f"re-issued: {reason}"))
+        else:
+            _fix_mode(key_path)
+            report.actions[spec.name] = "kept"
+    sa_key = _load_key(pki_dir / f"{SERVICE_ACCOUNT}.key")
+    need_sa = sa_key is None
+
+    fresh = sum(1 for _, k, _ in plan if k is None) + need_sa
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        new_keys = iter(list(pool.map(lambda _: _new_key(key_type), range(fresh))))
+
+    for spec, key, action in plan:
+        new_key = key is None
+        key = key or next(new_keys)
+        cert = _issue_leaf(spec, key, ca_cert, ca_key, cluster.pki.cert_validity_days, now)
+        if new_key:
+            write_private(pki_dir / f"{spec.name}.key", _key_pem(key))
+        write_public(pki_dir / f"{spec.name}.crt", cert.public_bytes(serialization.Encoding.PEM))
+        report.actions[spec.name] = action
+
+    # Service accounts: a key pair, no certificate. The apiserver verifies with .pub,
+    # signs with .key; the controller-manager signs with .key.
+    if need_sa:
+        sa_key = next(new_keys)
+        write_private(pki_dir / f"{SERVICE_ACCOUNT}.key", _key_pem(sa_key))
+    pub = sa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    pub_path = pki_dir / f"{SERVICE_ACCOUNT}.pub"
+    if need_sa or not pub_path.exists() or pub_path.read_bytes() != pub:
+        write_public(pub_path, pub)
+        report.actions[SERVICE_ACCOUNT] = "created" if need_sa else "re-issued: public key rewritten"
+    else:
+        _fix_mode(pki_dir / f"{SERVICE_ACCOUNT}.key")
+        report.actions[SERVICE_ACCOUNT] = "kept"
+
+    report.actions["encryption-config"] = ensure_encryption_config(pki_dir / ENCRYPTION_CONFIG)
+    _fix_mode(pki_dir / "ca.key")
+    return report
+
+
+def _fix_mode(path: Path) -> None:
+    """Keys that someone loosened are tightened again; contents stay untouched."""
+    if path.exists() and (path.stat().st_mode & 0o777) != 0o600:
+        os.chmod(path, 0o600)
+
+
+# --------------------------------------------------------------------------- encryption at rest
+
+
+def encryption_config(secret_b64: str) -> str:
+    """EncryptionConfiguration for the apiserver: Secrets sealed with secretbox (XSalsa20 +
+    Poly1305, recommended over aescbc), identity last so data written before still reads."""
+    doc = {
+        "apiVersion": "apiserver.config.k8s.io/v1",
+        "kind": "EncryptionConfiguration",
+        "resources": [
+            {
+                "resources": ["secrets"],
+                "providers": [
+                    {"secretbox": {"keys": [{"name": "key1", "secret": secret_b64}]}},
+                    {"identity": {}},
+                ],
+            }
+        ],
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def encryption_secret(path: Path) -> str | None:
+    """The key inside an existing encryption config, or None if absent/unreadable."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+        providers = doc["resources"][0]["providers"]
+        secret = providers[0]["secretbox"]["keys"][0]["secret"]
+        if len(base64.b64decode(secret, validate=True)) == 32:
+            return secret
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError, ValueError):
+        return None
+    return None
+
+
+def ensure_encryption_config(path: Path) -> str:
+    """Generate the key once; afterwards keep it (losing it makes every Secret unreadable)."""
+    secret = encryption_secret(path)
+    if secret is None and path.exists():
+        raise PkiError(f"{path} exists but holds no usable secretbox key. Replacing it would make "
+                       "every Secret in etcd unreadable. Fix: restore it from your backup, or delete "
+                       "it only for a cluster whose etcd holds no Secrets yet.")
+    if secret is None:
+        secret = base64.b64encode(secrets.token_bytes(32)).decode()
+        write_private(path, encryption_config(secret).encode())
+        return "created"
+    wanted = encryption_config(secret).encode()
+    if path.read_bytes() != wanted:
+        write_private(path, wanted)
+        return "re-issued: layout updated, key kept"
+    _fix_mode(path)
+    return "kept"

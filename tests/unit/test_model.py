@@ -1,0 +1,260 @@
+"""The cluster model: defaults reproduce the reference, and every validation rule bites."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from kthw.model import ClusterConfigError, load_cluster, parse_cluster
+from tests.conftest import scaled
+
+
+def problems(raw) -> list[str]:
+    with pytest.raises(ClusterConfigError) as info:
+        parse_cluster(raw)
+    return [str(p) for p in info.value.problems]
+
+
+def only_problem(raw) -> str:
+    found = problems(raw)
+    assert len(found) == 1, found
+    assert "Fix:" in found[0]
+    return found[0]
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def test_defaults_reproduce_the_reference_topology():
+    c = load_cluster()
+    assert [(n.name, n.role, str(n.ip)) for n in c.nodes] == [
+        ("loadbalancer", "loadbalancer", "192.168.56.30"),
+        ("master-1", "master", "192.168.56.11"),
+        ("master-2", "master", "192.168.56.12"),
+        ("worker-1", "worker", "192.168.56.21"),
+        ("worker-2", "worker", "192.168.56.22"),
+    ]
+    assert c.node_network == IPv4Network("192.168.56.0/24")
+    assert c.pod_network == IPv4Network("10.244.0.0/16")
+    assert c.service_network == IPv4Network("10.96.0.0/16")
+    assert c.api_service_ip == IPv4Address("10.96.0.1")
+    assert c.cluster_dns == IPv4Address("10.96.0.10")
+    assert c.domain == "cluster.local"
+    assert c.cni == "weave"
+    assert c.api_server_url == "https://192.168.56.30:6443"
+    assert c.etcd_initial_cluster == (
+        "master-1=https://192.168.56.11:2380,master-2=https://192.168.56.12:2380"
+    )
+    assert [str(w.pod_cidr) for w in c.workers] == ["10.244.0.0/24", "10.244.1.0/24"]
+    assert all(n.pod_cidr is None for n in c.nodes if not n.is_worker)
+
+
+def test_any_count_of_masters_and_workers():
+    c = parse_cluster(scaled(3, 20))
+    assert len(c.masters) == 3 and len(c.workers) == 20
+    assert len({w.pod_cidr for w in c.workers}) == 20
+    assert c.warnings == ()
+
+
+def test_two_masters_warn_that_etcd_tolerates_no_loss():
+    c = load_cluster()
+    assert len(c.warnings) == 1
+    assert "losing either master stops all writes" in c.warnings[0]
+
+
+def test_four_masters_warn_too():
+    c = parse_cluster(scaled(4, 1))
+    assert "quorum is 3" in c.warnings[0]
+
+
+def test_explicit_pod_cidr_is_kept(raw_cluster):
+    raw_cluster["nodes"][4]["pod_cidr"] = "10.244.7.0/24"
+    c = parse_cluster(raw_cluster)
+    assert str(c.node("worker-2").pod_cidr) == "10.244.7.0/24"
+
+
+def test_missing_file_names_the_env_variable(tmp_path):
+    with pytest.raises(ClusterConfigError) as info:
+        load_cluster(tmp_path / "nope.yaml")
+    assert "KTHW_CLUSTER" in str(info.value)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("cluster:\n  name: [oops\n")
+    with pytest.raises(ClusterConfigError) as info:
+        load_cluster(path)
+    assert "line" in str(info.value)
+
+
+# --------------------------------------------------------------------------- one test per rule
+
+
+def test_malformed_ip(raw_cluster):
+    raw_cluster["nodes"][1]["ip"] = "192.168.56.300"
+    msg = only_problem(raw_cluster)
+    assert msg.startswith("nodes[1] (master-1).ip = '192.168.56.300': is not an IPv4 address")
+
+
+def test_malformed_cidr(raw_cluster):
+    raw_cluster["network"]["pods"] = "10.244.0.0/33"
+    assert only_problem(raw_cluster).startswith("network.pods = '10.244.0.0/33'")
+
+
+def test_cidr_with_host_bits(raw_cluster):
+    raw_cluster["network"]["services"] = "10.96.0.1/16"
+    msg = only_problem(raw_cluster)
+    assert "network.services" in msg and "host bits" in msg and "10.244.0.0/16" in msg
+
+
+def test_node_ip_outside_node_network(raw_cluster):
+    raw_cluster["nodes"][3]["ip"] = "192.168.57.21"
+    msg = only_problem(raw_cluster)
+    assert msg.startswith("nodes[3] (worker-1).ip = '192.168.57.21': is outside network.nodes")
+
+
+def test_node_ip_is_host_side_of_the_network(raw_cluster):
+    raw_cluster["nodes"][3]["ip"] = "192.168.56.1"
+    assert "Vagrant" in only_problem(raw_cluster)
+
+
+def test_duplicate_names(raw_cluster):
+    raw_cluster["nodes"][4]["name"] = "worker-1"
+    assert only_problem(raw_cluster).startswith("nodes[].name = 'worker-1': is used by 2 nodes")
+
+
+def test_duplicate_ips(raw_cluster):
+    raw_cluster["nodes"][4]["ip"] = "192.168.56.21"
+    assert only_problem(raw_cluster).startswith("nodes[].ip = '192.168.56.21': is used by 2 nodes")
+
+
+def test_invalid_node_name(raw_cluster):
+    raw_cluster["nodes"][3]["name"] = "Worker_1"
+    assert "is not a valid name" in only_problem(raw_cluster)
+
+
+@pytest.mark.parametrize(
+    "key,value,other",
+    [
+        ("pods", "192.168.0.0/16", "network.nodes"),
+        ("services", "10.244.128.0/20", "network.pods"),
+        ("services", "192.168.56.0/28", "network.nodes"),
+    ],
+)
+def test_overlapping_networks(raw_cluster, key, value, other):
+    raw_cluster["network"][key] = value
+    if key == "services":
+        raw_cluster["network"]["cluster_dns"] = str(IPv4Network(value).network_address + 10)
+    msg = " | ".join(problems(raw_cluster))
+    assert f"network.{key} = '{value}': overlaps {other}" in msg
+
+
+def test_dns_ip_outside_service_cidr(raw_cluster):
+    raw_cluster["network"]["cluster_dns"] = "10.97.0.10"
+    msg = only_problem(raw_cluster)
+    assert msg.startswith("network.cluster_dns = '10.97.0.10': is outside network.services")
+    assert "10.96.0.10" in msg
+
+
+def test_dns_ip_is_the_api_service_ip(raw_cluster):
+    raw_cluster["network"]["cluster_dns"] = "10.96.0.1"
+    assert "API service IP" in only_problem(raw_cluster)
+
+
+def test_no_master(raw_cluster):
+    raw_cluster["nodes"] = [n for n in raw_cluster["nodes"] if n["role"] != "master"]
+    assert only_problem(raw_cluster).startswith("nodes: has no node with role: master")
+
+
+def test_no_worker(raw_cluster):
+    raw_cluster["nodes"] = [n for n in raw_cluster["nodes"] if n["role"] != "worker"]
+    assert only_problem(raw_cluster).startswith("nodes: has no node with role: worker")
+
+
+def test_exactly_one_loadbalancer(raw_cluster):
+    raw_cluster["nodes"] = [n for n in raw_cluster["nodes"] if n["role"] != "loadbalancer"]
+    assert "exactly one" in only_problem(raw_cluster)
+
+
+def test_unknown_role(raw_cluster):
+    raw_cluster["nodes"][3]["role"] = "minion"
+    msg = only_problem(raw_cluster)
+    assert "nodes[3] (worker-1).role = 'minion'" in msg and "'worker'" in msg
+
+
+def test_unknown_top_level_key_suggests_the_right_one(raw_cluster):
+    raw_cluster["netwrok"] = raw_cluster.pop("network")
+    msg = only_problem(raw_cluster)
+    assert msg.startswith("netwrok: is not a known key")
+    assert "did you mean `network`?" in msg
+
+
+def test_unknown_nested_key_suggests_the_right_one(raw_cluster):
+    raw_cluster["nodes"][2]["memroy"] = 2048
+    msg = only_problem(raw_cluster)
+    assert msg.startswith("nodes[2] (master-2).memroy: is not a known key")
+    assert "did you mean `memory`?" in msg
+
+
+def test_unknown_cni(raw_cluster):
+    raw_cluster["cni"] = "calico"
+    msg = only_problem(raw_cluster)
+    assert msg.startswith("cni = 'calico'") and "'weave' or 'bridge'" in msg
+
+
+def test_malformed_version(raw_cluster):
+    raw_cluster["versions"]["kubernetes"] = "1.36"
+    msg = only_problem(raw_cluster)
+    assert msg.startswith("versions.kubernetes = '1.36': is not a release version")
+    assert "v1.36.3" in msg
+
+
+def test_unquoted_short_version_is_explained(raw_cluster):
+    raw_cluster["versions"]["pause"] = 3.10
+    assert "YAML reads 3.10 as the number 3.1" in only_problem(raw_cluster)
+
+
+def test_missing_required_key(raw_cluster):
+    del raw_cluster["versions"]["etcd"]
+    assert only_problem(raw_cluster).startswith("versions.etcd: is required but missing")
+
+
+def test_too_few_pod_subnets_for_the_workers():
+    raw = scaled(1, 5)
+    raw["network"]["pods"] = "10.244.0.0/22"
+    assert "gives only 4 per-worker subnets" in only_problem(raw)
+
+
+def test_pod_cidr_outside_pod_network(raw_cluster):
+    raw_cluster["nodes"][3]["pod_cidr"] = "10.245.0.0/24"
+    assert "is not inside network.pods" in only_problem(raw_cluster)
+
+
+def test_mirror_needs_a_url(raw_cluster):
+    raw_cluster["artifacts"] = {"source": "mirror"}
+    assert only_problem(raw_cluster).startswith("artifacts.mirror_url: is required")
+
+
+def test_setting_ignored_by_upstream_source(raw_cluster):
+    raw_cluster["artifacts"] = {"directory": "/srv/x"}
+    assert "would be ignored" in only_problem(raw_cluster)
+
+
+def test_renewal_window_longer_than_validity(raw_cluster):
+    raw_cluster["pki"]["renew_before_days"] = 400
+    assert only_problem(raw_cluster).startswith("pki.renew_before_days = 400")
+
+
+def test_all_problems_are_reported_at_once(raw_cluster):
+    raw_cluster["nodes"][4]["ip"] = "192.168.56.21"
+    raw_cluster["network"]["cluster_dns"] = "10.97.0.10"
+    raw_cluster["nodes"] = [n for n in raw_cluster["nodes"] if n["role"] != "master"]
+    assert len(problems(raw_cluster)) == 3
+
+
+def test_error_header_says_nothing_was_touched(raw_cluster):
+    raw_cluster["cni"] = "flannel"
+    with pytest.raises(ClusterConfigError) as info:
+        parse_cluster(raw_cluster)
+    assert "nothing was changed on any host" in str(info.value)
