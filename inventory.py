@@ -1,0 +1,24 @@
+"""pyinfra inventory: groups loadbalancer, masters and workers from the cluster model,
+connection data live from `vagrant ssh-config` (or the model's `ssh` entries).
+
+    pyinfra inventory.py deploy.py
+    pyinfra inventory.py fact kthw.facts.KthwServices
+"""
+
+import sys
+
+from kthw.inventory import InventoryError, connections, groups
+from kthw.model import ClusterConfigError, load_cluster
+
+try:
+    _cluster = load_cluster()
+    for _warning in _cluster.warnings:
+        print(f"warning: {_warning}", file=sys.stderr)
+    _groups = groups(_cluster, connections(_cluster))
+except (ClusterConfigError, InventoryError) as _exc:
+    print(f"error: {_exc}", file=sys.stderr)
+    sys.exit(2)
+
+loadbalancer = _groups["loadbalancer"]
+masters = _groups["masters"]
+workers = _groups["workers"]

@@ -1,0 +1,163 @@
+"""What one host needs, computed on the operator machine before anything runs on it.
+
+The deploy asks each component (``operations/*.py``) what it wants on this host
+(:class:`Wants`: directories, files, services, packages, sysctls), reads the host's current
+state for all of it with ONE remote command, then runs the components' operations against
+that snapshot.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import jinja2
+
+from kthw.artifacts import ArtifactError, Cache, InstalledFile, installed_files, sha256_file
+from kthw.kubeconfig import write_kubeconfigs
+from kthw.model import API_PORT, REPO_ROOT, Cluster, Node, load_cluster
+from kthw.ops import Directory, ManagedFile, Snapshot
+from kthw.pki import ensure_pki
+
+FILES = REPO_ROOT / "files"
+# Before the host has answered, templates see these neutral values; only file *contents* may
+# depend on host facts, never which files exist (the snapshot must know every path up front).
+NEUTRAL_FACTS = {"cgroup": "v2", "container": "", "resolved": False}
+
+_jinja = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(FILES)),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    autoescape=False,
+)
+
+
+@dataclass
+class Wants:
+    """What a component wants on a host. Groups of files become one operation each."""
+
+    dirs: list[Directory] = field(default_factory=list)
+    files: dict[str, list[ManagedFile]] = field(default_factory=dict)
+    services: list[str] = field(default_factory=list)
+    packages: list[str] = field(default_factory=list)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    manifests: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+
+    def all_files(self) -> list[ManagedFile]:
+        return [f for group in self.files.values() for f in group]
+
+
+_prepare_lock = threading.Lock()
+
+
+@cache
+def _prepared(cluster_source: str) -> Cluster:
+    """Load the model and bring the local PKI and kubeconfigs up to date, once per run
+    (deploy.py runs once per host, concurrently; this must not)."""
+    cluster = load_cluster(cluster_source)
+    ensure_pki(cluster)
+    write_kubeconfigs(cluster)
+    return cluster
+
+
+def prepared_cluster(cluster_source: str) -> Cluster:
+    with _prepare_lock:
+        return _prepared(cluster_source)
+
+
+@cache
+def offline_images(cluster: Cluster) -> list[tuple[Path, str, str]]:
+    """The archives in artifacts.images, with the reference each holds (from its IMAGES list:
+    `<file> <reference>` per line) and sha256 (from SHA256SUMS beside or above it)."""
+    if not cluster.artifacts.images:
+        return []
+    folder = Path(os.path.expanduser(cluster.artifacts.images))
+    if not folder.is_dir():
+        raise ArtifactError(f"artifacts.images: {folder} is not a folder of image archives. Fix: build "
+                            "or copy the archives there, or remove the key.")
+    refs = {}
+    if (folder / "IMAGES").exists():
+        for line in (folder / "IMAGES").read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                name, _, ref = line.partition(" ")
+                refs[name] = ref.strip()
+    out = []
+    for path in sorted(folder.glob("*.tar")):
+        out.append((path, sha256_file(path), refs.get(path.name, "")))
+    return out
+
+
+_binaries_lock = threading.Lock()
+_binaries: dict[tuple[str, str], list[InstalledFile]] = {}
+
+
+def binaries_for(cluster: Cluster, role: str) -> list[InstalledFile]:
+    """Fetched, verified and unpacked once per run and role, shared by every host."""
+    with _binaries_lock:
+        key = (str(cluster.source), role)
+        if key not in _binaries:
+            _binaries[key] = installed_files(cluster, role, Cache(cluster))
+        return _binaries[key]
+
+
+@dataclass
+class HostContext:
+    cluster: Cluster
+    node: Node
+    facts: dict = field(default_factory=lambda: dict(NEUTRAL_FACTS))
+    snapshot: Snapshot | None = None
+
+    @property
+    def is_master(self) -> bool:
+        return self.node.role == "master"
+
+    @property
+    def is_worker(self) -> bool:
+        return self.node.role == "worker"
+
+    @property
+    def is_loadbalancer(self) -> bool:
+        return self.node.role == "loadbalancer"
+
+    @property
+    def is_first_master(self) -> bool:
+        """The master that applies cluster-level objects: a fixed choice, never _run_once."""
+        return self.node.name == self.cluster.masters[0].name
+
+    def render(self, template: str, **extra) -> str:
+        return _jinja.get_template(template).render(
+            cluster=self.cluster, node=self.node, api_port=API_PORT, facts=self.facts, **extra
+        )
+
+    def template_file(self, dest: str, template: str | None = None, mode: int = 0o644,
+                      secret: bool = False, **extra) -> ManagedFile:
+        """A file rendered from ``files/<dest>.j2`` (or ``template``)."""
+        template = template or dest.lstrip("/") + ".j2"
+        return ManagedFile.text(dest, self.render(template, **extra), mode=mode, secret=secret)
+
+    def pki_file(self, name: str, dest: str, secret: bool | None = None) -> ManagedFile:
+        """A file from the local PKI folder; keys and configs are secret (0600)."""
+        data = (self.cluster.pki_dir / name).read_bytes()
+        secret = name.endswith(".key") or name.endswith(".yaml") if secret is None else secret
+        return ManagedFile.content(dest, data, mode=0o600 if secret else 0o644, secret=secret)
+
+    def kubeconfig_file(self, name: str, dest: str) -> ManagedFile:
+        data = (self.cluster.kubeconfig_dir / f"{name}.kubeconfig").read_bytes()
+        return ManagedFile.content(dest, data, mode=0o600, secret=True)
+
+    def images(self) -> list[tuple[Path, str, str]]:
+        """Offline image archives (artifacts.images): (file, sha256, image reference)."""
+        return offline_images(self.cluster)
+
+    def binaries(self, names: set[str] | None = None) -> list[ManagedFile]:
+        return [
+            ManagedFile.binary(b.dest, b.local, b.sha256)
+            for b in binaries_for(self.cluster, self.node.role)
+            if names is None or b.artifact in names
+        ]

@@ -1,0 +1,128 @@
+# Runs ON a host (python3 only, stdlib only), sent by kthw.facts.HostState in one SSH command.
+# argv[1]: JSON spec {files, dirs, services, sysctls, packages, manifests}. Prints one JSON object.
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+spec = json.loads(sys.argv[1])
+CACHE = "/var/lib/kthw/hash-cache.json"
+try:
+    with open(CACHE) as fh:
+        cache = json.load(fh)
+except Exception:
+    cache = {}
+dirty = False
+
+
+def owner(st):
+    import grp
+    import pwd
+    try:
+        u = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        u = str(st.st_uid)
+    try:
+        g = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        g = str(st.st_gid)
+    return u + ":" + g
+
+
+def digest(path, st):
+    # Big binaries are hashed once; afterwards (size, mtime, inode) vouch for the cached hash.
+    global dirty
+    key = [st.st_size, st.st_mtime_ns, st.st_ino]
+    hit = cache.get(path)
+    if hit and hit[:3] == key:
+        return hit[3]
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    cache[path] = key + [h.hexdigest()]
+    dirty = True
+    return h.hexdigest()
+
+
+out = {"files": {}, "dirs": {}, "services": {}, "sysctls": {}, "packages": {}, "manifests": {}}
+for path in spec.get("files", []):
+    try:
+        st = os.stat(path)
+        out["files"][path] = [digest(path, st), st.st_mode & 0o7777, owner(st)]
+    except OSError:
+        out["files"][path] = None
+for path in spec.get("dirs", []):
+    try:
+        st = os.stat(path)
+        out["dirs"][path] = [st.st_mode & 0o7777, owner(st)] if os.path.isdir(path) else None
+    except OSError:
+        out["dirs"][path] = None
+units = spec.get("services", [])
+if units:
+    res = subprocess.run(["systemctl", "show", "--property=Id,ActiveState,UnitFileState", "--"]
+                         + [u + ".service" for u in units], capture_output=True, text=True)
+    blocks = [b for b in res.stdout.strip().split("\n\n")]
+    for unit, block in zip(units, blocks):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        out["services"][unit] = [props.get("ActiveState", "unknown"), props.get("UnitFileState", "")]
+for key in spec.get("sysctls", []):
+    try:
+        with open("/proc/sys/" + key.replace(".", "/")) as fh:
+            out["sysctls"][key] = fh.read().strip()
+    except OSError:
+        out["sysctls"][key] = None
+pkgs = spec.get("packages", [])
+if pkgs:
+    res = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Abbrev}\n"] + pkgs,
+                         capture_output=True, text=True)
+    installed = {l.split()[0] for l in res.stdout.splitlines() if l.split()[1:2] == ["ii"]}
+    out["packages"] = {p: p in installed for p in pkgs}
+with open("/proc/swaps") as fh:
+    out["swap"] = [l.split()[0] for l in fh.read().splitlines()[1:] if l.strip()]
+try:
+    with open("/etc/fstab") as fh:
+        out["fstab_swap"] = [l for l in fh.read().splitlines() if not l.lstrip().startswith("#") and " swap " in l]
+except OSError:
+    out["fstab_swap"] = []
+with open("/proc/filesystems") as fh:
+    out["overlay"] = "overlay" in fh.read()
+out["br_netfilter"] = os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables")
+out["hostname"] = os.uname().nodename
+try:
+    with open("/etc/hostname") as fh:
+        out["etc_hostname"] = fh.read().strip()
+except OSError:
+    out["etc_hostname"] = ""
+# cgroup v2 mounts cgroup2 at /sys/fs/cgroup; v1 and hybrid mount a tmpfs there.
+out["resolved"] = os.path.exists("/run/systemd/resolve/resolv.conf")
+out["cgroup"] = "v2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "v1"
+try:
+    with open("/run/systemd/container") as fh:
+        out["container"] = fh.read().strip()
+except OSError:
+    out["container"] = ""
+kubectl = spec.get("kubectl")
+for manifest in spec.get("manifests", []):
+    if not (kubectl and os.path.exists(manifest)):
+        out["manifests"][manifest] = "missing"
+        continue
+    res = subprocess.run([kubectl["binary"], "--kubeconfig", kubectl["kubeconfig"], "get", "-f", manifest,
+                          "-o", "name", "--request-timeout=5s"], capture_output=True, text=True)
+    out["manifests"][manifest] = "present" if res.returncode == 0 else "missing"
+refs = spec.get("images", [])
+out["images"] = []
+if refs and os.path.exists("/run/containerd/containerd.sock"):
+    res = subprocess.run(["ctr", "-n", "k8s.io", "images", "ls", "-q"], capture_output=True, text=True)
+    if res.returncode == 0:
+        out["images"] = [r for r in refs if r in res.stdout.split()]
+if dirty:
+    try:
+        os.makedirs(os.path.dirname(CACHE), exist_ok=True)
+        with open(CACHE + ".tmp", "w") as fh:
+            json.dump(cache, fh)
+        os.replace(CACHE + ".tmp", CACHE)
+    except OSError:
+        pass
+print(json.dumps(out))

@@ -1,0 +1,70 @@
+"""The control plane on every master: binaries → certificates, keys and kubeconfigs →
+encryption and audit config → units → running → apiserver ready.
+
+kube-apiserver: Node,RBAC authorization, NodeRestriction, Secrets encrypted at rest,
+audit log, service-account signing keys, kubelet client certificate. kube-controller-manager
+and kube-scheduler run on every master with leader election (one leader at a time) and talk
+to their own apiserver.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+
+from kthw.context import HostContext, Wants
+from kthw.ops import Directory, command_when, directories_present, files_synced, service_running
+
+PKI = "/var/lib/kubernetes/pki"
+ADMIN_KUBECONFIG = "/etc/kubernetes/admin.kubeconfig"
+KUBECTL = f"kubectl --kubeconfig {ADMIN_KUBECONFIG}"
+UNITS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+
+
+def wants(ctx: HostContext) -> Wants:
+    w = Wants(services=list(UNITS))
+    w.dirs = [Directory("/var/lib/kubernetes", 0o755), Directory(PKI, 0o700),
+              Directory("/etc/kubernetes", 0o755), Directory("/var/log/kubernetes", 0o750)]
+    w.files["binaries"] = ctx.binaries({"kube-apiserver", "kube-controller-manager", "kube-scheduler",
+                                        "kubectl"})
+    names = ["ca.crt", "ca.key", "kube-apiserver.crt", "kube-apiserver.key",
+             "apiserver-kubelet-client.crt", "apiserver-kubelet-client.key",
+             "apiserver-etcd-client.crt", "apiserver-etcd-client.key",
+             "service-account.key", "service-account.pub"]
+    w.files["certificates"] = [ctx.pki_file(n, f"{PKI}/{n}") for n in names]
+    w.files["encryption config"] = [
+        ctx.pki_file("encryption-config.yaml", "/var/lib/kubernetes/encryption-config.yaml")
+    ]
+    w.files["audit policy"] = [ctx.template_file("/etc/kubernetes/audit-policy.yaml")]
+    w.files["kubeconfigs"] = [
+        ctx.kubeconfig_file("kube-controller-manager", "/var/lib/kubernetes/kube-controller-manager.kubeconfig"),
+        ctx.kubeconfig_file("kube-scheduler", "/var/lib/kubernetes/kube-scheduler.kubeconfig"),
+        ctx.kubeconfig_file("admin-local", ADMIN_KUBECONFIG),
+    ]
+    for unit in UNITS:
+        w.files[f"{unit} unit"] = [ctx.template_file(f"/etc/systemd/system/{unit}.service")]
+    return w
+
+
+def deploy(ctx: HostContext, w: Wants) -> None:
+    snap = ctx.snapshot
+    directories_present(w.dirs, snap, name="control plane | directories")
+    binaries = files_synced(w.files["binaries"], snap, name="control plane | binaries")
+    certs = files_synced(w.files["certificates"], snap, name="control plane | certificates and keys")
+    enc = files_synced(w.files["encryption config"], snap, name="control plane | encryption at rest config")
+    audit = files_synced(w.files["audit policy"], snap, name="control plane | audit policy")
+    kubeconfigs = files_synced(w.files["kubeconfigs"], snap, name="control plane | kubeconfigs")
+    units = {}
+    for unit in host.loop(UNITS):
+        units[unit] = files_synced(w.files[f"{unit} unit"], snap, name=f"control plane | {unit} unit")
+    apiserver = service_running(
+        "kube-apiserver", snap, restart_on=[binaries, certs, enc, audit, units["kube-apiserver"]],
+        reload_on=list(units.values()), name="control plane | kube-apiserver running",
+    )
+    command_when(
+        f"for i in $(seq 90); do {KUBECTL} get --raw /readyz >/dev/null 2>&1 && exit 0; sleep 2; done; "
+        f"{KUBECTL} get --raw '/readyz?verbose'; exit 1",
+        when=[apiserver], name="control plane | kube-apiserver ready (after any restart)",
+    )
+    for unit in host.loop(("kube-controller-manager", "kube-scheduler")):
+        service_running(unit, snap, restart_on=[binaries, certs, kubeconfigs, units[unit]],
+                        name=f"control plane | {unit} running")

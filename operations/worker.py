@@ -1,0 +1,110 @@
+"""Every worker: binaries → containerd (+ runc, CNI plugins, crictl) → kubelet → kube-proxy
+→ (bridge CNI) pod network config and routes.
+
+The kubelet authenticates with its own certificate, serves with it too, and accepts only
+authenticated, apiserver-authorized requests (webhook), never anonymous ones.
+"""
+
+from __future__ import annotations
+
+from kthw.context import HostContext, Wants
+from kthw.ops import (
+    Directory,
+    ManagedFile,
+    command_when,
+    directories_present,
+    files_synced,
+    service_running,
+)
+from kthw.pki import kubelet_cert_name
+
+PAUSE_IMAGE = "registry.k8s.io/pause:{v}"
+
+
+def _peers(ctx: HostContext):
+    return [w for w in ctx.cluster.workers if w.name != ctx.node.name]
+
+
+def wants(ctx: HostContext) -> Wants:
+    c, facts = ctx.cluster, ctx.facts
+    w = Wants(services=["containerd", "kubelet", "kube-proxy"])
+    w.dirs = [
+        Directory("/etc/containerd"), Directory("/opt/cni"), Directory("/opt/cni/bin"),
+        Directory("/etc/cni"), Directory("/etc/cni/net.d"),
+        Directory("/var/lib/kubernetes"), Directory("/var/lib/kubernetes/pki", 0o700),
+        Directory("/var/lib/kubelet", 0o700), Directory("/var/lib/kubelet/pki", 0o700),
+        Directory("/var/lib/kube-proxy", 0o700),
+    ]
+    w.files["runtime binaries"] = ctx.binaries({"containerd", "runc", "cni-plugins", "crictl"})
+    w.files["kubernetes binaries"] = ctx.binaries({"kubelet", "kube-proxy"})
+    w.files["containerd config"] = [
+        ctx.template_file("/etc/containerd/config.toml", pause_image=PAUSE_IMAGE.format(v=c.versions.pause)),
+        ctx.template_file("/etc/crictl.yaml"),
+    ]
+    w.files["containerd unit"] = [ctx.template_file("/etc/systemd/system/containerd.service")]
+    cert = kubelet_cert_name(ctx.node.name)
+    w.files["kubelet credentials"] = [
+        ctx.pki_file("ca.crt", "/var/lib/kubernetes/pki/ca.crt"),
+        ctx.pki_file(f"{cert}.crt", "/var/lib/kubelet/pki/kubelet.crt"),
+        ctx.pki_file(f"{cert}.key", "/var/lib/kubelet/pki/kubelet.key"),
+        ctx.kubeconfig_file(cert, "/var/lib/kubelet/kubeconfig"),
+    ]
+    resolv = "/run/systemd/resolve/resolv.conf" if facts.get("resolved") else "/etc/resolv.conf"
+    w.files["kubelet config"] = [ctx.template_file(
+        "/var/lib/kubelet/kubelet-config.yaml", resolv_conf=resolv, cgroup_v1=facts.get("cgroup") == "v1",
+    )]
+    w.files["kubelet unit"] = [ctx.template_file("/etc/systemd/system/kubelet.service")]
+    w.files["kube-proxy config"] = [
+        ctx.kubeconfig_file("kube-proxy", "/var/lib/kube-proxy/kubeconfig"),
+        ctx.template_file("/var/lib/kube-proxy/kube-proxy-config.yaml", container=bool(facts.get("container"))),
+    ]
+    w.files["kube-proxy unit"] = [ctx.template_file("/etc/systemd/system/kube-proxy.service")]
+    images = ctx.images()
+    if images:
+        w.dirs.append(Directory("/var/lib/kthw/images", 0o755))
+        w.files["images"] = [ManagedFile.binary(f"/var/lib/kthw/images/{path.name}", path, sha, mode=0o644)
+                             for path, sha, _ in images]
+        w.images = [ref for _, _, ref in images if ref]
+    if c.cni == "bridge":
+        w.files["bridge cni"] = [ctx.template_file("/etc/cni/net.d/10-bridge.conflist"),
+                                 ctx.template_file("/etc/cni/net.d/99-loopback.conf")]
+        if _peers(ctx):
+            w.services.append("kthw-pod-routes")
+            w.files["pod routes unit"] = [ctx.template_file(
+                "/etc/systemd/system/kthw-pod-routes.service", peers=_peers(ctx))]
+    return w
+
+
+def deploy(ctx: HostContext, w: Wants) -> None:
+    snap = ctx.snapshot
+    directories_present(w.dirs, snap, name="worker | directories")
+    runtime = files_synced(w.files["runtime binaries"], snap, name="worker | containerd, runc, CNI, crictl")
+    config = files_synced(w.files["containerd config"], snap, name="worker | containerd config")
+    unit = files_synced(w.files["containerd unit"], snap, name="worker | containerd unit")
+    service_running("containerd", snap, restart_on=[runtime, config, unit], reload_on=[unit],
+                    name="worker | containerd running")
+    if "images" in w.files:
+        archives = files_synced(w.files["images"], snap, name="worker | offline image archives")
+        # Import when an archive changed or containerd lost an image.
+        missing = [ref for ref in w.images if ref not in snap.raw.get("images", [])]
+        command_when(
+            "for f in /var/lib/kthw/images/*.tar; do ctr -n k8s.io images import \"$f\" >/dev/null "
+            "|| exit 1; done",
+            when=[archives], always=bool(missing), name="worker | images imported into containerd",
+        )
+    if "bridge cni" in w.files:
+        files_synced(w.files["bridge cni"], snap, name="worker | bridge CNI config")
+    if "pod routes unit" in w.files:
+        routes = files_synced(w.files["pod routes unit"], snap, name="worker | routes to other workers' pods")
+        service_running("kthw-pod-routes", snap, restart_on=[routes], reload_on=[routes],
+                        name="worker | pod routes active")
+    k8s = files_synced(w.files["kubernetes binaries"], snap, name="worker | kubelet and kube-proxy binaries")
+    creds = files_synced(w.files["kubelet credentials"], snap, name="worker | kubelet credentials")
+    kconf = files_synced(w.files["kubelet config"], snap, name="worker | kubelet config")
+    kunit = files_synced(w.files["kubelet unit"], snap, name="worker | kubelet unit")
+    service_running("kubelet", snap, restart_on=[k8s, creds, kconf, kunit], reload_on=[kunit],
+                    name="worker | kubelet running")
+    pconf = files_synced(w.files["kube-proxy config"], snap, name="worker | kube-proxy config")
+    punit = files_synced(w.files["kube-proxy unit"], snap, name="worker | kube-proxy unit")
+    service_running("kube-proxy", snap, restart_on=[k8s, pconf, punit], reload_on=[punit],
+                    name="worker | kube-proxy running")

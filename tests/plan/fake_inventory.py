@@ -1,0 +1,33 @@
+"""The real inventory's groups and data on pyinfra's @fake connector, for plan tests.
+
+KTHW_FAKE_STATE picks what every host's HostState snapshot reports:
+  fresh      a machine nothing has touched yet (default)
+  converged  exactly what the deploy would leave behind (a rerun must change nothing)
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from kthw.inventory import groups  # noqa: E402
+from kthw.model import load_cluster  # noqa: E402
+from tests.plan.states import converged_state, fresh_state  # noqa: E402
+
+_cluster = load_cluster()
+_groups = groups(_cluster, {n.name: {} for n in _cluster.nodes}, prefix="@fake/")
+_mode = os.environ.get("KTHW_FAKE_STATE", "fresh")
+
+for _hosts in _groups.values():
+    for _name, _data in _hosts:
+        _node = _cluster.node(_data["kthw_node"])
+        _state = converged_state(_cluster, _node) if _mode == "converged" else fresh_state()
+        _data["fake_delay"] = 0
+        _data["fake_delay_jitter"] = 0
+        _data["fake_responses"] = {"python3 -c": json.dumps(_state)}
+
+loadbalancer = _groups["loadbalancer"]
+masters = _groups["masters"]
+workers = _groups["workers"]
