@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 spec = json.loads(sys.argv[1])
-CACHE = "/var/lib/kthw/hash-cache.json"
+CACHE = spec.get("hash_cache", "/var/lib/kthw/hash-cache.json")
 try:
     with open(CACHE) as fh:
         cache = json.load(fh)

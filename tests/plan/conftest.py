@@ -2,56 +2,18 @@
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
-import yaml
 
-from kthw.artifacts import CATALOGUE
-from kthw.model import DEFAULT_CLUSTER_FILE, REPO_ROOT
+from kthw.model import REPO_ROOT
+from tests.conftest import cluster_file
 
 SECRET_MARKERS = ("PRIVATE KEY", "client-key-data")
-
-
-def make_fake_artifacts(root: Path, versions: dict) -> None:
-    """Small stand-ins laid out like the real release files (plan tests never run them)."""
-    sums = []
-    for art in CATALOGUE:
-        v = versions[art.component]
-        rel = art.path(v)
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            if art.installs[0][0] == "":
-                path.write_bytes(f"#!/bin/sh\necho fake {art.name} {v}\n".encode())
-            else:
-                with tarfile.open(path, "w:gz") as tar:
-                    for member, _ in art.installs:
-                        data = f"#!/bin/sh\necho fake {member}\n".encode()
-                        info = tarfile.TarInfo(member.format(v=v, n=v.lstrip("v")))
-                        info.size, info.mode = len(data), 0o755
-                        tar.addfile(info, io.BytesIO(data))
-        sums.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {rel}")
-    (root / "SHA256SUMS").write_text("\n".join(sorted(set(sums))) + "\n")
-
-
-def cluster_file(tmp: Path, raw: dict | None = None) -> Path:
-    raw = copy.deepcopy(raw or yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text()))
-    art = tmp / "artifacts"
-    make_fake_artifacts(art, raw["versions"])
-    raw["artifacts"] = {"source": "directory", "directory": str(art), "cache_dir": str(tmp / "cache")}
-    raw["state_dir"] = str(tmp / "state")
-    path = tmp / "cluster.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def run_pyinfra(cluster: Path, *args: str, state: str = "fresh", check: bool = True

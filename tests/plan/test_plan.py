@@ -1,0 +1,140 @@
+"""Whole-deploy plans on pyinfra's @fake connector: who gets what, in which order, and that a
+converged cluster plans no change at all."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import yaml
+
+from kthw.context import NEUTRAL_FACTS, HostContext, prepared_cluster
+from kthw.deploy import collect, components_for
+from kthw.model import DEFAULT_CLUSTER_FILE
+from tests.conftest import cluster_file, scaled
+from tests.plan.conftest import plan, run_pyinfra
+from tests.plan.states import MODULES
+
+
+def names_for(p: dict, host: str) -> list[str]:
+    return [name for name, op in p.items() if f"@fake/{host}" in op["hosts_with_change"]]
+
+
+@pytest.fixture(scope="module")
+def fresh_plan(default_cluster):
+    return plan(default_cluster)
+
+
+def test_each_group_gets_only_its_components(fresh_plan):
+    lb = names_for(fresh_plan, "loadbalancer")
+    assert {n.split(" | ")[0] for n in lb} == {"base", "loadbalancer"}
+    for worker in ("worker-1", "worker-2"):
+        assert {n.split(" | ")[0] for n in names_for(fresh_plan, worker)} == {"base", "worker"}
+    assert {n.split(" | ")[0] for n in names_for(fresh_plan, "master-1")} == {
+        "base", "etcd", "control plane", "addons"}
+    assert {n.split(" | ")[0] for n in names_for(fresh_plan, "master-2")} == {"base", "etcd", "control plane"}
+
+
+def test_stages_are_ordered_across_groups(fresh_plan):
+    order = list(fresh_plan)
+    pos = {name: i for i, name in enumerate(order)}
+    etcd_last = max(i for n, i in pos.items() if n.startswith("etcd |"))
+    cp_first = min(i for n, i in pos.items() if n.startswith("control plane |"))
+    lb_first = min(i for n, i in pos.items() if n.startswith("loadbalancer |"))
+    cp_last = max(i for n, i in pos.items() if n.startswith(("control plane |", "loadbalancer |")))
+    worker_first = min(i for n, i in pos.items() if n.startswith("worker |"))
+    worker_last = max(i for n, i in pos.items() if n.startswith("worker |"))
+    addons_first = min(i for n, i in pos.items() if n.startswith("addons |"))
+    assert etcd_last < pos["--- barrier: etcd is up ---"] < min(cp_first, lb_first)
+    assert cp_last < pos["--- barrier: control plane is up ---"] < worker_first
+    assert worker_last < pos["--- barrier: workers are up ---"] < addons_first
+    # within a host, too: etcd must be healthy before the apiserver starts
+    assert pos["etcd | healthy (after any restart)"] < pos["control plane | kube-apiserver running"]
+
+
+def test_a_converged_cluster_plans_no_change(default_cluster):
+    p = plan(default_cluster, state="converged")
+    changed = {n: op["hosts_with_change"] for n, op in p.items() if op["hosts_with_change"]}
+    assert changed == {}
+
+
+def test_restarts_only_follow_changes(default_cluster):
+    p = plan(default_cluster, state="converged")
+    assert not p["etcd | running, restarted on change"]["hosts_with_change"]
+    assert not p["worker | kubelet running"]["hosts_with_change"]
+
+
+def _wants(cluster_path, name):
+    cluster = prepared_cluster(str(cluster_path))
+    ctx = HostContext(cluster, cluster.node(name), dict(NEUTRAL_FACTS))
+    return ctx, collect(ctx, MODULES)
+
+
+def test_workers_never_get_the_ca_key_or_other_nodes_keys(default_cluster):
+    for name in ("worker-1", "worker-2"):
+        _, wants = _wants(default_cluster, name)
+        sources = [f for w in wants.values() for f in w.all_files()]
+        dests = {f.dest for f in sources}
+        assert not any("ca.key" in d or "service-account" in d or "apiserver" in d for d in dests)
+        secrets = [f for f in sources if f.secret]
+        assert secrets and all(f.mode == 0o600 for f in secrets)
+        other = "worker-2" if name == "worker-1" else "worker-1"
+        assert not any(other.encode() in (f.data or b"") for f in secrets)
+
+
+def test_loadbalancer_gets_only_haproxy(default_cluster):
+    ctx, wants = _wants(default_cluster, "loadbalancer")
+    assert [m.__name__ for m in components_for(ctx, MODULES)] == ["operations.base", "operations.loadbalancer"]
+    assert not any(f.secret for w in wants.values() for f in w.all_files())
+
+
+def test_masters_get_etcd_and_the_control_plane(default_cluster):
+    _, wants = _wants(default_cluster, "master-2")
+    dests = {f.dest for w in wants.values() for f in w.all_files()}
+    assert {"/etc/etcd/etcd-server.key", "/var/lib/kubernetes/pki/ca.key",
+            "/var/lib/kubernetes/encryption-config.yaml", "/usr/local/bin/kube-apiserver",
+            "/etc/systemd/system/etcd.service"} <= dests
+    assert not any("kubelet-worker" in d for d in dests)
+
+
+def test_three_masters_three_workers(tmp_path):
+    raw = scaled(3, 3, yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text()))
+    path = cluster_file(tmp_path, raw)
+    p = plan(path)
+    assert set(p["etcd | systemd unit"]["hosts_with_change"]) == {f"@fake/master-{i}" for i in (1, 2, 3)}
+    assert set(p["worker | kubelet running"]["hosts_with_change"]) == {f"@fake/worker-{i}" for i in (1, 2, 3)}
+    assert p["addons | 20-coredns.yaml applied"]["hosts_with_change"] == ["@fake/master-1"]
+    unit = _wants(path, "master-3")[1]
+    etcd_unit = next(f for w in unit.values() for f in w.all_files() if f.dest.endswith("etcd.service"))
+    assert b"master-3=https://192.168.56.13:2380" in etcd_unit.data
+    converged = plan(path, state="converged")
+    assert [n for n, op in converged.items() if op["hosts_with_change"]] == []
+
+
+def test_bridge_cni_adds_routes_and_no_weave(tmp_path):
+    raw = copy.deepcopy(yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text()))
+    raw["cni"] = "bridge"
+    path = cluster_file(tmp_path, raw)
+    p = plan(path)
+    assert "addons | 10-weave.yaml applied" not in p
+    assert set(p["worker | routes to other workers' pods"]["hosts_with_change"]) == {
+        "@fake/worker-1", "@fake/worker-2"}
+    _, wants = _wants(path, "worker-1")
+    routes = next(f for w in wants.values() for f in w.all_files() if "pod-routes" in f.dest)
+    assert b"ip route replace 10.244.1.0/24 via 192.168.56.22" in routes.data
+
+
+def test_dry_diff_never_prints_secrets(default_cluster):
+    out = run_pyinfra(default_cluster, "--dry", "--diff")
+    text = out.stdout + out.stderr
+    assert "Will create /etc/haproxy/haproxy.cfg" in text  # diffs are shown...
+    assert "(secret, content not shown)" in text  # ...but not for secrets
+    cluster = prepared_cluster(str(default_cluster))
+    enc = (cluster.pki_dir / "encryption-config.yaml").read_text()
+    secret = re.search(r"secret: (\S+)", enc).group(1)
+    for marker in ("PRIVATE KEY", "client-key-data", secret):
+        assert marker not in text
+    for key in cluster.pki_dir.glob("*.key"):
+        body = "".join(key.read_text().splitlines()[1:-1])
+        assert body[:40] not in text.replace("\n", "")

@@ -1,0 +1,73 @@
+"""Our facts: the host-side snapshot script run for real here, and the ad-hoc facts' parsers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+from kthw.facts import CertificateExpiry, EtcdHealth, HostState, KthwServices
+
+
+def run_host_state(spec: dict, tmp_path) -> dict:
+    """Run the same command pyinfra would send, on this machine (cache kept in tmp_path)."""
+    cmd = HostState().command(spec=spec)
+    script = cmd.split(" ", 2)[2]  # python3 -c <script> <spec>
+    out = subprocess.run(f"{sys.executable} -c {script}", shell=True, capture_output=True, text=True,
+                         env={**os.environ, "PATH": os.environ["PATH"]}, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    return HostState().process(out.stdout.splitlines())
+
+
+def test_host_state_reports_files_dirs_and_kernel(tmp_path, monkeypatch):
+    f = tmp_path / "managed.txt"
+    f.write_bytes(b"hello\n")
+    f.chmod(0o640)
+    cache = tmp_path / "hash-cache.json"
+    spec = {"files": [str(f), str(tmp_path / "absent")], "dirs": [str(tmp_path)],
+            "sysctls": ["kernel.ostype"], "packages": [], "hash_cache": str(cache)}
+    state = run_host_state(spec, tmp_path)
+    sha, mode, owner = state["files"][str(f)]
+    assert sha == hashlib.sha256(b"hello\n").hexdigest() and mode == 0o640 and ":" in owner
+    assert state["files"][str(tmp_path / "absent")] is None
+    assert state["dirs"][str(tmp_path)][0] == tmp_path.stat().st_mode & 0o7777
+    assert state["sysctls"]["kernel.ostype"] == "Linux"
+    assert state["cgroup"] in ("v1", "v2")
+    assert isinstance(state["swap"], list) and isinstance(state["overlay"], bool)
+    # Big files are hashed once: the second run answers from the cache, same result.
+    assert str(f) in json.loads(cache.read_text())
+    assert run_host_state(spec, tmp_path)["files"][str(f)] == [sha, mode, owner]
+
+
+def test_host_state_command_is_one_shell_word_pair():
+    cmd = HostState().command(spec={"files": ["/etc/it's"]})
+    assert cmd.startswith("python3 -c '")
+    assert json.dumps({"files": ["/etc/it's"]}, sort_keys=True).replace("'", "'\"'\"'") in cmd
+
+
+def test_certificate_expiry_parses_openssl_lines():
+    out = CertificateExpiry().process([
+        "/var/lib/kubernetes/pki/ca.crt|CN=KUBERNETES-CA,O=kubernetes-the-hard-way|Nov 23 12:00:00 2036 GMT",
+        "/etc/etcd/etcd-server.crt|CN=etcd-server|Nov 25 12:00:00 2027 GMT",
+    ])
+    assert out["/etc/etcd/etcd-server.crt"] == {"subject": "CN=etcd-server", "not_after": "Nov 25 12:00:00 2027 GMT"}
+
+
+def test_etcd_health_parses_member_list_and_health():
+    members = {"members": [{"name": "master-1", "peerURLs": ["https://192.168.56.11:2380"],
+                            "clientURLs": ["https://192.168.56.11:2379"]}]}
+    health = [{"endpoint": "https://192.168.56.11:2379", "health": True}]
+    out = EtcdHealth().process([json.dumps(members), "---", json.dumps(health)])
+    assert out["members"][0]["name"] == "master-1"
+    assert out["health"] == {"https://192.168.56.11:2379": True}
+    assert EtcdHealth().process(["garbage", "---"]) == {"members": [], "health": {}}
+
+
+def test_kthw_services_lists_only_installed_units():
+    lines = ["Id=etcd.service", "LoadState=loaded", "ActiveState=active", "UnitFileState=enabled",
+             "ActiveEnterTimestamp=Wed 2026-11-25 12:00:00 UTC", "",
+             "Id=kubelet.service", "LoadState=not-found", "ActiveState=inactive", "UnitFileState="]
+    assert KthwServices().process(lines) == {
+        "etcd": {"active": "active", "enabled": "enabled", "since": "Wed 2026-11-25 12:00:00 UTC"}}

@@ -1,0 +1,157 @@
+"""Rendered configs, checked by the real tools where they exist (haproxy -c,
+systemd-analyze verify) and by their own parsers otherwise."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tomllib
+
+import pytest
+import yaml
+
+from kthw.context import NEUTRAL_FACTS, HostContext, prepared_cluster
+from kthw.deploy import collect
+from kthw.model import DEFAULT_CLUSTER_FILE
+from tests.conftest import cluster_file, scaled
+from tests.plan.states import MODULES
+
+
+@pytest.fixture(scope="module")
+def default_path(tmp_path_factory):
+    return cluster_file(tmp_path_factory.mktemp("rendered"))
+
+
+def rendered(path, node: str, **facts) -> dict[str, bytes]:
+    cluster = prepared_cluster(str(path))
+    ctx = HostContext(cluster, cluster.node(node), {**NEUTRAL_FACTS, **facts})
+    return {f.dest: f.data for w in collect(ctx, MODULES).values() for f in w.all_files() if f.data is not None}
+
+
+@pytest.mark.parametrize("topology", ["default", "3 masters"])
+def test_haproxy_accepts_the_config(tmp_path, default_path, topology):
+    path = default_path if topology == "default" else cluster_file(
+        tmp_path, scaled(3, 2, yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text())))
+    cfg = rendered(path, "loadbalancer")["/etc/haproxy/haproxy.cfg"].decode()
+    masters = re.findall(r"^\s+server (\S+) (\S+):6443$", cfg, re.M)
+    assert len(masters) == (2 if topology == "default" else 3)
+    # Check as haproxy would run it, but bound to loopback so this machine can test it.
+    lb_ip = prepared_cluster(str(path)).loadbalancer.ip
+    (tmp_path / "haproxy.cfg").write_text(cfg.replace(f"bind {lb_ip}:", "bind 127.0.0.1:"))
+    out = subprocess.run(["haproxy", "-c", "-f", tmp_path / "haproxy.cfg"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+UNITS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
+         "containerd", "kubelet", "kube-proxy", "kthw-pod-routes"]
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_systemd_accepts_every_unit(tmp_path, default_path, unit):
+    raw = yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text())
+    raw["cni"] = "bridge"
+    path = default_path if unit != "kthw-pod-routes" else cluster_file(tmp_path / "bridge", raw)
+    node = "master-1" if unit.startswith(("etcd", "kube-a", "kube-c", "kube-s")) else "worker-1"
+    text = rendered(path, node)[f"/etc/systemd/system/{unit}.service"].decode()
+    # systemd-analyze checks that each command exists: point them at stand-ins here.
+    stubs = tmp_path / "bin"
+    stubs.mkdir(exist_ok=True)
+    for cmd in set(re.findall(r"^Exec\w+=-?(/\S+)", text, re.M)):
+        stub = stubs / cmd.strip("/").replace("/", "_")
+        stub.write_text("#!/bin/sh\n")
+        stub.chmod(0o755)
+        text = text.replace(cmd, str(stub))
+    unit_file = tmp_path / f"{unit}.service"
+    unit_file.write_text(text)
+    out = subprocess.run(["systemd-analyze", "verify", "--man=no", "--recursive-errors=no", unit_file],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and not out.stderr.strip(), out.stderr
+
+
+def test_kubelet_config_is_locked_down(default_path):
+    cfg = yaml.safe_load(rendered(default_path, "worker-1")["/var/lib/kubelet/kubelet-config.yaml"])
+    assert cfg["authentication"]["anonymous"]["enabled"] is False
+    assert cfg["authentication"]["webhook"]["enabled"] is True
+    assert cfg["authorization"]["mode"] == "Webhook"
+    assert cfg["clusterDNS"] == ["10.96.0.10"] and cfg["clusterDomain"] == "cluster.local"
+    assert cfg["cgroupDriver"] == "systemd"
+    assert cfg["podCIDR"] == "10.244.0.0/24"
+    assert "failCgroupV1" not in cfg
+
+
+def test_kubelet_on_cgroup_v1_host_and_resolved(default_path):
+    cfg = yaml.safe_load(rendered(default_path, "worker-2", cgroup="v1", resolved=True)[
+        "/var/lib/kubelet/kubelet-config.yaml"])
+    assert cfg["failCgroupV1"] is False
+    assert cfg["resolvConf"] == "/run/systemd/resolve/resolv.conf"
+
+
+def test_kube_proxy_config(default_path):
+    files = rendered(default_path, "worker-1")
+    cfg = yaml.safe_load(files["/var/lib/kube-proxy/kube-proxy-config.yaml"])
+    assert cfg["mode"] == "iptables" and cfg["clusterCIDR"] == "10.244.0.0/16"
+    assert "conntrack" not in cfg
+    in_container = yaml.safe_load(rendered(default_path, "worker-1", container="lxc")[
+        "/var/lib/kube-proxy/kube-proxy-config.yaml"])
+    assert in_container["conntrack"]["maxPerCore"] == 0
+
+
+def test_containerd_uses_systemd_cgroups_and_our_pause_image(default_path):
+    cfg = tomllib.loads(rendered(default_path, "worker-1")["/etc/containerd/config.toml"].decode())
+    runtime = cfg["plugins"]["io.containerd.cri.v1.runtime"]
+    assert runtime["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is True
+    assert cfg["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"] == "registry.k8s.io/pause:3.10"
+
+
+def test_bridge_cni_config(tmp_path):
+    raw = yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text())
+    raw["cni"] = "bridge"
+    files = rendered(cluster_file(tmp_path, raw), "worker-2")
+    conf = json.loads(files["/etc/cni/net.d/10-bridge.conflist"])
+    assert conf["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.1.0/24"}]]
+    json.loads(files["/etc/cni/net.d/99-loopback.conf"])
+
+
+def test_addon_manifests(default_path):
+    files = rendered(default_path, "master-1")
+    docs = {}
+    for dest, data in files.items():
+        if dest.startswith("/etc/kubernetes/addons/"):
+            for doc in yaml.safe_load_all(data):
+                docs[(doc["kind"], doc["metadata"]["name"])] = doc
+    assert docs[("Service", "kube-dns")]["spec"]["clusterIP"] == "10.96.0.10"
+    weave = docs[("DaemonSet", "weave-net")]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "IPALLOC_RANGE", "value": "10.244.0.0/16"} in weave["env"]
+    assert weave["image"] == "weaveworks/weave-kube:2.8.1"
+    crb = docs[("ClusterRoleBinding", "kube-apiserver-kubelet-client")]
+    assert crb["roleRef"]["name"] == "system:kubelet-api-admin"
+    assert crb["subjects"][0]["name"] == "kube-apiserver-kubelet-client"
+    corefile = docs[("ConfigMap", "coredns")]["data"]["Corefile"]
+    assert "kubernetes cluster.local in-addr.arpa ip6.arpa" in corefile
+
+
+def test_apiserver_flags(default_path):
+    unit = rendered(default_path, "master-2")["/etc/systemd/system/kube-apiserver.service"].decode()
+    for flag in ("--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+                 "--encryption-provider-config=", "--audit-policy-file=", "--audit-log-path=",
+                 "--service-account-issuer=https://192.168.56.30:6443",
+                 "--etcd-servers=https://192.168.56.11:2379,https://192.168.56.12:2379",
+                 "--advertise-address=192.168.56.12", "--service-cluster-ip-range=10.96.0.0/16",
+                 "--kubelet-client-certificate="):
+        assert flag in unit
+    for leader in ("kube-controller-manager", "kube-scheduler"):
+        assert "--leader-elect=true" in rendered(default_path, "master-1")[
+            f"/etc/systemd/system/{leader}.service"].decode()
+
+
+def test_audit_policy_parses(default_path):
+    policy = yaml.safe_load(rendered(default_path, "master-1")["/etc/kubernetes/audit-policy.yaml"])
+    assert policy["kind"] == "Policy" and policy["rules"][-1] == {"level": "Metadata"}
+
+
+def test_tools_are_present():
+    """The checks above need these; scripts/setup installs them. Say so loudly if not."""
+    for tool in ("haproxy", "systemd-analyze", "openssl"):
+        assert shutil.which(tool), f"{tool} is missing: run scripts/setup"
