@@ -3,6 +3,7 @@
     validate   check cluster.yaml and print what it derives
     pki        create or refresh the PKI, encryption config and kubeconfigs (idempotent)
     diagram    print the topology as Mermaid
+    lab-cluster  print the lab's copy of the cluster file (artifacts from the lab's builds)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from kthw.pki import PkiError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kthw", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["validate", "pki", "diagram"])
+    parser.add_argument("command", choices=["validate", "pki", "diagram", "lab-cluster"])
     parser.add_argument("--cluster", help="cluster file (default: $KTHW_CLUSTER or cluster.yaml)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only changes")
     args = parser.parse_args(argv)
@@ -29,7 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     for warning in cluster.warnings:
         print(f"warning: {warning}", file=sys.stderr)
 
-    if args.command == "validate":
+    if args.command == "lab-cluster":
+        from kthw.lab import lab_cluster_yaml
+
+        text, notes = lab_cluster_yaml(args.cluster)
+        for note in notes[1:]:
+            print(f"note: {note}", file=sys.stderr)
+        print(text, end="")
+    elif args.command == "validate":
         print(f"{cluster.source}: ok, cluster {cluster.name!r}, API at {cluster.api_server_url}")
         for n in cluster.nodes:
             extra = f" pods {n.pod_cidr}" if n.pod_cidr else ""

@@ -138,3 +138,19 @@ def test_dry_diff_never_prints_secrets(default_cluster):
     for key in cluster.pki_dir.glob("*.key"):
         body = "".join(key.read_text().splitlines()[1:-1])
         assert body[:40] not in text.replace("\n", "")
+
+
+def remote_commands(stderr: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for host in re.findall(r"\[@fake/([\w-]+)\]\s+>>> ", stderr):
+        counts[host] = counts.get(host, 0) + 1
+    return counts
+
+
+def test_a_noop_rerun_sends_one_remote_command_per_host(default_cluster):
+    out = run_pyinfra(default_cluster, "-y", "-vv", state="converged")
+    counts = remote_commands(out.stderr)
+    assert counts == {h: 1 for h in ("loadbalancer", "master-1", "master-2", "worker-1", "worker-2")}, counts
+    # and interactively (plan, then execute) the snapshot is still the only question asked
+    out = run_pyinfra(default_cluster, "--dry", "-vv", state="converged")
+    assert set(remote_commands(out.stderr).values()) == {1}

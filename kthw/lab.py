@@ -1,0 +1,42 @@
+"""The lab's view of a cluster file: the same nodes and networks, with binaries and images
+from the lab's own builds (artifacts.source: directory), since the lab reaches no release host.
+
+    python -m kthw lab-cluster > .kthw/lab-cluster.yaml
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import yaml
+
+from kthw.model import cluster_file_from_env, load_cluster
+
+DEFAULT_BUILD_DIR = "~/.cache/kthw/lab-artifacts"
+
+
+def lab_cluster_yaml(source: Path | None = None, build_dir: str | None = None) -> tuple[str, list[str]]:
+    """(YAML text, notes) for the lab's copy of ``source``."""
+    source = Path(source or cluster_file_from_env()).resolve()
+    cluster = load_cluster(source)  # validate the original first
+    raw = yaml.safe_load(source.read_text())
+    build = Path(os.path.expanduser(build_dir or os.environ.get("KTHW_ARTIFACTS_OUT") or DEFAULT_BUILD_DIR))
+    raw = copy.deepcopy(raw)
+    raw["artifacts"] = {
+        **{k: v for k, v in (raw.get("artifacts") or {}).items() if k == "cache_dir"},
+        "source": "directory",
+        "directory": str(build),
+        "checksums": "SHA256SUMS",
+        "images": str(build / "images"),
+    }
+    # Keep the original's generated state (PKI) where it was.
+    raw["state_dir"] = str(cluster.state_dir.parent)
+    notes = [f"lab copy of {source}: artifacts from {build}"]
+    if raw.get("cni", "weave") == "weave" and not (build / "images" / "weave-kube.tar").exists():
+        raw["cni"] = "bridge"
+        notes.append("cni: weave -> bridge, because the lab has no Weave Net images (its Go module "
+                     "is not served by the module proxy here); see README.md")
+    header = "".join(f"# {n}\n" for n in notes)
+    return header + yaml.safe_dump(raw, sort_keys=False), notes

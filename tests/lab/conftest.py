@@ -1,0 +1,47 @@
+"""End-to-end tests on the real lab: LXC nodes, real binaries built from source, real deploy.
+
+They are part of `make test`. They need root, LXC and Vagrant with vagrant-lxc (scripts/setup
+installs them); where they cannot run, they fail saying why, never pass silently.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from kthw.model import DEFAULT_CLUSTER_FILE
+from tests.lab.lab import Lab, sh
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/lab/" in str(item.fspath):
+            item.add_marker(pytest.mark.lab)
+
+
+@pytest.fixture(scope="session")
+def lab_ready():
+    """The lab's prerequisites and the artifacts it deploys (built from source, cached)."""
+    problems = [f"{tool} is missing" for tool in ("vagrant", "lxc-start", "dnsmasq", "debootstrap")
+                if not shutil.which(tool)]
+    if os.geteuid() != 0:
+        problems.append("not root (LXC containers and bridges need it)")
+    assert not problems, "the lab cannot run here: " + "; ".join(problems) + ". Run scripts/setup --lab."
+    sh(["lab/artifacts/build"], timeout=5400)
+
+
+@pytest.fixture(scope="session")
+def default_lab(lab_ready):
+    lab = Lab(DEFAULT_CLUSTER_FILE)
+    lab.up()
+    lab.deploy(label="cold deploy")
+    yield lab
+    report(lab)
+
+
+def report(lab: Lab) -> None:
+    print(f"\nlab timings for {lab.cluster.name}:")
+    for label, seconds in lab.timings.items():
+        print(f"  {label:28} {seconds:7.1f} s")
