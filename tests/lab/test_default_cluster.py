@@ -72,6 +72,9 @@ def test_secrets_are_encrypted_at_rest(lab):
     lab.kubectl("delete", "secret", "kthw-e2e")
 
 
+SERVE = "mkdir -p /www && hostname > /www/index.html && echo serving && exec httpd -f -v -p 8080 -h /www"
+
+
 @pytest.fixture(scope="module")
 def web(lab):
     image = smoke_image(lab)
@@ -94,7 +97,7 @@ spec:
         - name: web
           image: {image}
           imagePullPolicy: Never
-          command: [sh, -c, 'mkdir -p /www && hostname > /www/index.html && echo serving && exec httpd -f -v -p 8080 -h /www']
+          command: [sh, -c, '{SERVE}']
           ports: [{{containerPort: 8080}}]
 ---
 apiVersion: v1
