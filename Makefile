@@ -1,19 +1,37 @@
-# Front door. `make test` sets everything up and runs the tests; see README.md.
+# Front door; see README.md.
+#   make up      bring the machines up and deploy the cluster (LXC lab where there is no VirtualBox)
+#   make test    everything: lint, unit and plan tests, then the lab end to end (slow, needs root)
+#   make check   the fast part of `make test` (no lab)
 PY := .venv/bin/python
 
-.PHONY: setup test lint unit pki validate diagram bench
+.PHONY: setup up down test check lint unit plan lab-test pki validate diagram bench bench-lab
 
 setup:
 	@scripts/setup
 
-test: setup lint
-	$(PY) -m pytest
+up: setup
+	@scripts/up
+
+down: setup
+	@scripts/down
+
+test: check lab-test
+
+check: lint
+	$(PY) -m pytest tests/unit tests/plan
 
 lint: setup
 	.venv/bin/ruff check .
 
 unit: setup
 	$(PY) -m pytest tests/unit
+
+plan: setup
+	$(PY) -m pytest tests/plan
+
+lab-test: setup
+	@scripts/setup --lab
+	$(PY) -m pytest -s tests/lab
 
 validate: setup
 	$(PY) -m kthw validate
@@ -26,3 +44,7 @@ diagram: setup
 
 bench: setup
 	$(PY) bench/pki.py
+
+bench-lab: setup
+	@scripts/setup --lab
+	$(PY) bench/lab.py

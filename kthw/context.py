@@ -25,7 +25,7 @@ from kthw.pki import ensure_pki
 FILES = REPO_ROOT / "files"
 # Before the host has answered, templates see these neutral values; only file *contents* may
 # depend on host facts, never which files exist (the snapshot must know every path up front).
-NEUTRAL_FACTS = {"cgroup": "v2", "container": "", "resolved": False}
+NEUTRAL_FACTS = {"cgroup": "v2", "container": "", "resolved": False, "sys_resource": True}
 
 _jinja = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(FILES)),

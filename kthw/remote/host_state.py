@@ -96,6 +96,11 @@ try:
 except OSError:
     out["etc_hostname"] = ""
 # cgroup v2 mounts cgroup2 at /sys/fs/cgroup; v1 and hybrid mount a tmpfs there.
+# CAP_SYS_RESOURCE (bit 24) lets root lower oom_score_adj, which runc does for every pod
+# sandbox (-998); some sandboxes (containers, restricted VMs) do not have it.
+with open("/proc/self/status") as fh:
+    caps = [l.split()[1] for l in fh if l.startswith("CapEff:")]
+out["sys_resource"] = bool(caps) and bool(int(caps[0], 16) >> 24 & 1)
 out["resolved"] = os.path.exists("/run/systemd/resolve/resolv.conf")
 out["cgroup"] = "v2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "v1"
 try:

@@ -16,7 +16,7 @@ def fresh_state() -> dict:
     return {"files": {}, "dirs": {}, "services": {}, "sysctls": {}, "packages": {}, "manifests": {},
             "images": [], "swap": ["/swap.img"], "fstab_swap": ["/swap.img none swap sw 0 0"],
             "overlay": True, "br_netfilter": True, "hostname": "ubuntu-jammy",
-            "etc_hostname": "ubuntu-jammy", "resolved": True, "cgroup": "v2", "container": ""}
+            "etc_hostname": "ubuntu-jammy", "resolved": True, "cgroup": "v2", "container": "", "sys_resource": True}
 
 
 def converged_state(cluster: Cluster, node: Node) -> dict:

@@ -105,6 +105,14 @@ def test_containerd_uses_systemd_cgroups_and_our_pause_image(default_path):
     assert cfg["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"] == "registry.k8s.io/pause:3.10"
 
 
+def test_containerd_keeps_oom_scores_where_root_cannot_lower_them(default_path):
+    normal = tomllib.loads(rendered(default_path, "worker-1")["/etc/containerd/config.toml"].decode())
+    assert "restrict_oom_score_adj" not in normal["plugins"]["io.containerd.cri.v1.runtime"]
+    restricted = tomllib.loads(rendered(default_path, "worker-1", sys_resource=False)[
+        "/etc/containerd/config.toml"].decode())
+    assert restricted["plugins"]["io.containerd.cri.v1.runtime"]["restrict_oom_score_adj"] is True
+
+
 def test_bridge_cni_config(tmp_path):
     raw = yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text())
     raw["cni"] = "bridge"
