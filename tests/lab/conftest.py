@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -32,13 +33,25 @@ def lab_ready():
     sh(["lab/artifacts/build"], timeout=5400)
 
 
-@pytest.fixture(scope="session")
-def default_lab(lab_ready):
-    lab = Lab(DEFAULT_CLUSTER_FILE)
+TOPOLOGIES = {
+    "reference": DEFAULT_CLUSTER_FILE,
+    "three-masters": Path(__file__).parent / "three-masters.yaml",
+}
+
+
+@pytest.fixture(scope="session", params=list(TOPOLOGIES))
+def lab(request, lab_ready):
+    """One topology at a time: brought up, deployed from scratch, then torn down (the next
+    topology needs the machine's cores), except the last, left up for a look."""
+    for other in TOPOLOGIES.values():  # from scratch: a cold deploy is part of the claim
+        Lab(other).down()
+    lab = Lab(TOPOLOGIES[request.param])
     lab.up()
     lab.deploy(label="cold deploy")
     yield lab
     report(lab)
+    if request.param != list(TOPOLOGIES)[-1]:
+        lab.down()
 
 
 def report(lab: Lab) -> None:

@@ -1,0 +1,117 @@
+"""Lab benchmark: what a deploy costs on real (LXC) nodes. Prints figures; asserts nothing.
+
+    make bench-lab          (root; destroys and recreates the lab twice: 2 and 6 workers)
+
+For each topology: `vagrant up` (lab/up) time, cold deploy time until every node is Ready,
+dry-run time, no-op rerun time and its count of changed operations, the remote commands
+each host received during the no-op rerun, and the operator's CPU seconds for it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from kthw.lab import lab_cluster_yaml  # noqa: E402
+from kthw.model import DEFAULT_CLUSTER_FILE, load_cluster  # noqa: E402
+
+PYINFRA = [sys.executable, "-m", "pyinfra"]
+
+
+def run(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float, float]:
+    """(result, wall seconds, CPU seconds of the child processes)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.monotonic()
+    out = subprocess.run(cmd, cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True)
+    wall = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return out, wall, cpu
+
+
+def topology(workers: int) -> Path:
+    raw = yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text())
+    keep = [n for n in raw["nodes"] if n["role"] != "worker"]
+    template = next(n for n in raw["nodes"] if n["role"] == "worker")
+    raw["nodes"] = keep + [{**copy.deepcopy(template), "name": f"worker-{i}", "ip": f"192.168.56.{20 + i}"}
+                           for i in range(1, workers + 1)]
+    src = REPO / ".kthw" / "bench" / f"workers-{workers}.yaml"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_text(yaml.safe_dump(raw, sort_keys=False))
+    text, _ = lab_cluster_yaml(src)
+    out = src.with_name(f"lab-workers-{workers}.yaml")
+    out.write_text(text)
+    return out
+
+
+def wait_ready(cluster_file: Path, timeout: float = 600) -> float:
+    cluster = load_cluster(cluster_file)
+    kubectl = (Path(os.path.expanduser(cluster.artifacts.directory))
+               / f"kubernetes/{cluster.versions.kubernetes}/bin/linux/amd64/kubectl")
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        out = subprocess.run([str(kubectl), "--kubeconfig", str(cluster.kubeconfig_dir / "admin.kubeconfig"),
+                              "get", "nodes", "-o", "json"], capture_output=True, text=True)
+        if out.returncode == 0:
+            items = json.loads(out.stdout)["items"]
+            ready = [n for n in items if any(c["type"] == "Ready" and c["status"] == "True"
+                                             for c in n["status"]["conditions"])]
+            if len(ready) == len(cluster.workers):
+                return time.monotonic() - start
+        time.sleep(2)
+    raise SystemExit("nodes did not become Ready")
+
+
+def measure(workers: int) -> dict:
+    path = topology(workers)
+    env = {"KTHW_CLUSTER": str(path)}
+    figures: dict = {}
+    subprocess.run(["lab/down"], cwd=REPO, env={**os.environ, **env}, capture_output=True)
+    _, figures["vagrant up (lab/up)"], _ = run(["lab/up"], env)
+    _, deploy, _ = run([*PYINFRA, "-y", "inventory.py", "deploy.py"], env)
+    figures["cold deploy to all-Ready"] = deploy + wait_ready(path)
+    _, figures["dry run"], _ = run([*PYINFRA, "inventory.py", "deploy.py", "--dry"], env)
+    out, wall, cpu = run([*PYINFRA, "-y", "-vv", "--json", "inventory.py", "deploy.py"], env)
+    ops = json.loads(out.stdout)["results"]["operations"]
+    figures["no-op rerun"] = wall
+    figures["changed operations"] = sum(len(op["success"]) for op in ops)
+    figures["operator CPU for the rerun"] = cpu
+    per_host: dict[str, int] = {}
+    for host in re.findall(r"^\s*\[([\w.-]+)\]\s+>>> ", out.stderr, re.M):
+        per_host[host] = per_host.get(host, 0) + 1
+    figures["remote commands per host"] = per_host
+    subprocess.run(["lab/down"], cwd=REPO, env={**os.environ, **env}, capture_output=True)
+    return figures
+
+
+def main() -> None:
+    results = {w: measure(w) for w in (2, 6)}
+    print("lab benchmark (LXC nodes sharing this machine's 2 cores)")
+    print(f"{'':34} {'2 workers':>14} {'6 workers':>14}")
+    for key in results[2]:
+        a, b = results[2][key], results[6][key]
+        if isinstance(a, dict):
+            fmt = lambda d: f"{min(d.values())}-{max(d.values())}" if d else "-"  # noqa: E731
+            print(f"{key:34} {fmt(a):>14} {fmt(b):>14}")
+        elif isinstance(a, int):
+            print(f"{key:34} {a:>14} {b:>14}")
+        else:
+            print(f"{key:34} {a:>13.1f}s {b:>13.1f}s")
+
+
+if __name__ == "__main__":
+    main()

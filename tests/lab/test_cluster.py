@@ -1,0 +1,215 @@
+"""Every topology of the lab, deployed for real: each claim here ran on real components.
+
+Topologies: the reference (cluster.yaml: 2 masters, 2 workers) and tests/lab/three-masters.yaml
+(3 masters, 3 workers, another node network, pod CIDR and service CIDR).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.lab.lab import Lab
+
+ETCDCTL = ("ETCDCTL_API=3 etcdctl --cacert=/etc/etcd/ca.crt --cert=/etc/etcd/etcd-server.crt "
+           "--key=/etc/etcd/etcd-server.key")
+ADMIN = "kubectl --kubeconfig /etc/kubernetes/admin.kubeconfig"
+SERVE = "mkdir -p /www && hostname > /www/index.html && echo serving && exec httpd -f -v -p 8080 -h /www"
+
+
+def smoke_image(lab: Lab) -> str:
+    listing = (Path(lab.cluster.artifacts.images) / "IMAGES").read_text()
+    return next(line.split()[1] for line in listing.splitlines() if "smoke/busybox" in line)
+
+
+def masters(lab):
+    return [m.name for m in lab.cluster.masters]
+
+
+def workers(lab):
+    return [w.name for w in lab.cluster.workers]
+
+
+def test_etcd_members_started_and_healthy_over_tls(lab):
+    first = masters(lab)[0]
+    members = json.loads(lab.ssh(first, f"{ETCDCTL} --endpoints=https://127.0.0.1:2379 member list -w json"))
+    assert sorted(m["name"] for m in members["members"]) == sorted(masters(lab))
+    assert all(u.startswith("https://") for m in members["members"] for u in m["peerURLs"] + m["clientURLs"])
+    endpoints = ",".join(f"https://{m.ip}:2379" for m in lab.cluster.masters)
+    health = json.loads(lab.ssh(masters(lab)[-1], f"{ETCDCTL} --endpoints={endpoints} endpoint health -w json"))
+    assert len(health) == len(masters(lab)) and all(h["health"] for h in health)
+
+
+def test_every_apiserver_answers_and_the_load_balancer_uses_them_all(lab):
+    for master in masters(lab):
+        assert lab.ssh(master, f"{ADMIN} get --raw /readyz") == "ok"
+    assert lab.kubectl("get", "--raw", "/readyz") == "ok"
+    for i in range(30):
+        lab.kubectl("get", "--raw", f"/version?kthw-probe={i}")
+    for master in masters(lab):  # each apiserver's audit log saw some of the probes
+        assert int(lab.ssh(master, "grep -c 'kthw-probe' /var/log/kubernetes/audit.log || true").strip() or 0) > 0
+
+
+def test_one_leader_each_for_scheduler_and_controller_manager(lab):
+    for lease in ("kube-scheduler", "kube-controller-manager"):
+        holder = lab.kubectl("-n", "kube-system", "get", "lease", lease, "-o", "jsonpath={.spec.holderIdentity}")
+        assert holder.split("_")[0] in masters(lab), holder
+
+
+def test_all_nodes_ready(lab):
+    def ready():
+        nodes = json.loads(lab.kubectl("get", "nodes", "-o", "json"))["items"]
+        states = {n["metadata"]["name"]: next(c["status"] for c in n["status"]["conditions"]
+                                              if c["type"] == "Ready") for n in nodes}
+        return states if states == {w: "True" for w in workers(lab)} else None
+    lab.wait("every worker Ready", ready, timeout=300)
+
+
+def test_secrets_are_encrypted_at_rest(lab):
+    lab.kubectl("delete", "secret", "kthw-e2e", "--ignore-not-found")
+    lab.kubectl("create", "secret", "generic", "kthw-e2e", "--from-literal=mykey=mydata")
+    raw = lab.ssh(masters(lab)[0], f"{ETCDCTL} --endpoints=https://127.0.0.1:2379 get "
+                  "/registry/secrets/default/kthw-e2e --print-value-only | head -c 26")
+    assert raw.startswith("k8s:enc:secretbox:v1:key1"), raw
+    lab.kubectl("delete", "secret", "kthw-e2e")
+
+
+@pytest.fixture(scope="module")
+def web(lab):
+    image, n = smoke_image(lab), len(workers(lab))
+    manifest = f"""
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: {n}
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            - labelSelector: {{matchLabels: {{app: web}}}}
+              topologyKey: kubernetes.io/hostname
+      containers:
+        - name: web
+          image: {image}
+          imagePullPolicy: Never
+          command: [sh, -c, '{SERVE}']
+          ports: [{{containerPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  type: NodePort
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  containers:
+    - name: client
+      image: {image}
+      imagePullPolicy: Never
+      command: [sleep, "3600"]
+"""
+    path = lab.cluster_file.with_suffix(".smoke.yaml")
+    path.write_text(manifest)
+    lab.kubectl("apply", "-f", str(path))
+    lab.kubectl("rollout", "status", "deployment/web", "--timeout=300s", timeout=320)
+    lab.kubectl("wait", "--for=condition=Ready", "pod/client", "--timeout=180s", timeout=200)
+    yield
+    lab.kubectl("delete", "-f", str(path), "--wait=false", check=False)
+
+
+def web_pods(lab) -> list[dict]:
+    return json.loads(lab.kubectl("get", "pods", "-l", "app=web", "-o", "json"))["items"]
+
+
+def test_deployment_spreads_over_every_worker(lab, web):
+    assert sorted(p["spec"]["nodeName"] for p in web_pods(lab)) == sorted(workers(lab))
+    for pod in web_pods(lab):  # pod IPs come from that worker's slice of the pod CIDR
+        node = lab.cluster.node(pod["spec"]["nodeName"])
+        assert ipaddress.ip_address(pod["status"]["podIP"]) in node.pod_cidr
+
+
+def test_nodeport_answers_on_every_worker(lab, web):
+    port = lab.kubectl("get", "svc", "web", "-o", "jsonpath={.spec.ports[0].nodePort}")
+    pods = {p["metadata"]["name"] for p in web_pods(lab)}
+    lb = lab.cluster.loadbalancer.name
+    for worker in lab.cluster.workers:
+        seen = {lab.ssh(lb, f"curl -s --max-time 5 http://{worker.ip}:{port}/").strip() for _ in range(12)}
+        assert seen <= pods and len(seen) > 1, (worker.name, seen)  # reaches pods on other workers too
+
+
+def test_logs_and_exec(lab, web):
+    pod = web_pods(lab)[0]["metadata"]["name"]
+    assert "serving" in lab.kubectl("logs", pod)
+    assert lab.kubectl("exec", pod, "--", "cat", "/www/index.html").strip() == pod
+
+
+def test_dns_resolves_services_through_coredns(lab, web):
+    lab.kubectl("-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=180s", timeout=200)
+    domain = lab.cluster.domain
+    out = lab.kubectl("exec", "client", "--", "nslookup", f"kubernetes.default.svc.{domain}")
+    assert str(lab.cluster.api_service_ip) in out
+    out = lab.kubectl("exec", "client", "--", "nslookup", f"web.default.svc.{domain}")
+    assert lab.kubectl("get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}") in out
+    assert f"Server:\t\t{lab.cluster.cluster_dns}" in out or str(lab.cluster.cluster_dns) in out
+
+
+def test_pods_on_different_workers_reach_each_other(lab, web):
+    client_node = json.loads(lab.kubectl("get", "pod", "client", "-o", "json"))["spec"]["nodeName"]
+    for remote in (p for p in web_pods(lab) if p["spec"]["nodeName"] != client_node):
+        out = lab.kubectl("exec", "client", "--", "wget", "-qO-", "-T", "5", f"http://{remote['status']['podIP']}:8080/")
+        assert out.strip() == remote["metadata"]["name"]
+    assert lab.kubectl("exec", "client", "--", "wget", "-qO-", "-T", "5", "http://web/").strip()
+
+
+def test_second_run_changes_nothing(lab):
+    p = lab.plan()
+    assert [n for n, op in p.items() if op["hosts_with_change"]] == []
+    out = lab.deploy("--json", label="no-op rerun")
+    ops = json.loads(out.stdout)["results"]["operations"]
+    assert [(op["name"], op["success"]) for op in ops if op["success"]] == []  # nothing changed
+    assert [op["name"] for op in ops if op["error"]] == []
+
+
+def test_failover_when_an_apiserver_stops(lab):
+    first = masters(lab)[0]
+    lab.ssh(first, "systemctl stop kube-apiserver")
+    try:
+        lab.wait(f"HAProxy to route around {first}", lambda: lab.kubectl("get", "--raw", "/readyz") == "ok",
+                 timeout=60)
+        for _ in range(10):  # every request succeeds while one apiserver is down
+            assert lab.kubectl("get", "nodes", "-o", "name")
+    finally:
+        lab.ssh(first, "systemctl start kube-apiserver")
+    lab.wait(f"{first} to serve again",
+             lambda: lab.ssh(first, f"{ADMIN} get --raw /readyz", check=False) == "ok", timeout=120)
+
+
+def test_writes_survive_a_whole_master_going_down(lab):
+    if len(masters(lab)) < 3:
+        pytest.skip("a 2-member etcd has no quorum without either master: the reference design's known "
+                    "limit (the cluster model warns about it); the 3-master topology runs this test")
+    victim = masters(lab)[-1]
+    container = f"kthw-{victim}"
+    name = f"kthw-quorum-{re.sub(r'[^a-z0-9]', '', victim)}"
+    subprocess.run(["lxc-stop", "-n", container, "-t", "20"], check=True)
+    try:
+        lab.wait("writes with one master down", lambda: lab.kubectl(
+            "create", "configmap", name, "--from-literal=a=b", check=False).startswith("configmap/"), timeout=120)
+        assert lab.kubectl("get", "configmap", name, "-o", "name")
+    finally:
+        subprocess.run(["lxc-start", "-n", container], check=True)
+        lab.kubectl("delete", "configmap", name, "--ignore-not-found", check=False)
