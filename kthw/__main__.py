@@ -4,6 +4,8 @@
     pki        create or refresh the PKI, encryption config and kubeconfigs (idempotent)
     diagram    print the topology as Mermaid
     lab-cluster  print the lab's copy of the cluster file (artifacts from the lab's builds)
+    pin-checksums  fetch upstream's published sha256 of every pinned release file and add
+                 them to kthw/checksums/upstream-amd64.sha256 (review the diff, then commit)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from kthw.pki import PkiError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kthw", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["validate", "pki", "diagram", "lab-cluster"])
+    parser.add_argument("command", choices=["validate", "pki", "diagram", "lab-cluster", "pin-checksums"])
     parser.add_argument("--cluster", help="cluster file (default: $KTHW_CLUSTER or cluster.yaml)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only changes")
     args = parser.parse_args(argv)
@@ -30,7 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     for warning in cluster.warnings:
         print(f"warning: {warning}", file=sys.stderr)
 
-    if args.command == "lab-cluster":
+    if args.command == "pin-checksums":
+        from kthw.artifacts import UPSTREAM_CHECKSUMS, ArtifactError, pin_upstream, write_pins
+
+        try:
+            pins = pin_upstream(cluster)
+        except ArtifactError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        write_pins(pins)
+        print(f"{len(pins)} pins written to {UPSTREAM_CHECKSUMS}; review `git diff` before committing")
+    elif args.command == "lab-cluster":
         from kthw.lab import lab_cluster_yaml
 
         text, notes = lab_cluster_yaml(args.cluster)

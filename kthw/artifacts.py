@@ -52,12 +52,16 @@ class Artifact:
     upstream: str  # upstream URL, same placeholders
     installs: tuple[tuple[str, str], ...]  # (member in the archive, or "" for the file itself; installed path)
     roles: frozenset[str]
+    checksum_url: str = ""  # where upstream publishes this file's sha256 (same placeholders)
 
     def path(self, version: str) -> str:
         return self.relpath.format(v=version, n=version.lstrip("v"))
 
     def url(self, version: str) -> str:
         return self.upstream.format(v=version, n=version.lstrip("v"))
+
+    def sums_url(self, version: str) -> str:
+        return (self.checksum_url or self.upstream + ".sha256").format(v=version, n=version.lstrip("v"))
 
 
 _K8S = "https://dl.k8s.io/release/{v}/bin/linux/amd64/"
@@ -79,17 +83,18 @@ CATALOGUE: tuple[Artifact, ...] = (
         "etcd", "etcd", "etcd/{v}/etcd-{v}-linux-amd64.tar.gz",
         _GH + "etcd-io/etcd/releases/download/{v}/etcd-{v}-linux-amd64.tar.gz",
         tuple((f"etcd-{{v}}-linux-amd64/{b}", f"/usr/local/bin/{b}") for b in ("etcd", "etcdctl", "etcdutl")),
-        MASTERS,
+        MASTERS, _GH + "etcd-io/etcd/releases/download/{v}/SHA256SUMS",
     ),
     Artifact(
         "containerd", "containerd", "containerd/{v}/containerd-{n}-linux-amd64.tar.gz",
         _GH + "containerd/containerd/releases/download/{v}/containerd-{n}-linux-amd64.tar.gz",
         tuple((f"bin/{b}", f"/usr/local/bin/{b}") for b in ("containerd", "containerd-shim-runc-v2", "ctr")),
-        WORKERS,
+        WORKERS, _GH + "containerd/containerd/releases/download/{v}/containerd-{n}-linux-amd64.tar.gz.sha256sum",
     ),
     Artifact("runc", "runc", "runc/{v}/runc.amd64",
              _GH + "opencontainers/runc/releases/download/{v}/runc.amd64",
-             (("", "/usr/local/sbin/runc"),), WORKERS),
+             (("", "/usr/local/sbin/runc"),), WORKERS,
+             _GH + "opencontainers/runc/releases/download/{v}/runc.sha256sum"),
     Artifact(
         "cni-plugins", "cni_plugins", "cni-plugins/{v}/cni-plugins-linux-amd64-{v}.tgz",
         _GH + "containernetworking/plugins/releases/download/{v}/cni-plugins-linux-amd64-{v}.tgz",
@@ -273,6 +278,53 @@ class Cache:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return out
+
+
+def pin_upstream(cluster: Cluster, fetch=None) -> dict[str, str]:
+    """sha256 of every pinned upstream release file, from the checksums each project publishes
+    next to its releases: {relative path: hex}. Review them, then commit them to
+    UPSTREAM_CHECKSUMS (``python -m kthw pin-checksums`` does both steps but the review)."""
+    fetch = fetch or _fetch_text
+    out = {}
+    for art in CATALOGUE:
+        version = getattr(cluster.versions, art.component)
+        if art.path(version) in out:
+            continue
+        text = fetch(art.sums_url(version))
+        name = art.url(version).rsplit("/", 1)[-1]
+        digest = _digest_for(text, name)
+        if digest is None:
+            raise ArtifactError(f"{art.sums_url(version)} lists no sha256 for {name}")
+        out[art.path(version)] = digest
+    return out
+
+
+def _digest_for(text: str, name: str) -> str | None:
+    lines = [line.split() for line in text.splitlines() if line.strip()]
+    for words in lines:  # "<hex>  <file>" lists
+        if len(words) >= 2 and words[-1].lstrip("*").rsplit("/", 1)[-1] == name and len(words[0]) == 64:
+            return words[0].lower()
+    if len(lines) == 1 and len(lines[0]) == 1 and len(lines[0][0]) == 64:  # a bare "<hex>"
+        return lines[0][0].lower()
+    return None
+
+
+def _fetch_text(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            return resp.read().decode()
+    except OSError as exc:
+        raise ArtifactError(f"cannot fetch {url}: {exc}") from None
+
+
+def write_pins(pins: dict[str, str], path: Path = UPSTREAM_CHECKSUMS) -> None:
+    """Merge pins into the table, keeping its comments and other versions' lines."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    known = parse_sha256sums("\n".join(lines))
+    known.update(pins)
+    header = [line for line in lines if line.startswith("#") or not line.strip()]
+    body = [f"{digest}  {rel}" for rel, digest in sorted(known.items())]
+    path.write_text("\n".join(header + body) + "\n")
 
 
 def installed_files(cluster: Cluster, role: str, cache: Cache | None = None) -> list[InstalledFile]:
