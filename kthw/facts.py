@@ -19,7 +19,7 @@ from pyinfra.api import FactBase
 _HOST_STATE_SCRIPT = (Path(__file__).parent / "remote" / "host_state.py").read_text()
 
 # Where the deploy puts certificates; CertificateExpiry looks at all of them.
-CERT_DIRS = ("/var/lib/kubernetes/pki", "/etc/etcd", "/var/lib/kubelet")
+CERT_DIRS = ("/var/lib/kubernetes/pki", "/etc/etcd", "/var/lib/kubelet/pki")
 
 
 class HostState(FactBase):

@@ -297,7 +297,7 @@ def parse_cluster(raw: Any, source: Path | str = "cluster.yaml") -> Cluster:
 
     state_dir = Path(os.path.expanduser(os.environ.get("KTHW_STATE_DIR") or spec.state_dir))
     if not state_dir.is_absolute():
-        state_dir = source.resolve().parent / state_dir
+        state_dir = Path(os.path.normpath(source.resolve().parent / state_dir))
     workers = [n for n in spec.nodes if n.role == "worker"]
     slots = _pod_slots(spec.network)
     nodes = []

@@ -147,7 +147,11 @@ def test_nodeport_answers_on_every_worker(lab, web):
     pods = {p["metadata"]["name"] for p in web_pods(lab)}
     lb = lab.cluster.loadbalancer.name
     for worker in lab.cluster.workers:
-        seen = {lab.ssh(lb, f"curl -s --max-time 5 http://{worker.ip}:{port}/").strip() for _ in range(12)}
+        url = f"http://{worker.ip}:{port}/"
+        # kube-proxy programs a new Service within seconds; wait for that, then sample.
+        answered = lambda u=url: lab.ssh(lb, f"curl -s --max-time 3 {u}", check=False).strip()  # noqa: E731
+        lab.wait(f"NodePort on {worker.name}", answered, timeout=60, interval=1)
+        seen = {lab.ssh(lb, f"curl -s --max-time 5 {url}").strip() for _ in range(12)}
         assert seen <= pods and len(seen) > 1, (worker.name, seen)  # reaches pods on other workers too
 
 
