@@ -55,8 +55,8 @@ class Lab:
     def up(self) -> None:
         self.timed("lab up", ["lab/up"])
 
-    def down(self) -> None:
-        sh(["lab/down"], env=self.env)
+    def down(self, check: bool = True) -> None:
+        sh(["lab/down"], env=self.env, check=check)
 
     def deploy(self, *args: str, label: str = "deploy") -> subprocess.CompletedProcess:
         return self.timed(label, [sys.executable, "-m", "pyinfra", "-y", "inventory.py", "deploy.py", *args])
