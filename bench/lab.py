@@ -1,6 +1,7 @@
 """Lab benchmark: what a deploy costs on real (LXC) nodes. Prints figures; asserts nothing.
 
     make bench-lab          (root; destroys and recreates the lab twice: 2 and 6 workers)
+    python bench/lab.py 6   (one topology only)
 
 For each topology: `vagrant up` (lab/up) time, cold deploy time until every node is Ready,
 dry-run time, no-op rerun time and its count of changed operations, the remote commands
@@ -89,6 +90,10 @@ def measure(workers: int) -> dict:
     ops = json.loads(out.stdout)["results"]["operations"]
     figures["no-op rerun"] = wall
     figures["changed operations"] = sum(len(op["success"]) for op in ops)
+    for op in ops:
+        if op["success"]:
+            print(f"  {workers} workers, no-op rerun changed: {op['name']} on {', '.join(op['success'])}",
+                  file=sys.stderr)
     figures["operator CPU for the rerun"] = cpu
     per_host: dict[str, int] = {}
     for host in re.findall(r"^\s*\[([\w.-]+)\]\s+>>> ", out.stderr, re.M):
@@ -99,18 +104,21 @@ def measure(workers: int) -> dict:
 
 
 def main() -> None:
-    results = {w: measure(w) for w in (2, 6)}
+    counts = [int(a) for a in sys.argv[1:]] or [2, 6]
+    results = {w: measure(w) for w in counts}
     print("lab benchmark (LXC nodes sharing this machine's 2 cores)")
-    print(f"{'':34} {'2 workers':>14} {'6 workers':>14}")
-    for key in results[2]:
-        a, b = results[2][key], results[6][key]
-        if isinstance(a, dict):
-            fmt = lambda d: f"{min(d.values())}-{max(d.values())}" if d else "-"  # noqa: E731
-            print(f"{key:34} {fmt(a):>14} {fmt(b):>14}")
-        elif isinstance(a, int):
-            print(f"{key:34} {a:>14} {b:>14}")
-        else:
-            print(f"{key:34} {a:>13.1f}s {b:>13.1f}s")
+    print(f"{'':34}" + "".join(f"{f'{w} workers':>14}" for w in counts))
+    for key in results[counts[0]]:
+        cells = []
+        for w in counts:
+            v = results[w][key]
+            if isinstance(v, dict):
+                cells.append(f"{min(v.values())}-{max(v.values())}" if v else "-")
+            elif isinstance(v, int):
+                cells.append(str(v))
+            else:
+                cells.append(f"{v:.1f}s")
+        print(f"{key:34}" + "".join(f"{c:>14}" for c in cells))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Build pyinfra inventory groups from the cluster model and where the machines are.
 
-- Vagrant (default): one ``vagrant status`` call, then ``vagrant ssh-config`` for every
-  running machine in parallel (python-vagrant). Missing or stopped machines fail fast,
-  named, with the command that fixes it.
+- Vagrant (default): one ``vagrant status`` call, then one ``vagrant ssh-config`` for all the
+  running machines (python-vagrant). Missing or stopped machines fail fast, named, with the
+  command that fixes it.
 - Static: machines not made by Vagrant; every node carries ``ssh: {host, port, user, key}``
   in the cluster file (KTHW_INVENTORY=static, or automatic when every node has one).
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from kthw.model import REPO_ROOT, Cluster, Node
 
@@ -60,21 +59,30 @@ def static_connections(cluster: Cluster) -> dict[str, dict]:
     return out
 
 
-def parse_ssh_config(text: str) -> dict:
-    """The fields pyinfra needs from one machine's `vagrant ssh-config` output."""
-    fields: dict[str, str] = {}
+def parse_ssh_config(text: str) -> dict[str, dict]:
+    """`vagrant ssh-config` output (one Host block per machine) -> {machine: pyinfra SSH data}."""
+    blocks: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
     for line in text.splitlines():
         key, _, value = line.strip().partition(" ")
-        if key in ("HostName", "User", "Port", "IdentityFile"):
-            fields[key] = value.strip().strip('"')
-    try:
-        return {"ssh_hostname": fields["HostName"], "ssh_port": int(fields["Port"]),
-                "ssh_user": fields["User"], "ssh_key": fields["IdentityFile"]}
-    except (KeyError, ValueError) as exc:
-        raise InventoryError(f"unexpected `vagrant ssh-config` output (missing {exc})") from None
+        value = value.strip().strip('"')
+        if key == "Host":
+            current = blocks.setdefault(value, {})
+        elif current is not None and key in ("HostName", "User", "Port", "IdentityFile"):
+            current[key] = value
+    out = {}
+    for name, fields in blocks.items():
+        try:
+            out[name] = {"ssh_hostname": fields["HostName"], "ssh_port": int(fields["Port"]),
+                         "ssh_user": fields["User"], "ssh_key": fields["IdentityFile"]}
+        except (KeyError, ValueError) as exc:
+            raise InventoryError(f"unexpected `vagrant ssh-config` output for {name} (missing {exc})") from None
+    return out
 
 
 def vagrant_connections(cluster: Cluster, vagrant_factory: Callable | None = None) -> dict[str, dict]:
+    """Two Vagrant calls whatever the node count: `vagrant status`, then one `vagrant ssh-config`
+    for all machines (each call starts Ruby, about a CPU second)."""
     if vagrant_factory is None:
         import vagrant  # python-vagrant; imported late so tests and static use need no Vagrant
 
@@ -92,10 +100,11 @@ def vagrant_connections(cluster: Cluster, vagrant_factory: Callable | None = Non
     if down:
         raise InventoryError(f"machines not running: {', '.join(down)}. Fix: `vagrant up` (or `make up`) "
                              "in the repository, then rerun.")
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        texts = dict(zip([n.name for n in cluster.nodes],
-                         pool.map(lambda n: v.ssh_config(vm_name=n.name), cluster.nodes), strict=True))
-    return {name: parse_ssh_config(text) for name, text in texts.items()}
+    found = parse_ssh_config(v.ssh_config())
+    missing = [n.name for n in cluster.nodes if n.name not in found]
+    if missing:
+        raise InventoryError(f"`vagrant ssh-config` did not list {', '.join(missing)}. Fix: `vagrant reload` them.")
+    return {n.name: found[n.name] for n in cluster.nodes}
 
 
 def connections(cluster: Cluster) -> dict[str, dict]:

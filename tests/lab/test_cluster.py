@@ -71,6 +71,21 @@ def test_all_nodes_ready(lab):
     lab.wait("every worker Ready", ready, timeout=300)
 
 
+UNITS = {"master": ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"],
+         "worker": ["containerd", "kubelet", "kube-proxy"], "loadbalancer": ["haproxy"]}
+
+
+def test_every_service_runs_without_restarts(lab):
+    """Active and never restarted by systemd since the deploy (a crash loop can hide behind a
+    Ready node: kube-proxy once failed this way with 'too many open files')."""
+    for node in lab.cluster.nodes:
+        units = UNITS[node.role]
+        out = lab.ssh(node.name, "systemctl show -p Id,ActiveState,NRestarts " + " ".join(units))
+        blocks = [dict(line.split("=", 1) for line in b.splitlines()) for b in out.strip().split("\n\n")]
+        states = {b["Id"].removesuffix(".service"): (b["ActiveState"], b["NRestarts"]) for b in blocks}
+        assert states == {u: ("active", "0") for u in units}, (node.name, states)
+
+
 def test_secrets_are_encrypted_at_rest(lab):
     lab.kubectl("delete", "secret", "kthw-e2e", "--ignore-not-found")
     lab.kubectl("create", "secret", "generic", "kthw-e2e", "--from-literal=mykey=mydata")

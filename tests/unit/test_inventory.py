@@ -35,15 +35,23 @@ class FakeVagrant:
     def status(self):
         return [Status(n, s, "lxc") for n, s in self.states.items()]
 
-    def ssh_config(self, vm_name):
+    def ssh_config(self, vm_name=None):
         self.ssh_config_calls.append(vm_name)
-        return SSH_CONFIG.replace("master-1", vm_name).replace("10.0.3.17", f"10.0.3.{len(vm_name)}")
+        names = [vm_name] if vm_name else [n for n, s in self.states.items() if s == "running"]
+        return "\n".join(SSH_CONFIG.replace("master-1", n).replace("10.0.3.17", f"10.0.3.{len(n) + i}")
+                         for i, n in enumerate(names))
 
 
 def test_parse_ssh_config_strips_quotes_and_casts_the_port():
-    assert parse_ssh_config(SSH_CONFIG) == {
+    assert parse_ssh_config(SSH_CONFIG) == {"master-1": {
         "ssh_hostname": "10.0.3.17", "ssh_port": 22, "ssh_user": "vagrant",
-        "ssh_key": "/root/.vagrant.d/insecure_private_key"}
+        "ssh_key": "/root/.vagrant.d/insecure_private_key"}}
+
+
+def test_parse_ssh_config_reads_every_host_block():
+    text = SSH_CONFIG + "\n" + SSH_CONFIG.replace("master-1", "worker-1").replace("10.0.3.17", "10.0.3.99")
+    found = parse_ssh_config(text)
+    assert set(found) == {"master-1", "worker-1"} and found["worker-1"]["ssh_hostname"] == "10.0.3.99"
 
 
 def test_groups_from_running_machines():
@@ -57,7 +65,7 @@ def test_groups_from_running_machines():
     assert data["ssh_known_hosts_file"] == "/dev/null"  # throwaway host keys never reach known_hosts
     assert data["ssh_port"] == 22 and data["_sudo"] is True
     assert data["private_ip"] == "192.168.56.12" and data["kthw_node"] == "master-2"
-    assert sorted(fake.ssh_config_calls) == sorted(n.name for n in cluster.nodes)
+    assert fake.ssh_config_calls == [None]  # one call for every machine, whatever their number
 
 
 def test_a_machine_that_is_not_running_fails_fast_and_names_it():
