@@ -78,7 +78,7 @@ class EtcdHealth(FactBase):
     "health": {"https://192.168.56.11:2379": true}}``
     """
 
-    _flags = ("--cacert=/etc/etcd/ca.crt --cert=/etc/etcd/etcd-server.crt "
+    _flags = ("--cacert=/etc/etcd/etcd-ca.crt --cert=/etc/etcd/etcd-server.crt "
               "--key=/etc/etcd/etcd-server.key --endpoints=https://127.0.0.1:2379")
 
     def requires_command(self, *args, **kwargs) -> str:

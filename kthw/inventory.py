@@ -6,8 +6,8 @@
 - Static: machines not made by Vagrant; every node carries ``ssh: {host, port, user, key}``
   in the cluster file (KTHW_INVENTORY=static, or automatic when every node has one).
 
-Throwaway machines get new host keys on every ``vagrant up``: they never go into the user's
-known_hosts.
+Vagrant's throwaway machines get new host keys on every ``vagrant up``: theirs never go into the
+user's known_hosts. Static machines are real ones: their host keys are checked as usual.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class InventoryError(Exception):
 
 
 def host_data(cluster: Cluster, node: Node, connection: dict) -> dict:
-    data = {**SSH_DEFAULTS, **connection}
+    data = dict(connection)
     data["kthw_node"] = node.name
     data["kthw_cluster"] = str(cluster.source)
     data["kthw_role"] = node.role
@@ -104,7 +104,8 @@ def vagrant_connections(cluster: Cluster, vagrant_factory: Callable | None = Non
     missing = [n.name for n in cluster.nodes if n.name not in found]
     if missing:
         raise InventoryError(f"`vagrant ssh-config` did not list {', '.join(missing)}. Fix: `vagrant reload` them.")
-    return {n.name: found[n.name] for n in cluster.nodes}
+    # Throwaway machines get new host keys on every `vagrant up`: keep them out of known_hosts.
+    return {n.name: {**SSH_DEFAULTS, **found[n.name]} for n in cluster.nodes}
 
 
 def connections(cluster: Cluster) -> dict[str, dict]:

@@ -152,11 +152,17 @@ def directories_present(dirs: Sequence[Directory], snapshot: Snapshot):
 
 
 @operation()
-def files_synced(files: Sequence[ManagedFile], snapshot: Snapshot):
+def files_synced(files: Sequence[ManagedFile], snapshot: Snapshot, check: str = ""):
     """Make each file's content, mode and owner match; upload only what differs.
+
+    A new version lands beside the old one (``<dest>.kthw-new``, created 0600), gets its mode
+    and owner, passes ``check`` if given, then replaces the old one with a rename: a running
+    binary is never written over ("Text file busy"), a secret is never readable on the way,
+    and a config that fails its check never takes the place of a working one.
 
     + files: what the host must hold
     + snapshot: the host's HostState (must list every dest under "files")
+    + check: command run on the new file before it replaces the old, ``{path}`` is its path
     """
     uploaded_dir = False
     for f in files:
@@ -167,12 +173,14 @@ def files_synced(files: Sequence[ManagedFile], snapshot: Snapshot):
             if not uploaded_dir:
                 yield StringCommand(f"mkdir -p -m 700 {UPLOAD_DIR}", _sudo=False)
                 uploaded_dir = True
-            if f.secret and current is None:
-                # Create it 0600 first: `cp` keeps the mode of an existing target.
-                yield f"install -m 600 /dev/null {quoted}"
+            new = shlex.quote(f.dest + ".kthw-new")
+            yield f"rm -f {new} && install -m 600 /dev/null {new}"  # `cp` keeps this mode
             temp = posixpath.join(UPLOAD_DIR, hashlib.sha1(f.dest.encode()).hexdigest())
-            yield FileUploadCommand(f.source(), f.dest, remote_temp_filename=temp)
-            yield f"chmod {f.mode:o} {quoted} && chown {f.owner} {quoted}"
+            yield FileUploadCommand(f.source(), f.dest + ".kthw-new", remote_temp_filename=temp)
+            place = f"chmod {f.mode:o} {new} && chown {f.owner} {new}"
+            if check:
+                place += f" && {{ {check.format(path=new)} || {{ rm -f {new}; exit 1; }}; }}"
+            yield f"{place} && mv -f {new} {quoted}"
             continue
         if current[1] != f.mode:
             yield f"chmod {f.mode:o} {quoted}"
@@ -193,12 +201,13 @@ def files_absent(paths: Sequence[str], snapshot: Snapshot):
 
 @operation()
 def service_running(unit: str, snapshot: Snapshot, restart_on: Sequence[OperationMeta] = (),
-                    reload_on: Sequence[OperationMeta] = ()):
+                    reload_on: Sequence[OperationMeta] = (), graceful: bool = False):
     """Enable and start a systemd service; restart it only when its inputs changed.
 
     + unit: service name without ``.service``
     + restart_on: operations whose change (binary, unit, config, certificates) needs a restart
     + reload_on: operations that changed unit files (a daemon-reload first)
+    + graceful: ``reload-or-restart`` instead of ``restart`` (HAProxy keeps its connections)
     """
     active, enabled = snapshot.service(unit)
     cmds = []
@@ -207,7 +216,7 @@ def service_running(unit: str, snapshot: Snapshot, restart_on: Sequence[Operatio
     if enabled != "enabled":
         cmds.append(f"systemctl enable {unit}")
     if _changed(restart_on):
-        cmds.append(f"systemctl restart {unit}")
+        cmds.append(f"systemctl {'reload-or-restart' if graceful else 'restart'} {unit}")
     elif active != "active":
         cmds.append(f"systemctl start {unit}")
     if cmds:

@@ -38,6 +38,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kthw.model import Cluster
 
 CA_NAME = "ca"
+# etcd trusts only its own CA: a certificate from the cluster CA (every kubelet's, anything
+# signed through an approved CSR) must not open the datastore under RBAC.
+ETCD_CA_NAME = "etcd-ca"
+CA_SUBJECTS = {CA_NAME: "KUBERNETES-CA", ETCD_CA_NAME: "ETCD-CA"}
 SERVICE_ACCOUNT = "service-account"
 ENCRYPTION_CONFIG = "encryption-config.yaml"
 # Backdate certificates a little so a node whose clock lags the operator's accepts them.
@@ -62,6 +66,7 @@ class CertSpec:
     server: bool = False  # extendedKeyUsage serverAuth
     client: bool = False  # extendedKeyUsage clientAuth
     purpose: str = ""
+    issuer: str = CA_NAME  # which CA signs it
 
     @property
     def eku(self) -> frozenset:
@@ -108,9 +113,9 @@ def cert_specs(cluster: Cluster) -> list[CertSpec]:
         CertSpec("apiserver-kubelet-client", "kube-apiserver-kubelet-client", client=True,
                  purpose="apiserver's client certificate at kubelets (logs, exec, port-forward)"),
         CertSpec("apiserver-etcd-client", "kube-apiserver-etcd-client", client=True,
-                 purpose="apiserver's client certificate at etcd"),
+                 purpose="apiserver's client certificate at etcd", issuer=ETCD_CA_NAME),
         CertSpec("etcd-server", "etcd-server", ip_addresses=(*masters_ips, loopback),
-                 server=True, client=True,
+                 server=True, client=True, issuer=ETCD_CA_NAME,
                  purpose="etcd serving and peer certificate (peers are clients of each other)"),
     ]
     for w in cluster.workers:
@@ -201,8 +206,8 @@ def _name(common_name: str, organizations: Iterable[str] = ()) -> x509.Name:
     return x509.Name(attrs)
 
 
-def _ca_subject(cluster: Cluster) -> x509.Name:
-    return _name("KUBERNETES-CA", (cluster.name,))
+def _ca_subject(cluster: Cluster, name: str = CA_NAME) -> x509.Name:
+    return _name(CA_SUBJECTS[name], (cluster.name,))
 
 
 def _key_usage(key: PrivateKey, *, ca: bool) -> x509.KeyUsage:
@@ -220,8 +225,8 @@ def _key_usage(key: PrivateKey, *, ca: bool) -> x509.KeyUsage:
     )
 
 
-def _issue_ca(cluster: Cluster, key: PrivateKey, now: dt.datetime) -> x509.Certificate:
-    subject = _ca_subject(cluster)
+def _issue_ca(cluster: Cluster, key: PrivateKey, now: dt.datetime, name: str = CA_NAME) -> x509.Certificate:
+    subject = _ca_subject(cluster, name)
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -332,17 +337,17 @@ def load_ca(pki_dir: Path) -> tuple[x509.Certificate, PrivateKey]:
     return cert, key
 
 
-def _ensure_ca(cluster: Cluster, pki_dir: Path, now: dt.datetime, report: PkiReport
+def _ensure_ca(cluster: Cluster, pki_dir: Path, now: dt.datetime, report: PkiReport, name: str = CA_NAME
                ) -> tuple[x509.Certificate, PrivateKey]:
-    crt_path, key_path = pki_dir / "ca.crt", pki_dir / "ca.key"
+    crt_path, key_path = pki_dir / f"{name}.crt", pki_dir / f"{name}.key"
     start_over = (f"restore both files from your backup, or delete {pki_dir} entirely to start a new "
                   "CA (every node then needs the new certificates: rerun the deploy)")
     if not crt_path.exists() and not key_path.exists():
         key = _new_key(cluster.pki.key_type)
-        cert = _issue_ca(cluster, key, now)
+        cert = _issue_ca(cluster, key, now, name)
         write_private(key_path, _key_pem(key))
         write_public(crt_path, cert.public_bytes(serialization.Encoding.PEM))
-        report.actions[CA_NAME] = "created"
+        report.actions[name] = "created"
         return cert, key
     cert, key = _load_cert(crt_path), _load_key(key_path)
     if cert is None or key is None:
@@ -354,7 +359,8 @@ def _ensure_ca(cluster: Cluster, pki_dir: Path, now: dt.datetime, report: PkiRep
     if cert.not_valid_after_utc <= now:
         raise PkiError(f"the CA expired on {cert.not_valid_after_utc:%Y-%m-%d}. Rotating a CA is a "
                        f"deliberate act. Fix: {start_over}.")
-    report.actions[CA_NAME] = "kept"
+    _fix_mode(key_path)
+    report.actions[name] = "kept"
     return cert, key
 
 
@@ -367,7 +373,7 @@ def ensure_pki(cluster: Cluster, pki_dir: Path | None = None, now: dt.datetime |
     pki_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(pki_dir, 0o700)
     report = PkiReport()
-    ca_cert, ca_key = _ensure_ca(cluster, pki_dir, now, report)
+    cas = {name: _ensure_ca(cluster, pki_dir, now, report, name) for name in (CA_NAME, ETCD_CA_NAME)}
     renew_before = dt.timedelta(days=cluster.pki.renew_before_days)
     key_type = cluster.pki.key_type
 
@@ -387,7 +393,7 @@ def ensure_pki(cluster: Cluster, pki_dir: Path | None = None, now: dt.datetime |
             plan.append((spec, key, "re-issued: certificate missing or unreadable"))
         elif not _same_public_key(key, cert):
             plan.append((spec, None, "re-issued: key does not match certificate"))
-        elif reason := _why_reissue(spec, cert, ca_cert, renew_before, now):
+        elif reason := _why_reissue(spec, cert, cas[spec.issuer][0], renew_before, now):
             plan.append((spec, key, f"re-issued: {reason}"))
         else:
             _fix_mode(key_path)
@@ -402,7 +408,7 @@ def ensure_pki(cluster: Cluster, pki_dir: Path | None = None, now: dt.datetime |
     for spec, key, action in plan:
         new_key = key is None
         key = key or next(new_keys)
-        cert = _issue_leaf(spec, key, ca_cert, ca_key, cluster.pki.cert_validity_days, now)
+        cert = _issue_leaf(spec, key, *cas[spec.issuer], cluster.pki.cert_validity_days, now)
         if new_key:
             write_private(pki_dir / f"{spec.name}.key", _key_pem(key))
         write_public(pki_dir / f"{spec.name}.crt", cert.public_bytes(serialization.Encoding.PEM))
@@ -425,7 +431,6 @@ def ensure_pki(cluster: Cluster, pki_dir: Path | None = None, now: dt.datetime |
         report.actions[SERVICE_ACCOUNT] = "kept"
 
     report.actions["encryption-config"] = ensure_encryption_config(pki_dir / ENCRYPTION_CONFIG)
-    _fix_mode(pki_dir / "ca.key")
     return report
 
 
@@ -481,9 +486,7 @@ def ensure_encryption_config(path: Path) -> str:
         secret = base64.b64encode(secrets.token_bytes(32)).decode()
         write_private(path, encryption_config(secret).encode())
         return "created"
-    wanted = encryption_config(secret).encode()
-    if path.read_bytes() != wanted:
-        write_private(path, wanted)
-        return "re-issued: layout updated, key kept"
+    # A valid file is kept byte for byte: after a key rotation it holds more than one key,
+    # and dropping any would make the Secrets written with it unreadable.
     _fix_mode(path)
     return "kept"

@@ -60,7 +60,8 @@ def swap_off(snapshot: Snapshot):
     if snapshot["swap"]:
         yield "swapoff -a"
     if snapshot["fstab_swap"]:
-        yield r"sed -i -E '/^[^#].*[[:space:]]swap[[:space:]]/ s/^/# disabled by kthw-pyinfra: /' /etc/fstab"
+        yield (r"sed -i -E '/^[^#[:space:]]+[[:space:]]+[^[:space:]]+[[:space:]]+swap[[:space:]]/ "
+               r"s/^/# disabled by kthw-pyinfra: /' /etc/fstab")
 
 
 @operation()

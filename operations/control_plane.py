@@ -26,7 +26,7 @@ def wants(ctx: HostContext) -> Wants:
               Directory("/etc/kubernetes", 0o755), Directory("/var/log/kubernetes", 0o750)]
     w.files["binaries"] = ctx.binaries({"kube-apiserver", "kube-controller-manager", "kube-scheduler",
                                         "kubectl"})
-    names = ["ca.crt", "ca.key", "kube-apiserver.crt", "kube-apiserver.key",
+    names = ["ca.crt", "ca.key", "etcd-ca.crt", "kube-apiserver.crt", "kube-apiserver.key",
              "apiserver-kubelet-client.crt", "apiserver-kubelet-client.key",
              "apiserver-etcd-client.crt", "apiserver-etcd-client.key",
              "service-account.key", "service-account.pub"]

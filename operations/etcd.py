@@ -1,6 +1,7 @@
 """etcd on every master: binaries → TLS material → data dir → unit → running → healthy.
 
-One member per master, TLS for clients and peers (the same server+client certificate),
+One member per master, TLS for clients and peers (the same server+client certificate, from
+etcd's own CA, which is the only one it trusts),
 initial cluster from the model. Health is checked after every (re)start, before the control
 plane is touched.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 from kthw.context import HostContext, Wants
 from kthw.ops import Directory, command_when, directories_present, files_synced, service_running
 
-ETCDCTL = ("ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/etcd/ca.crt "
+ETCDCTL = ("ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/etcd/etcd-ca.crt "
            "--cert=/etc/etcd/etcd-server.crt --key=/etc/etcd/etcd-server.key")
 
 
@@ -19,7 +20,7 @@ def wants(ctx: HostContext) -> Wants:
     w.dirs = [Directory("/etc/etcd", 0o700), Directory("/var/lib/etcd", 0o700)]
     w.files["binaries"] = ctx.binaries({"etcd"})
     w.files["certificates"] = [
-        ctx.pki_file("ca.crt", "/etc/etcd/ca.crt"),
+        ctx.pki_file("etcd-ca.crt", "/etc/etcd/etcd-ca.crt"),  # etcd's own CA, not the cluster's
         ctx.pki_file("etcd-server.crt", "/etc/etcd/etcd-server.crt"),
         ctx.pki_file("etcd-server.key", "/etc/etcd/etcd-server.key"),
     ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kthw.context import HostContext, Wants
-from kthw.ops import command_when, files_synced, service_running
+from kthw.ops import files_synced, service_running
 
 
 def wants(ctx: HostContext) -> Wants:
@@ -14,8 +14,8 @@ def wants(ctx: HostContext) -> Wants:
 
 def deploy(ctx: HostContext, w: Wants) -> None:
     snap = ctx.snapshot
-    config = files_synced(w.files["config"], snap, name="loadbalancer | haproxy.cfg")
-    # A broken config must not take the running proxy down: check it before the restart.
-    command_when("haproxy -c -q -f /etc/haproxy/haproxy.cfg", when=[config],
-                 name="loadbalancer | haproxy.cfg is valid")
-    service_running("haproxy", snap, restart_on=[config], name="loadbalancer | haproxy running")
+    # A config that haproxy rejects never replaces the working one.
+    config = files_synced(w.files["config"], snap, check="haproxy -c -q -f {path}",
+                          name="loadbalancer | haproxy.cfg (checked by haproxy -c)")
+    # Reload, not restart: open kubectl watches through the proxy survive a config change.
+    service_running("haproxy", snap, restart_on=[config], graceful=True, name="loadbalancer | haproxy running")

@@ -68,10 +68,11 @@ def wants(ctx: HostContext) -> Wants:
     if c.cni == "bridge":
         w.files["bridge cni"] = [ctx.template_file("/etc/cni/net.d/10-bridge.conflist"),
                                  ctx.template_file("/etc/cni/net.d/99-loopback.conf")]
-        if _peers(ctx):
-            w.services.append("kthw-pod-routes")
-            w.files["pod routes unit"] = [ctx.template_file(
-                "/etc/systemd/system/kthw-pod-routes.service", peers=_peers(ctx))]
+        w.services.append("kthw-pod-network")
+        masquerade = (f"-s {ctx.node.pod_cidr} ! -d {c.pod_network} -j MASQUERADE "
+                      "-m comment --comment kthw-pod-network")
+        w.files["pod network unit"] = [ctx.template_file(
+            "/etc/systemd/system/kthw-pod-network.service", peers=_peers(ctx), masquerade=masquerade)]
     return w
 
 
@@ -94,10 +95,11 @@ def deploy(ctx: HostContext, w: Wants) -> None:
         )
     if "bridge cni" in w.files:
         files_synced(w.files["bridge cni"], snap, name="worker | bridge CNI config")
-    if "pod routes unit" in w.files:
-        routes = files_synced(w.files["pod routes unit"], snap, name="worker | routes to other workers' pods")
-        service_running("kthw-pod-routes", snap, restart_on=[routes], reload_on=[routes],
-                        name="worker | pod routes active")
+    if "pod network unit" in w.files:
+        routes = files_synced(w.files["pod network unit"], snap,
+                              name="worker | pod network: routes to other workers' pods, NAT to the outside")
+        service_running("kthw-pod-network", snap, restart_on=[routes], reload_on=[routes],
+                        name="worker | pod network active")
     k8s = files_synced(w.files["kubernetes binaries"], snap, name="worker | kubelet and kube-proxy binaries")
     creds = files_synced(w.files["kubelet credentials"], snap, name="worker | kubelet credentials")
     kconf = files_synced(w.files["kubelet config"], snap, name="worker | kubelet config")

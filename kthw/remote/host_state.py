@@ -83,7 +83,8 @@ with open("/proc/swaps") as fh:
     out["swap"] = [l.split()[0] for l in fh.read().splitlines()[1:] if l.strip()]
 try:
     with open("/etc/fstab") as fh:
-        out["fstab_swap"] = [l for l in fh.read().splitlines() if not l.lstrip().startswith("#") and " swap " in l]
+        out["fstab_swap"] = [l for l in fh.read().splitlines()
+                             if not l.lstrip().startswith("#") and l.split()[2:3] == ["swap"]]
 except OSError:
     out["fstab_swap"] = []
 with open("/proc/filesystems") as fh:

@@ -17,7 +17,7 @@ import pytest
 
 from tests.lab.lab import Lab
 
-ETCDCTL = ("ETCDCTL_API=3 etcdctl --cacert=/etc/etcd/ca.crt --cert=/etc/etcd/etcd-server.crt "
+ETCDCTL = ("ETCDCTL_API=3 etcdctl --cacert=/etc/etcd/etcd-ca.crt --cert=/etc/etcd/etcd-server.crt "
            "--key=/etc/etcd/etcd-server.key")
 ADMIN = "kubectl --kubeconfig /etc/kubernetes/admin.kubeconfig"
 SERVE = "mkdir -p /www && hostname > /www/index.html && echo serving && exec httpd -f -v -p 8080 -h /www"

@@ -118,11 +118,12 @@ def test_bridge_cni_adds_routes_and_no_weave(tmp_path):
     path = cluster_file(tmp_path, raw)
     p = plan(path)
     assert "addons | 10-weave.yaml applied" not in p
-    assert set(p["worker | routes to other workers' pods"]["hosts_with_change"]) == {
-        "@fake/worker-1", "@fake/worker-2"}
+    assert set(p["worker | pod network: routes to other workers' pods, NAT to the outside"][
+        "hosts_with_change"]) == {"@fake/worker-1", "@fake/worker-2"}
     _, wants = _wants(path, "worker-1")
-    routes = next(f for w in wants.values() for f in w.all_files() if "pod-routes" in f.dest)
-    assert b"ip route replace 10.244.1.0/24 via 192.168.56.22" in routes.data
+    unit = next(f for w in wants.values() for f in w.all_files() if "pod-network" in f.dest)
+    assert b"ip route replace 10.244.1.0/24 via 192.168.56.22" in unit.data
+    assert b"-s 10.244.0.0/24 ! -d 10.244.0.0/16 -j MASQUERADE" in unit.data
 
 
 def test_dry_diff_never_prints_secrets(default_cluster):

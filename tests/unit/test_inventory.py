@@ -89,6 +89,7 @@ def test_static_inventory(raw_cluster):
     assert conns["worker-1"] == {"ssh_hostname": "10.1.0.13", "ssh_port": 22, "ssh_user": "root"}
     data = dict(groups(cluster, conns)["workers"])["worker-1"]
     assert data["_sudo"] is False
+    assert "ssh_known_hosts_file" not in data  # real machines: host keys are checked
 
 
 def test_static_inventory_names_nodes_without_ssh(raw_cluster):

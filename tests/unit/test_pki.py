@@ -57,6 +57,7 @@ def subject(cert: x509.Certificate) -> tuple[str, tuple[str, ...]]:
     return cn, orgs
 
 
+ETCD_SIGNED = {"etcd-server", "apiserver-etcd-client"}  # by etcd's own CA, the rest by the cluster CA
 EXPECTED = {
     # name: (CN, O, DNS SANs, IP SANs, EKU)
     "admin": ("admin", ("system:masters",), set(), set(), CLIENT),
@@ -81,7 +82,7 @@ EXPECTED = {
 def test_every_credential_of_the_reference_is_made(pki):
     cluster, _, report = pki
     assert {s.name for s in cert_specs(cluster)} == set(EXPECTED)
-    assert set(report.actions) == {"ca", *EXPECTED, "service-account", "encryption-config"}
+    assert set(report.actions) == {"ca", "etcd-ca", *EXPECTED, "service-account", "encryption-config"}
     assert set(report.actions.values()) == {"created"}
 
 
@@ -89,12 +90,15 @@ def test_every_credential_of_the_reference_is_made(pki):
 def test_openssl_verifies_every_leaf_against_the_ca(pki, name):
     _, pki_dir, _ = pki
     purpose = {SERVER: "sslserver", CLIENT: "sslclient", BOTH: "sslserver"}[EXPECTED[name][4]]
-    out = subprocess.run(
-        ["openssl", "verify", "-purpose", purpose, "-CAfile", pki_dir / "ca.crt", pki_dir / f"{name}.crt"],
+    ca, other = ("etcd-ca", "ca") if name in ETCD_SIGNED else ("ca", "etcd-ca")
+    verify = lambda ca_name: subprocess.run(  # noqa: E731
+        ["openssl", "verify", "-purpose", purpose, "-CAfile", pki_dir / f"{ca_name}.crt", pki_dir / f"{name}.crt"],
         capture_output=True, text=True,
     )
+    out = verify(ca)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip().endswith(": OK")
+    assert verify(other).returncode != 0  # and only by its own CA
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -134,7 +138,14 @@ def test_validity_is_sensible(pki):
     assert leaf.not_valid_after_utc <= ca.not_valid_after_utc
 
 
-@pytest.mark.parametrize("name", ["ca", *sorted(EXPECTED)])
+def test_etcd_has_its_own_ca(pki):
+    _, pki_dir, _ = pki
+    etcd_ca, ca = load(pki_dir, "etcd-ca"), load(pki_dir, "ca")
+    assert subject(etcd_ca)[0] == "ETCD-CA" and etcd_ca.public_key() != ca.public_key()
+    assert load(pki_dir, "etcd-server").issuer == etcd_ca.subject
+
+
+@pytest.mark.parametrize("name", ["ca", "etcd-ca", *sorted(EXPECTED)])
 def test_key_matches_certificate_per_openssl(pki, name):
     _, pki_dir, _ = pki
     from_cert = subprocess.run(["openssl", "x509", "-noout", "-pubkey", "-in", pki_dir / f"{name}.crt"],

@@ -45,14 +45,14 @@ def test_haproxy_accepts_the_config(tmp_path, default_path, topology):
 
 
 UNITS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-         "containerd", "kubelet", "kube-proxy", "kthw-pod-routes"]
+         "containerd", "kubelet", "kube-proxy", "kthw-pod-network"]
 
 
 @pytest.mark.parametrize("unit", UNITS)
 def test_systemd_accepts_every_unit(tmp_path, default_path, unit):
     raw = yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text())
     raw["cni"] = "bridge"
-    path = default_path if unit != "kthw-pod-routes" else cluster_file(tmp_path / "bridge", raw)
+    path = default_path if unit != "kthw-pod-network" else cluster_file(tmp_path / "bridge", raw)
     node = "master-1" if unit.startswith(("etcd", "kube-a", "kube-c", "kube-s")) else "worker-1"
     text = rendered(path, node)[f"/etc/systemd/system/{unit}.service"].decode()
     # systemd-analyze checks that each command exists: point them at stand-ins here.
@@ -119,6 +119,7 @@ def test_bridge_cni_config(tmp_path):
     files = rendered(cluster_file(tmp_path, raw), "worker-2")
     conf = json.loads(files["/etc/cni/net.d/10-bridge.conflist"])
     assert conf["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.1.0/24"}]]
+    assert conf["plugins"][0]["ipMasq"] is False  # pod-to-pod keeps pod addresses
     json.loads(files["/etc/cni/net.d/99-loopback.conf"])
 
 
