@@ -189,10 +189,13 @@ def test_dns_resolves_services_through_coredns(lab, web):
 
 def test_pods_on_different_workers_reach_each_other(lab, web):
     # (No `wget -T`: Debian's static busybox 1.35 crashes on it; kubectl's timeout bounds the call.)
-    client_node = json.loads(lab.kubectl("get", "pod", "client", "-o", "json"))["spec"]["nodeName"]
+    client = json.loads(lab.kubectl("get", "pod", "client", "-o", "json"))
+    client_node, client_ip = client["spec"]["nodeName"], client["status"]["podIP"]
     for remote in (p for p in web_pods(lab) if p["spec"]["nodeName"] != client_node):
         out = lab.kubectl("exec", "client", "--", "wget", "-qO-", f"http://{remote['status']['podIP']}:8080/")
         assert out.strip() == remote["metadata"]["name"]
+        # ...with its own address: no NAT between pods (httpd -v logs "[::ffff:IP]:port: ...").
+        assert f"[::ffff:{client_ip}]:" in lab.kubectl("logs", remote["metadata"]["name"])
     assert lab.kubectl("exec", "client", "--", "wget", "-qO-", "http://web/").strip()
 
 
