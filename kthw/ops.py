@@ -224,6 +224,26 @@ def service_running(unit: str, snapshot: Snapshot, restart_on: Sequence[Operatio
 
 
 @operation()
+def service_restarted_in_turn(unit: str, snapshot: Snapshot, restart_on: Sequence[OperationMeta],
+                              ready: str = ""):
+    """Restart a service that was already running when its inputs changed, then wait until it
+    is ready. Call it with ``_serial=True``: hosts take turns, so a replicated service (etcd,
+    the apiservers) never goes down everywhere at once. A service that was not running is
+    left to :func:`service_running` (etcd members must first start together).
+
+    + unit: service name without ``.service``
+    + restart_on: operations whose change needs a restart
+    + ready: shell condition that holds once the service serves again
+    """
+    active, _ = snapshot.service(unit)
+    if active == "active" and _changed(restart_on):
+        cmd = f"systemctl restart {unit}"
+        if ready:
+            cmd += f" && for i in $(seq 90); do {ready} && exit 0; sleep 2; done; echo '{unit} not ready' >&2; exit 1"
+        yield cmd
+
+
+@operation()
 def command_when(command: str, when: Sequence[OperationMeta] = (), always: bool = False):
     """Run ``command`` only if any of ``when`` changed (or ``always``): a wait, an apply...
 

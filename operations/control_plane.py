@@ -12,7 +12,14 @@ from __future__ import annotations
 from pyinfra import host
 
 from kthw.context import HostContext, Wants
-from kthw.ops import Directory, command_when, directories_present, files_synced, service_running
+from kthw.ops import (
+    Directory,
+    command_when,
+    directories_present,
+    files_synced,
+    service_restarted_in_turn,
+    service_running,
+)
 
 PKI = "/var/lib/kubernetes/pki"
 ADMIN_KUBECONFIG = "/etc/kubernetes/admin.kubeconfig"
@@ -56,15 +63,21 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     units = {}
     for unit in host.loop(UNITS):
         units[unit] = files_synced(w.files[f"{unit} unit"], snap, name=f"control plane | {unit} unit")
-    apiserver = service_running(
+    apiserver = service_running("kube-apiserver", snap, reload_on=list(units.values()),
+                                name="control plane | kube-apiserver running")
+    # Masters take turns: HAProxy always has a ready apiserver to send clients to.
+    restarted = service_restarted_in_turn(
         "kube-apiserver", snap, restart_on=[binaries, certs, enc, audit, units["kube-apiserver"]],
-        reload_on=list(units.values()), name="control plane | kube-apiserver running",
+        ready=f"{KUBECTL} get --raw /readyz >/dev/null 2>&1", _serial=True,
+        name="control plane | kube-apiserver restarted on change, one master at a time",
     )
     command_when(
         f"for i in $(seq 90); do {KUBECTL} get --raw /readyz >/dev/null 2>&1 && exit 0; sleep 2; done; "
         f"{KUBECTL} get --raw '/readyz?verbose'; exit 1",
-        when=[apiserver], name="control plane | kube-apiserver ready (after any restart)",
+        when=[apiserver, restarted], name="control plane | kube-apiserver ready (after any restart)",
     )
     for unit in host.loop(("kube-controller-manager", "kube-scheduler")):
-        service_running(unit, snap, restart_on=[binaries, certs, kubeconfigs, units[unit]],
-                        name=f"control plane | {unit} running")
+        service_running(unit, snap, name=f"control plane | {unit} running")
+        # Leader election hands over while the other masters' instances run.
+        service_restarted_in_turn(unit, snap, restart_on=[binaries, certs, kubeconfigs, units[unit]],
+                                  _serial=True, name=f"control plane | {unit} restarted on change, in turn")

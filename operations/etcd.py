@@ -9,7 +9,14 @@ plane is touched.
 from __future__ import annotations
 
 from kthw.context import HostContext, Wants
-from kthw.ops import Directory, command_when, directories_present, files_synced, service_running
+from kthw.ops import (
+    Directory,
+    command_when,
+    directories_present,
+    files_synced,
+    service_restarted_in_turn,
+    service_running,
+)
 
 ETCDCTL = ("ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/etcd/etcd-ca.crt "
            "--cert=/etc/etcd/etcd-server.crt --key=/etc/etcd/etcd-server.key")
@@ -34,11 +41,15 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     binaries = files_synced(w.files["binaries"], snap, name="etcd | binaries")
     certs = files_synced(w.files["certificates"], snap, name="etcd | certificates")
     unit = files_synced(w.files["unit"], snap, name="etcd | systemd unit")
-    running = service_running("etcd", snap, restart_on=[binaries, certs, unit], reload_on=[unit],
-                              name="etcd | running, restarted on change")
-    # All masters run the step above together, so a new cluster reaches quorum here.
+    # A new cluster's members start together (a member waits for quorum before it is ready)...
+    started = service_running("etcd", snap, reload_on=[unit], name="etcd | running")
+    # ...a running one restarts member by member, each healthy again before the next goes.
+    restarted = service_restarted_in_turn(
+        "etcd", snap, restart_on=[binaries, certs, unit], ready=f"{ETCDCTL} endpoint health >/dev/null 2>&1",
+        name="etcd | restarted on change, one member at a time", _serial=True,
+    )
     command_when(
         f"for i in $(seq 90); do {ETCDCTL} endpoint health >/dev/null 2>&1 && exit 0; sleep 2; done; "
         f"{ETCDCTL} endpoint health; exit 1",
-        when=[running, dirs], name="etcd | healthy (after any restart)",
+        when=[started, restarted, dirs], name="etcd | healthy (after any restart)",
     )

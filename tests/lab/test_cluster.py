@@ -224,6 +224,19 @@ def test_drift_is_previewed_without_secrets_then_repaired(lab):
     assert lab.kubectl("get", "--raw", "/readyz") == "ok"
 
 
+def test_renewed_certificates_restart_masters_one_at_a_time(lab):
+    for name in ("kube-apiserver", "etcd-server"):  # the next run re-issues them (keys kept)
+        (lab.cluster.pki_dir / f"{name}.crt").unlink()
+    lab.deploy(label="renewal run")
+    for unit in ("etcd", "kube-apiserver"):
+        # All nodes share this machine's kernel, so their monotonic clocks compare.
+        started = sorted(int(lab.ssh(m, f"systemctl show -p ActiveEnterTimestampMonotonic --value {unit}"))
+                         for m in masters(lab))
+        gaps = [(b - a) / 1e6 for a, b in zip(started, started[1:], strict=False)]
+        assert all(gap >= 1.0 for gap in gaps), (unit, gaps)  # each waited for the one before
+    assert lab.kubectl("get", "--raw", "/readyz") == "ok"
+
+
 def test_failover_when_an_apiserver_stops(lab):
     first = masters(lab)[0]
     lab.ssh(first, "systemctl stop kube-apiserver")

@@ -3,6 +3,7 @@
 KTHW_FAKE_STATE picks what every host's HostState snapshot reports:
   fresh      a machine nothing has touched yet (default)
   converged  exactly what the deploy would leave behind (a rerun must change nothing)
+  renewed    converged, but every master holds an older etcd and apiserver certificate
 """
 
 import json
@@ -23,7 +24,10 @@ _mode = os.environ.get("KTHW_FAKE_STATE", "fresh")
 for _hosts in _groups.values():
     for _name, _data in _hosts:
         _node = _cluster.node(_data["kthw_node"])
-        _state = converged_state(_cluster, _node) if _mode == "converged" else fresh_state()
+        _state = converged_state(_cluster, _node) if _mode in ("converged", "renewed") else fresh_state()
+        if _mode == "renewed" and _node.is_master:
+            for _path in ("/etc/etcd/etcd-server.crt", "/var/lib/kubernetes/pki/kube-apiserver.crt"):
+                _state["files"][_path][0] = "0" * 64
         _data["fake_delay"] = 0
         _data["fake_delay_jitter"] = 0
         _data["fake_responses"] = {"python3 -c": json.dumps(_state)}

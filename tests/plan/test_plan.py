@@ -61,7 +61,8 @@ def test_a_converged_cluster_plans_no_change(default_cluster):
 
 def test_restarts_only_follow_changes(default_cluster):
     p = plan(default_cluster, state="converged")
-    assert not p["etcd | running, restarted on change"]["hosts_with_change"]
+    assert not p["etcd | running"]["hosts_with_change"]
+    assert not p["etcd | restarted on change, one member at a time"]["hosts_with_change"]
     assert not p["worker | kubelet running"]["hosts_with_change"]
 
 
@@ -155,3 +156,19 @@ def test_a_noop_rerun_sends_one_remote_command_per_host(default_cluster):
     # and interactively (plan, then execute) the snapshot is still the only question asked
     out = run_pyinfra(default_cluster, "--dry", "-vv", state="converged")
     assert set(remote_commands(out.stderr).values()) == {1}
+
+
+def test_renewed_certificates_restart_masters_one_at_a_time(default_cluster):
+    p = plan(default_cluster, state="renewed")
+    masters = ["@fake/master-1", "@fake/master-2"]
+    for op in ("etcd | restarted on change, one member at a time",
+               "control plane | kube-apiserver restarted on change, one master at a time"):
+        assert p[op]["hosts_with_change"] == masters
+    assert not p["etcd | running"]["hosts_with_change"]  # nothing restarts them all at once
+    assert not p["control plane | kube-apiserver running"]["hosts_with_change"]
+    # each master restarts etcd once, waiting for it to be healthy before pyinfra moves on
+    # to the next host (the operation runs with _serial=True; the lab checks the timing)
+    out = run_pyinfra(default_cluster, "-y", "-vv", state="renewed")
+    restarts = [line for line in out.stderr.splitlines() if "systemctl restart etcd" in line]
+    assert sorted(re.search(r"@fake/([\w-]+)", r).group(1) for r in restarts) == ["master-1", "master-2"]
+    assert all("endpoint health" in r for r in restarts)
