@@ -189,17 +189,6 @@ def files_synced(files: Sequence[ManagedFile], snapshot: Snapshot, check: str = 
 
 
 @operation()
-def files_absent(paths: Sequence[str], snapshot: Snapshot):
-    """Remove files the deploy no longer manages (e.g. a renamed unit).
-
-    + paths: files to remove when present
-    """
-    gone = [p for p in paths if snapshot.file(p) is not None]
-    if gone:
-        yield "rm -f " + " ".join(shlex.quote(p) for p in gone)
-
-
-@operation()
 def service_running(unit: str, snapshot: Snapshot, restart_on: Sequence[OperationMeta] = (),
                     reload_on: Sequence[OperationMeta] = (), graceful: bool = False):
     """Enable and start a systemd service; restart it only when its inputs changed.

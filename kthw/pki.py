@@ -326,15 +326,6 @@ class PkiReport:
     def changed(self) -> list[str]:
         return [n for n, a in self.actions.items() if a != "kept"]
 
-    def lines(self) -> list[str]:
-        return [f"{name:32} {action}" for name, action in self.actions.items()]
-
-
-def load_ca(pki_dir: Path) -> tuple[x509.Certificate, PrivateKey]:
-    cert, key = _load_cert(pki_dir / "ca.crt"), _load_key(pki_dir / "ca.key")
-    if cert is None or key is None:
-        raise PkiError(f"no usable CA in {pki_dir}; run `python -m kthw pki` first")
-    return cert, key
 
 
 def _ensure_ca(cluster: Cluster, pki_dir: Path, now: dt.datetime, report: PkiReport, name: str = CA_NAME
