@@ -1,8 +1,9 @@
 """The whole cluster, stage by stage:  pyinfra inventory.py deploy.py
 
-Each host runs this file once, concurrently with the others. pyinfra orders operations
-across hosts by the call sites they share, not by source order, so a barrier (one no-op
-operation every host calls from the same line) closes each stage that another group waits on.
+Each host runs this file once, concurrently with the others, with the components its role
+gets (``operations/__init__.py`` says which). pyinfra orders operations across hosts by the
+call sites they share, not by source order, so a barrier (one no-op operation every host calls
+from the same line) closes each stage that another group waits on.
 
     1. every node    hostname, /etc/hosts, swap off, kernel prerequisites, packages
     2. masters       etcd (TLS, initial cluster from the model), healthy before going on
@@ -18,28 +19,28 @@ operation every host calls from the same line) closes each stage that another gr
 from pyinfra import host
 from pyinfra.operations import server
 
-from kthw.deploy import host_context
 from operations import addons, base, control_plane, etcd, loadbalancer, worker
+from operations.plan import host_plan
 
-ctx, wants = host_context(host, [base, etcd, control_plane, loadbalancer, worker, addons])
+ctx, wants = host_plan(host)
 
 base.deploy(ctx, wants[base])
-if ctx.is_master:
+if etcd in wants:
     etcd.deploy(ctx, wants[etcd])
 
 server.shell(name="--- barrier: etcd is up ---", commands=[])
 
-if ctx.is_master:
+if control_plane in wants:
     control_plane.deploy(ctx, wants[control_plane])
-if ctx.is_loadbalancer:
+if loadbalancer in wants:
     loadbalancer.deploy(ctx, wants[loadbalancer])
 
 server.shell(name="--- barrier: control plane is up ---", commands=[])
 
-if ctx.is_worker:
+if worker in wants:
     worker.deploy(ctx, wants[worker])
 
 server.shell(name="--- barrier: workers are up ---", commands=[])
 
-if ctx.is_first_master:
+if addons in wants:
     addons.deploy(ctx, wants[addons])

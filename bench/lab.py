@@ -25,8 +25,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kthw.lab import lab_cluster_yaml  # noqa: E402
 from kthw.model import DEFAULT_CLUSTER_FILE, load_cluster  # noqa: E402
+from lab.cluster import lab_cluster_yaml  # noqa: E402
 
 PYINFRA = [sys.executable, "-m", "pyinfra"]
 

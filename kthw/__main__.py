@@ -3,7 +3,6 @@
     validate   check cluster.yaml and print what it derives
     pki        create or refresh the PKI, encryption config and kubeconfigs (idempotent)
     diagram    print the topology as Mermaid
-    lab-cluster  print the lab's copy of the cluster file (artifacts from the lab's builds)
     pin-checksums  fetch upstream's published sha256 of every pinned release file and add
                  them to kthw/checksums/upstream-amd64.sha256 (review the diff, then commit)
 """
@@ -20,7 +19,7 @@ from kthw.pki import PkiError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kthw", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["validate", "pki", "diagram", "lab-cluster", "pin-checksums"])
+    parser.add_argument("command", choices=["validate", "pki", "diagram", "pin-checksums"])
     parser.add_argument("--cluster", help="cluster file (default: $KTHW_CLUSTER or cluster.yaml)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only changes")
     args = parser.parse_args(argv)
@@ -42,13 +41,6 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         write_pins(pins)
         print(f"{len(pins)} pins written to {UPSTREAM_CHECKSUMS}; review `git diff` before committing")
-    elif args.command == "lab-cluster":
-        from kthw.lab import lab_cluster_yaml
-
-        text, notes = lab_cluster_yaml(args.cluster)
-        for note in notes[1:]:
-            print(f"note: {note}", file=sys.stderr)
-        print(text, end="")
     elif args.command == "validate":
         print(f"{cluster.source}: ok, cluster {cluster.name!r}, API at {cluster.api_server_url}")
         for n in cluster.nodes:

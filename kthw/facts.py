@@ -16,15 +16,24 @@ from pathlib import Path
 
 from pyinfra.api import FactBase
 
-_HOST_STATE_SCRIPT = (Path(__file__).parent / "remote" / "host_state.py").read_text()
+from kthw.commands import ETCD_DIR, ETCDCTL
+
+_REMOTE = Path(__file__).parent / "remote"
+_HOST_STATE_SCRIPT = (_REMOTE / "host_state.py").read_text()
+# Sent by kthw.ops.files_synced with the files it placed: the only writer of the hash cache.
+RECORD_HASHES_SCRIPT = (_REMOTE / "record_hashes.py").read_text()
+# (size, mtime, inode) -> sha256 of the files the deploy placed; HostState only reads it.
+HASH_CACHE = "/var/lib/kthw/hash-cache.json"
 
 # Where the deploy puts certificates; CertificateExpiry looks at all of them.
-CERT_DIRS = ("/var/lib/kubernetes/pki", "/etc/etcd", "/var/lib/kubelet/pki")
+CERT_DIRS = ("/var/lib/kubernetes/pki", ETCD_DIR, "/var/lib/kubelet/pki")
 
 
 class HostState(FactBase):
     """Hashes, modes and owners of managed files, directory modes, service states, sysctls,
-    packages, swap and kernel features, in one command (runs ``python3`` on the host).
+    packages, swap and kernel features, in one command (runs ``python3`` on the host). It only
+    reads: big files are hashed unless the hash cache (written when the deploy placed them)
+    vouches for them by size, mtime and inode.
 
     Example::
 
@@ -34,6 +43,7 @@ class HostState(FactBase):
     """
 
     def command(self, spec: dict) -> str:
+        spec = {"hash_cache": HASH_CACHE, **spec}
         return f"python3 -c {shlex.quote(_HOST_STATE_SCRIPT)} {shlex.quote(json.dumps(spec, sort_keys=True))}"
 
     def process(self, output: list[str]) -> dict:
@@ -78,16 +88,13 @@ class EtcdHealth(FactBase):
     "health": {"https://192.168.56.11:2379": true}}``
     """
 
-    _flags = ("--cacert=/etc/etcd/etcd-ca.crt --cert=/etc/etcd/etcd-server.crt "
-              "--key=/etc/etcd/etcd-server.key --endpoints=https://127.0.0.1:2379")
-
     def requires_command(self, *args, **kwargs) -> str:
         return "etcdctl"
 
     def command(self) -> str:
         return (
-            f"etcdctl {self._flags} member list -w json; echo '---'; "
-            f"etcdctl {self._flags} endpoint health --cluster -w json 2>/dev/null || true"
+            f"{ETCDCTL} member list -w json; echo '---'; "
+            f"{ETCDCTL} endpoint health --cluster -w json 2>/dev/null || true"
         )
 
     def process(self, output: list[str]) -> dict:

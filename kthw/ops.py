@@ -3,20 +3,26 @@
 pyinfra's stock ``files.put``/``files.template`` ask the host 2-3 questions per file, twice
 per run; with ~40 managed files per host that is the whole cost of a no-op rerun. These
 operations compare against the snapshot taken once per host instead, so a converged host
-costs one remote command. They also never print a secret: ``--diff`` shows text diffs of
-ordinary files only, and "(secret, content not shown)" for keys, kubeconfigs and the
-encryption config.
+costs one remote command. They also never print a secret: ``--diff`` shows every changed file
+of an operation (text diffs of ordinary files, mode and owner changes the way ``files.put``
+shows them) and only "(secret, content not shown)" for keys, kubeconfigs and the encryption
+config.
 
 Each operation is small and does one thing, like pyinfra's own::
 
-    files_synced([ManagedFile.text("/etc/hosts", text)], snapshot, name="hosts file")
-    service_running("etcd", snapshot, restart_on=[unit_op, certs_op], reload_on=[unit_op])
+    snap = Snapshot(host.get_fact(HostState, spec=spec), spec)
+    files_synced([ManagedFile.text("/etc/hosts", text)], snap, name="hosts file")
+    service_running("etcd", snap, restart_on=[unit_op, certs_op], reload_on=[unit_op])
+
+Safe in anyone's deploy: a path, unit or sysctl the snapshot was not asked for is an error that
+names it (never "absent"); no argument's repr carries file contents, so an operation called
+without ``name=`` cannot print a key in its label; uploads honour ``_temp_dir``.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
+import json
 import posixpath
 import shlex
 from collections.abc import Iterable, Sequence
@@ -27,20 +33,37 @@ from pathlib import Path
 from pyinfra import host, logger, state
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
+from pyinfra.api.util import format_text
 from pyinfra.facts.files import FileContents
+from pyinfra.operations.util.files import generate_color_diff
 
-# Uploads land here (relative to the SSH user's home, mode 0700) before `cp` moves them into
-# place with sudo: pyinfra's default temp dir is /tmp, where a key would sit world-readable.
+from kthw.commands import wait_until
+from kthw.facts import HASH_CACHE, RECORD_HASHES_SCRIPT
+
+# Uploads land in this folder (mode 0700, in the SSH user's home unless ``_temp_dir`` says
+# where) before ``cp`` moves them into place with sudo: pyinfra's default temp dir is /tmp,
+# where a key would sit world-readable.
 UPLOAD_DIR = ".kthw-upload"
+
+
+class SnapshotError(KeyError):
+    """An operation looked up something the host snapshot was not asked for."""
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 @dataclass(frozen=True)
 class ManagedFile:
-    """A file the deploy owns: its content (bytes, or a local path for big binaries)."""
+    """A file the deploy owns: its content (bytes, or a local path for big binaries).
+
+    Its repr names the file and its digest, never its bytes: pyinfra prints the arguments of
+    an operation called without ``name=``.
+    """
 
     dest: str
     sha256: str
-    data: bytes | None = None
+    data: bytes | None = field(default=None, repr=False)
     local: Path | None = None
     mode: int = 0o644
     owner: str = "root:root"
@@ -61,6 +84,12 @@ class ManagedFile:
     def source(self):
         return BytesIO(self.data) if self.data is not None else str(self.local)
 
+    def __repr__(self) -> str:
+        kind = "secret" if self.secret else "binary" if self.data is None else "text"
+        return f"ManagedFile({self.dest}, {kind}, sha256={self.sha256[:12]}, mode={self.mode:o})"
+
+    __str__ = __repr__
+
 
 @dataclass(frozen=True)
 class Directory:
@@ -71,30 +100,58 @@ class Directory:
 
 @dataclass
 class Snapshot:
-    """The host's state as HostState reported it, with small accessors."""
+    """The host's state as HostState reported it, with strict accessors.
+
+    Asking for a path, unit, sysctl or package that ``spec`` did not list raises
+    :class:`SnapshotError`: silently treating it as absent would plan changes on a host that
+    already matches.
+    """
 
     raw: dict
     spec: dict = field(default_factory=dict)
 
+    def _lookup(self, section: str, key: str):
+        found = self.raw.get(section, {})
+        if key not in found:
+            raise SnapshotError(
+                f"{key!r} is not in this host's snapshot ({section}). Fix: list it under "
+                f"{section!r} in the HostState spec the snapshot was taken with."
+            )
+        return found[key]
+
     def file(self, path: str) -> tuple[str, int, str] | None:
-        found = self.raw["files"].get(path)
+        """(sha256, mode, "owner:group") or None when the file does not exist."""
+        found = self._lookup("files", path)
         return tuple(found) if found else None
 
     def directory(self, path: str) -> tuple[int, str] | None:
-        found = self.raw["dirs"].get(path)
+        found = self._lookup("dirs", path)
         return tuple(found) if found else None
 
     def service(self, unit: str) -> tuple[str, str]:
-        return tuple(self.raw["services"].get(unit, ("inactive", "")))
+        """(ActiveState, UnitFileState)."""
+        return tuple(self._lookup("services", unit))
 
     def sysctl(self, key: str) -> str | None:
-        return self.raw["sysctls"].get(key)
+        return self._lookup("sysctls", key)
 
     def package(self, name: str) -> bool:
-        return bool(self.raw["packages"].get(name))
+        return bool(self._lookup("packages", name))
+
+    def manifest_present(self, path: str) -> bool:
+        return self._lookup("manifests", path) == "present"
+
+    def image_present(self, ref: str) -> bool:
+        if ref not in self.spec.get("images", []):
+            raise SnapshotError(f"{ref!r} is not in this host's snapshot (images). Fix: list it "
+                                "under 'images' in the HostState spec.")
+        return ref in self.raw.get("images", [])
 
     def __getitem__(self, key):
         return self.raw[key]
+
+    def __repr__(self) -> str:
+        return f"Snapshot({len(self.raw.get('files', {}))} files, {len(self.raw.get('services', {}))} services)"
 
 
 def _changed(ops: Iterable[OperationMeta]) -> bool:
@@ -105,28 +162,70 @@ def _changed(ops: Iterable[OperationMeta]) -> bool:
     return any(op.will_change for op in ops)
 
 
-def _print_diff(f: ManagedFile, exists: bool) -> None:
-    """Show what a --diff run would change; secrets are named, never shown."""
-    if not state.config.DIFF or state.is_executing and state.should_check_for_changes():
-        return  # printed once, at plan time
-    verb = "modify" if exists else "create"
-    if f.secret:
-        host.log(f"Will {verb} {f.dest} (secret, content not shown)", logger.info)
+def _show_diffs() -> bool:
+    """--diff output is printed once, at plan time (pyinfra evaluates operations again to run
+    them; printing there too would show every change twice)."""
+    return bool(state.config.DIFF) and not (state.is_executing and state.should_check_for_changes())
+
+
+@dataclass(frozen=True)
+class _FileChange:
+    file: ManagedFile
+    current: tuple[str, int, str] | None  # (sha256, mode, owner) on the host, None if absent
+
+    @property
+    def content(self) -> bool:
+        return self.current is None or self.current[0] != self.file.sha256
+
+    @property
+    def mode(self) -> bool:
+        return self.current is not None and self.current[1] != self.file.mode
+
+    @property
+    def owner(self) -> bool:
+        return self.current is not None and self.current[2] != self.file.owner
+
+
+def _print_change(change: _FileChange) -> None:
+    """One file's part of --diff: content as a diff (secrets named, never shown), then mode and
+    owner the way pyinfra's files.put prints them."""
+    f, dest = change.file, format_text(change.file.dest, bold=True)
+    if change.content:
+        host.log(f"Will {'modify' if change.current else 'create'} {dest}", logger.info)
+        if f.secret:
+            logger.info("  (secret, content not shown)")
+        elif f.data is None:
+            old = f", was {change.current[0][:12]}…" if change.current else ""
+            logger.info("  (binary, sha256 %s…%s)", f.sha256[:12], old)
+        else:
+            try:
+                new = f.data.decode().splitlines(keepends=True)
+            except UnicodeDecodeError:
+                logger.info("  (binary, sha256 %s…)", f.sha256[:12])
+            else:
+                old = []
+                if change.current:
+                    old = [line + "\n" for line in (host.get_fact(FileContents, path=f.dest) or [])]
+                for line in generate_color_diff(old, new):
+                    logger.info("  %s", line)
+        logger.info("")
         return
-    if f.data is None:
-        host.log(f"Will {verb} {f.dest} (binary, sha256 {f.sha256[:12]}…)", logger.info)
-        return
-    try:
-        new = f.data.decode().splitlines(keepends=True)
-    except UnicodeDecodeError:
-        host.log(f"Will {verb} {f.dest} (binary)", logger.info)
-        return
-    old = []
-    if exists:
-        old = [line + "\n" for line in (host.get_fact(FileContents, path=f.dest) or [])]
-    host.log(f"Will {verb} {f.dest}", logger.info)
-    for line in difflib.unified_diff(old, new, f.dest, f.dest, n=2):
-        logger.info("    %s", line.rstrip("\n"))
+    host.log(f"Will change {dest}", logger.info)
+    if change.mode:
+        logger.info("mode %s", format_text(f"{change.current[1]:o}", "red"))
+        logger.info("mode %s", format_text(f"{f.mode:o}", "green"))
+    if change.owner:
+        logger.info("chown %s", format_text(change.current[2], "red"))
+        logger.info("chown %s", format_text(f.owner, "green"))
+    logger.info("")
+
+
+def _upload_dir() -> str:
+    """Our private upload folder: under ``_temp_dir`` when the caller gave one, else in the
+    SSH user's home (never straight into a shared /tmp)."""
+    args = host.current_op_global_arguments or {}
+    base = args.get("_temp_dir")
+    return posixpath.join(base, UPLOAD_DIR) if base else UPLOAD_DIR
 
 
 @operation()
@@ -135,57 +234,89 @@ def directories_present(dirs: Sequence[Directory], snapshot: Snapshot):
 
     + dirs: the directories (parents first)
     + snapshot: the host's HostState
+
+    Example::
+
+        directories_present([Directory("/etc/etcd", 0o700)], snap, name="etcd | directories")
     """
     cmds = []
     for d in dirs:
         current = snapshot.directory(d.path)
+        user, group = d.owner.split(":")
         if current is None:
-            cmds.append(f"install -d -m {d.mode:o} -o {d.owner.split(':')[0]} -g {d.owner.split(':')[1]} "
-                        f"{shlex.quote(d.path)}")
+            cmds.append(f"install -d -m {d.mode:o} -o {user} -g {group} {shlex.quote(d.path)}")
             continue
         if current[0] != d.mode:
             cmds.append(f"chmod {d.mode:o} {shlex.quote(d.path)}")
         if current[1] != d.owner:
             cmds.append(f"chown {d.owner} {shlex.quote(d.path)}")
-    if cmds:
-        yield " && ".join(cmds)
+    if not cmds:
+        host.noop(f"{len(dirs)} director{'y' if len(dirs) == 1 else 'ies'} already in place")
+        return
+    yield " && ".join(cmds)
 
 
 @operation()
 def files_synced(files: Sequence[ManagedFile], snapshot: Snapshot, check: str = ""):
     """Make each file's content, mode and owner match; upload only what differs.
 
+    Every change is worked out (and, with ``--diff``, printed) before the first command: pyinfra
+    plans an operation by running it only up to its first command, so anything printed later
+    would be missing from ``--dry --diff``.
+
     A new version lands beside the old one (``<dest>.kthw-new``, created 0600), gets its mode
     and owner, passes ``check`` if given, then replaces the old one with a rename: a running
     binary is never written over ("Text file busy"), a secret is never readable on the way,
-    and a config that fails its check never takes the place of a working one.
+    and a config that fails its check never takes the place of a working one. The same command
+    hashes what landed, fails if it is not what was sent, and records the hash in the host's
+    hash cache (so the next snapshot need not read big binaries again).
 
     + files: what the host must hold
     + snapshot: the host's HostState (must list every dest under "files")
     + check: command run on the new file before it replaces the old, ``{path}`` is its path
+
+    Example::
+
+        files_synced([ManagedFile.text("/etc/haproxy/haproxy.cfg", cfg)], snap,
+                     check="haproxy -c -q -f {path}", name="loadbalancer | haproxy.cfg")
     """
-    uploaded_dir = False
-    for f in files:
-        current = snapshot.file(f.dest)
-        quoted = shlex.quote(f.dest)
-        if current is None or current[0] != f.sha256:
-            _print_diff(f, current is not None)
-            if not uploaded_dir:
-                yield StringCommand(f"mkdir -p -m 700 {UPLOAD_DIR}", _sudo=False)
-                uploaded_dir = True
-            new = shlex.quote(f.dest + ".kthw-new")
-            yield f"rm -f {new} && install -m 600 /dev/null {new}"  # `cp` keeps this mode
-            temp = posixpath.join(UPLOAD_DIR, hashlib.sha1(f.dest.encode()).hexdigest())
+    changes = [c for c in (_FileChange(f, snapshot.file(f.dest)) for f in files)
+               if c.content or c.mode or c.owner]
+    if not changes:
+        host.noop(f"{len(files)} file(s) already in place: "
+                  + ", ".join(f.dest for f in files[:3]) + (", ..." if len(files) > 3 else ""))
+        return
+    if _show_diffs():
+        for change in changes:
+            _print_change(change)
+
+    uploads = [c.file for c in changes if c.content]
+    if uploads:
+        temp_dir = _upload_dir()
+        q_temp = shlex.quote(temp_dir)
+        yield StringCommand(f"mkdir -p -m 700 {q_temp} && test -O {q_temp} -a ! -L {q_temp} && "
+                            f"chmod 700 {q_temp}", _sudo=False)
+        news = [shlex.quote(f.dest + ".kthw-new") for f in uploads]
+        # Created 0600 before any byte arrives; `cp` (sudo uploads) and sftp keep that mode.
+        yield f"rm -f {' '.join(news)} && " + " && ".join(f"install -m 600 /dev/null {n}" for n in news)
+        for f in uploads:
+            temp = posixpath.join(temp_dir, hashlib.sha1(f.dest.encode()).hexdigest())
             yield FileUploadCommand(f.source(), f.dest + ".kthw-new", remote_temp_filename=temp)
-            place = f"chmod {f.mode:o} {new} && chown {f.owner} {new}"
+        steps = []
+        for f in uploads:
+            new, dest = shlex.quote(f.dest + ".kthw-new"), shlex.quote(f.dest)
+            step = f"chmod {f.mode:o} {new} && chown {f.owner} {new}"
             if check:
-                place += f" && {{ {check.format(path=new)} || {{ rm -f {new}; exit 1; }}; }}"
-            yield f"{place} && mv -f {new} {quoted}"
-            continue
-        if current[1] != f.mode:
-            yield f"chmod {f.mode:o} {quoted}"
-        if current[2] != f.owner:
-            yield f"chown {f.owner} {quoted}"
+                step += f" && {{ {check.format(path=new)} || {{ rm -f {new}; exit 1; }}; }}"
+            steps.append(f"{step} && mv -f {new} {dest}")
+        record = json.dumps({"cache": HASH_CACHE, "files": {f.dest: f.sha256 for f in uploads}})
+        steps.append(f"python3 -c {shlex.quote(RECORD_HASHES_SCRIPT)} {shlex.quote(record)}")
+        yield " && ".join(steps)
+    for c in changes:
+        if not c.content and c.mode:
+            yield f"chmod {c.file.mode:o} {shlex.quote(c.file.dest)}"
+        if not c.content and c.owner:
+            yield f"chown {c.file.owner} {shlex.quote(c.file.dest)}"
 
 
 @operation()
@@ -197,6 +328,10 @@ def service_running(unit: str, snapshot: Snapshot, restart_on: Sequence[Operatio
     + restart_on: operations whose change (binary, unit, config, certificates) needs a restart
     + reload_on: operations that changed unit files (a daemon-reload first)
     + graceful: ``reload-or-restart`` instead of ``restart`` (HAProxy keeps its connections)
+
+    Example::
+
+        service_running("kubelet", snap, restart_on=[binaries, config], reload_on=[unit])
     """
     active, enabled = snapshot.service(unit)
     cmds = []
@@ -208,8 +343,10 @@ def service_running(unit: str, snapshot: Snapshot, restart_on: Sequence[Operatio
         cmds.append(f"systemctl {'reload-or-restart' if graceful else 'restart'} {unit}")
     elif active != "active":
         cmds.append(f"systemctl start {unit}")
-    if cmds:
-        yield " && ".join(cmds)
+    if not cmds:
+        host.noop(f"service {unit} is enabled and running, and nothing it depends on changed")
+        return
+    yield " && ".join(cmds)
 
 
 @operation()
@@ -225,11 +362,13 @@ def service_restarted_in_turn(unit: str, snapshot: Snapshot, restart_on: Sequenc
     + ready: shell condition that holds once the service serves again
     """
     active, _ = snapshot.service(unit)
-    if active == "active" and _changed(restart_on):
-        cmd = f"systemctl restart {unit}"
-        if ready:
-            cmd += f" && for i in $(seq 90); do {ready} && exit 0; sleep 2; done; echo '{unit} not ready' >&2; exit 1"
-        yield cmd
+    if active != "active" or not _changed(restart_on):
+        host.noop(f"service {unit} needs no restart")
+        return
+    cmd = f"systemctl restart {unit}"
+    if ready:
+        cmd += " && " + wait_until(ready, unit)
+    yield cmd
 
 
 @operation()
@@ -238,6 +377,9 @@ def command_when(command: str, when: Sequence[OperationMeta] = (), always: bool 
 
     + command: the shell command
     + when: the operations whose change calls for it
+    + always: run it anyway (the caller found another reason in the snapshot)
     """
-    if always or _changed(when):
-        yield command
+    if not (always or _changed(when)):
+        host.noop("not needed: nothing it follows changed")
+        return
+    yield command

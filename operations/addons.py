@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pyinfra import host
 
+from kthw.commands import KUBECTL
 from kthw.context import HostContext, Wants
 from kthw.ops import Directory, command_when, directories_present, files_synced
-from operations.control_plane import KUBECTL
 
 ADDONS = "/etc/kubernetes/addons"
 
@@ -51,6 +51,6 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     for name in host.loop(manifest_names(ctx)):
         path = f"{ADDONS}/{name}"
         changed = files_synced(w.files[name], snap, name=f"addons | {name} rendered")
-        missing = snap.raw.get("manifests", {}).get(path) != "present"
+        missing = not snap.manifest_present(path)
         command_when(f"{KUBECTL} apply -f {path}", when=[changed], always=missing,
                      name=f"addons | {name} applied")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pyinfra import host
 
+from kthw.commands import ADMIN_KUBECONFIG, APISERVER_READY, KUBECTL, wait_until
 from kthw.context import HostContext, Wants
 from kthw.ops import (
     Directory,
@@ -22,8 +23,6 @@ from kthw.ops import (
 )
 
 PKI = "/var/lib/kubernetes/pki"
-ADMIN_KUBECONFIG = "/etc/kubernetes/admin.kubeconfig"
-KUBECTL = f"kubectl --kubeconfig {ADMIN_KUBECONFIG}"
 UNITS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 
 
@@ -68,12 +67,11 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     # Masters take turns: HAProxy always has a ready apiserver to send clients to.
     restarted = service_restarted_in_turn(
         "kube-apiserver", snap, restart_on=[binaries, certs, enc, audit, units["kube-apiserver"]],
-        ready=f"{KUBECTL} get --raw /readyz >/dev/null 2>&1", _serial=True,
+        ready=APISERVER_READY, _serial=True,
         name="control plane | kube-apiserver restarted on change, one master at a time",
     )
     command_when(
-        f"for i in $(seq 90); do {KUBECTL} get --raw /readyz >/dev/null 2>&1 && exit 0; sleep 2; done; "
-        f"{KUBECTL} get --raw '/readyz?verbose'; exit 1",
+        wait_until(APISERVER_READY, "kube-apiserver", on_failure=f"{KUBECTL} get --raw '/readyz?verbose'"),
         when=[apiserver, restarted], name="control plane | kube-apiserver ready (after any restart)",
     )
     for unit in host.loop(("kube-controller-manager", "kube-scheduler")):

@@ -8,6 +8,7 @@ plane is touched.
 
 from __future__ import annotations
 
+from kthw.commands import ETCD_DIR, ETCD_HEALTHY, ETCDCTL, wait_until
 from kthw.context import HostContext, Wants
 from kthw.ops import (
     Directory,
@@ -18,18 +19,15 @@ from kthw.ops import (
     service_running,
 )
 
-ETCDCTL = ("ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/etcd/etcd-ca.crt "
-           "--cert=/etc/etcd/etcd-server.crt --key=/etc/etcd/etcd-server.key")
-
 
 def wants(ctx: HostContext) -> Wants:
     w = Wants(services=["etcd"])
-    w.dirs = [Directory("/etc/etcd", 0o700), Directory("/var/lib/etcd", 0o700)]
+    w.dirs = [Directory(ETCD_DIR, 0o700), Directory("/var/lib/etcd", 0o700)]
     w.files["binaries"] = ctx.binaries({"etcd"})
     w.files["certificates"] = [
-        ctx.pki_file("etcd-ca.crt", "/etc/etcd/etcd-ca.crt"),  # etcd's own CA, not the cluster's
-        ctx.pki_file("etcd-server.crt", "/etc/etcd/etcd-server.crt"),
-        ctx.pki_file("etcd-server.key", "/etc/etcd/etcd-server.key"),
+        ctx.pki_file("etcd-ca.crt", f"{ETCD_DIR}/etcd-ca.crt"),  # etcd's own CA, not the cluster's
+        ctx.pki_file("etcd-server.crt", f"{ETCD_DIR}/etcd-server.crt"),
+        ctx.pki_file("etcd-server.key", f"{ETCD_DIR}/etcd-server.key"),
     ]
     w.files["unit"] = [ctx.template_file("/etc/systemd/system/etcd.service")]
     return w
@@ -45,11 +43,10 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     started = service_running("etcd", snap, reload_on=[unit], name="etcd | running")
     # ...a running one restarts member by member, each healthy again before the next goes.
     restarted = service_restarted_in_turn(
-        "etcd", snap, restart_on=[binaries, certs, unit], ready=f"{ETCDCTL} endpoint health >/dev/null 2>&1",
+        "etcd", snap, restart_on=[binaries, certs, unit], ready=ETCD_HEALTHY,
         name="etcd | restarted on change, one member at a time", _serial=True,
     )
     command_when(
-        f"for i in $(seq 90); do {ETCDCTL} endpoint health >/dev/null 2>&1 && exit 0; sleep 2; done; "
-        f"{ETCDCTL} endpoint health; exit 1",
+        wait_until(ETCD_HEALTHY, "etcd", on_failure=f"{ETCDCTL} endpoint health"),
         when=[started, restarted, dirs], name="etcd | healthy (after any restart)",
     )

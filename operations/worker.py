@@ -87,7 +87,7 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     if "images" in w.files:
         archives = files_synced(w.files["images"], snap, name="worker | offline image archives")
         # Import when an archive changed or containerd lost an image.
-        missing = [ref for ref in w.images if ref not in snap.raw.get("images", [])]
+        missing = [ref for ref in w.images if not snap.image_present(ref)]
         command_when(
             "for f in /var/lib/kthw/images/*.tar; do ctr -n k8s.io images import \"$f\" >/dev/null "
             "|| exit 1; done",

@@ -1,5 +1,8 @@
 # Runs ON a host (python3 only, stdlib only), sent by kthw.facts.HostState in one SSH command.
 # argv[1]: JSON spec {files, dirs, services, sysctls, packages, manifests}. Prints one JSON object.
+# Read-only: it changes nothing on the host (a fact, and so a --dry run, must not). The hash
+# cache it reads is written by the real run, in the command that places a file
+# (kthw/remote/record_hashes.py).
 import hashlib
 import json
 import os
@@ -13,7 +16,6 @@ try:
         cache = json.load(fh)
 except Exception:
     cache = {}
-dirty = False
 
 
 def owner(st):
@@ -31,8 +33,7 @@ def owner(st):
 
 
 def digest(path, st):
-    # Big binaries are hashed once; afterwards (size, mtime, inode) vouch for the cached hash.
-    global dirty
+    # Big binaries are hashed when placed; afterwards (size, mtime, inode) vouch for the hash.
     key = [st.st_size, st.st_mtime_ns, st.st_ino]
     hit = cache.get(path)
     if hit and hit[:3] == key:
@@ -41,8 +42,6 @@ def digest(path, st):
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
-    cache[path] = key + [h.hexdigest()]
-    dirty = True
     return h.hexdigest()
 
 
@@ -123,12 +122,4 @@ if refs and os.path.exists("/run/containerd/containerd.sock"):
     res = subprocess.run(["ctr", "-n", "k8s.io", "images", "ls", "-q"], capture_output=True, text=True)
     if res.returncode == 0:
         out["images"] = [r for r in refs if r in res.stdout.split()]
-if dirty:
-    try:
-        os.makedirs(os.path.dirname(CACHE), exist_ok=True)
-        with open(CACHE + ".tmp", "w") as fh:
-            json.dump(cache, fh)
-        os.replace(CACHE + ".tmp", CACHE)
-    except OSError:
-        pass
 print(json.dumps(out))

@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kthw.lab import lab_cluster_yaml
 from kthw.model import REPO_ROOT, Cluster, load_cluster
+from lab.cluster import lab_cluster_yaml
 
 LAB_DIR = Path(os.environ.get("KTHW_LAB_DIR", Path.home() / ".cache" / "kthw" / "lab"))
 

@@ -4,6 +4,7 @@ KTHW_FAKE_STATE picks what every host's HostState snapshot reports:
   fresh      a machine nothing has touched yet (default)
   converged  exactly what the deploy would leave behind (a rerun must change nothing)
   renewed    converged, but every master holds an older etcd and apiserver certificate
+  drifted    converged, but some files differ in content, mode or owner (states.DRIFT)
 """
 
 import json
@@ -15,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from kthw.inventory import groups  # noqa: E402
 from kthw.model import load_cluster  # noqa: E402
-from tests.plan.states import converged_state, fresh_state  # noqa: E402
+from tests.plan.states import converged_state, drifted_state, fresh_state  # noqa: E402
 
 _cluster = load_cluster()
 _groups = groups(_cluster, {n.name: {} for n in _cluster.nodes}, prefix="@fake/")
@@ -24,7 +25,12 @@ _mode = os.environ.get("KTHW_FAKE_STATE", "fresh")
 for _hosts in _groups.values():
     for _name, _data in _hosts:
         _node = _cluster.node(_data["kthw_node"])
-        _state = converged_state(_cluster, _node) if _mode in ("converged", "renewed") else fresh_state()
+        if _mode == "drifted":
+            _state = drifted_state(_cluster, _node)
+        elif _mode in ("converged", "renewed"):
+            _state = converged_state(_cluster, _node)
+        else:
+            _state = fresh_state(_cluster, _node)
         if _mode == "renewed" and _node.is_master:
             for _path in ("/etc/etcd/etcd-server.crt", "/var/lib/kubernetes/pki/kube-apiserver.crt"):
                 _state["files"][_path][0] = "0" * 64

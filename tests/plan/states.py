@@ -1,33 +1,50 @@
-"""HostState snapshots for the @fake plan tests: a fresh machine and a converged one."""
+"""HostState snapshots for the @fake plan tests: what the real snapshot script would report for
+a fresh machine, a converged one, and converged ones that drifted."""
 
 from __future__ import annotations
 
-import operations
 from kthw.context import NEUTRAL_FACTS, HostContext, prepared_cluster
-from kthw.deploy import collect
 from kthw.model import Cluster, Node
-from operations import addons, base, control_plane, etcd, loadbalancer, worker
+from operations.plan import collect, snapshot_spec
 
-MODULES = [base, etcd, control_plane, loadbalancer, worker, addons]
-assert operations  # the package, imported for its modules
+# Files that drift in the "drifted" state: several in one operation (etcd's certificates, the
+# control plane's), contents, modes and owners, secrets and not.
+DRIFT = {
+    "master-1": {
+        "/etc/etcd/etcd-ca.crt": "content", "/etc/etcd/etcd-server.crt": "content",
+        "/etc/etcd/etcd-server.key": "content", "/var/lib/kubernetes/pki/ca.crt": "content",
+        "/var/lib/kubernetes/pki/kube-apiserver.key": "mode",
+        "/var/lib/kubernetes/pki/service-account.pub": "owner", "/etc/hosts": "content",
+    },
+    "worker-2": {"/var/lib/kubelet/kubeconfig": "content", "/var/lib/kubelet/pki/kubelet.key": "content",
+                 "/etc/containerd/config.toml": "mode"},
+}
 
 
-def fresh_state() -> dict:
-    return {"files": {}, "dirs": {}, "services": {}, "sysctls": {}, "packages": {}, "manifests": {},
-            "images": [], "swap": ["/swap.img"], "fstab_swap": ["/swap.img none swap sw 0 0"],
+def _wants(cluster: Cluster, node: Node):
+    cluster = prepared_cluster(str(cluster.source))
+    ctx = HostContext(cluster, cluster.node(node.name), {**NEUTRAL_FACTS, "resolved": True})
+    return collect(ctx)
+
+
+def fresh_state(cluster: Cluster, node: Node) -> dict:
+    """A machine nothing has touched: every path asked for is reported absent, as the real
+    snapshot script does."""
+    spec = snapshot_spec(_wants(cluster, node))
+    return {"files": dict.fromkeys(spec["files"]), "dirs": dict.fromkeys(spec["dirs"]),
+            "services": {s: ["inactive", ""] for s in spec["services"]},
+            "sysctls": dict.fromkeys(spec["sysctls"], "0"), "packages": dict.fromkeys(spec["packages"], False),
+            "manifests": dict.fromkeys(spec["manifests"], "missing"), "images": [],
+            "swap": ["/swap.img"], "fstab_swap": ["/swap.img none swap sw 0 0"],
             "overlay": True, "br_netfilter": True, "hostname": "ubuntu-jammy",
             "etc_hostname": "ubuntu-jammy", "resolved": True, "cgroup": "v2", "container": "", "sys_resource": True}
 
 
 def converged_state(cluster: Cluster, node: Node) -> dict:
     """What the host looks like after a successful deploy."""
-    cluster = prepared_cluster(str(cluster.source))
-    facts = {**NEUTRAL_FACTS, "resolved": True}
-    ctx = HostContext(cluster, cluster.node(node.name), facts)
-    wants = collect(ctx, MODULES)
-    state = fresh_state()
+    state = fresh_state(cluster, node)
     state.update(swap=[], fstab_swap=[], hostname=node.name, etc_hostname=node.name)
-    for w in wants.values():
+    for w in _wants(cluster, node).values():
         for f in w.all_files():
             state["files"][f.dest] = [f.sha256, f.mode, f.owner]
         for d in w.dirs:
@@ -38,4 +55,19 @@ def converged_state(cluster: Cluster, node: Node) -> dict:
         state["packages"].update({p: True for p in w.packages})
         state["manifests"].update({m: "present" for m in w.manifests})
         state["images"] += w.images
+    return state
+
+
+def drifted_state(cluster: Cluster, node: Node) -> dict:
+    """Converged, except the files in DRIFT (content, mode or owner)."""
+    state = converged_state(cluster, node)
+    for path, what in DRIFT.get(node.name, {}).items():
+        sha, mode, owner = state["files"][path]
+        if what == "content":
+            sha = "0" * 64
+        elif what == "mode":
+            mode = 0o666
+        else:
+            owner = "nobody:nogroup"
+        state["files"][path] = [sha, mode, owner]
     return state

@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from kthw.context import NEUTRAL_FACTS, HostContext, prepared_cluster
-from kthw.deploy import collect, components_for
 from kthw.model import DEFAULT_CLUSTER_FILE
+from operations.plan import collect
 from tests.conftest import cluster_file, scaled
 from tests.plan.conftest import plan, run_pyinfra
-from tests.plan.states import MODULES
+from tests.plan.states import DRIFT
 
 
 def names_for(p: dict, host: str) -> list[str]:
@@ -69,7 +69,7 @@ def test_restarts_only_follow_changes(default_cluster):
 def _wants(cluster_path, name):
     cluster = prepared_cluster(str(cluster_path))
     ctx = HostContext(cluster, cluster.node(name), dict(NEUTRAL_FACTS))
-    return ctx, collect(ctx, MODULES)
+    return ctx, collect(ctx)
 
 
 def test_workers_never_get_the_ca_key_or_other_nodes_keys(default_cluster):
@@ -86,7 +86,7 @@ def test_workers_never_get_the_ca_key_or_other_nodes_keys(default_cluster):
 
 def test_loadbalancer_gets_only_haproxy(default_cluster):
     ctx, wants = _wants(default_cluster, "loadbalancer")
-    assert [m.__name__ for m in components_for(ctx, MODULES)] == ["operations.base", "operations.loadbalancer"]
+    assert [m.__name__ for m in collect(ctx)] == ["operations.base", "operations.loadbalancer"]
     assert not any(f.secret for w in wants.values() for f in w.all_files())
 
 
@@ -172,3 +172,36 @@ def test_renewed_certificates_restart_masters_one_at_a_time(default_cluster):
     restarts = [line for line in out.stderr.splitlines() if "systemctl restart etcd" in line]
     assert sorted(re.search(r"@fake/([\w-]+)", r).group(1) for r in restarts) == ["master-1", "master-2"]
     assert all("endpoint health" in r for r in restarts)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def listed_changes(text: str) -> dict[str, set[str]]:
+    """{host: paths} from the "Will create/modify/change <path>" lines of --dry --diff."""
+    out: dict[str, set[str]] = {}
+    for host, path in re.findall(r"\[@fake/([\w-]+)\]\s+Will (?:create|modify|change) (\S+)", ANSI.sub("", text)):
+        out.setdefault(host, set()).add(path)
+    return out
+
+
+def test_dry_diff_lists_every_changed_file(default_cluster):
+    out = run_pyinfra(default_cluster, "--dry", "--diff", state="drifted")
+    text = ANSI.sub("", out.stdout + out.stderr)
+    assert listed_changes(text) == {host: set(paths) for host, paths in DRIFT.items()}
+    # mode and owner changes the way files.put shows them: old value, then new
+    assert re.search(r"Will change /var/lib/kubernetes/pki/kube-apiserver.key\n\s+mode 666\n\s+mode 600", text)
+    assert re.search(r"Will change /var/lib/kubernetes/pki/service-account.pub\n\s+chown nobody:nogroup\n"
+                     r"\s+chown root:root", text)
+    assert re.search(r"Will modify /etc/etcd/etcd-server.key\n\s+\(secret, content not shown\)", text)
+    assert "PRIVATE KEY" not in text
+
+
+def test_dry_diff_of_a_fresh_cluster_lists_every_managed_file(default_cluster):
+    out = run_pyinfra(default_cluster, "--dry", "--diff")
+    cluster = prepared_cluster(str(default_cluster))
+    want = {}
+    for node in cluster.nodes:
+        _, wants = _wants(default_cluster, node.name)
+        want[node.name] = {f.dest for w in wants.values() for f in w.all_files()}
+    assert listed_changes(out.stdout + out.stderr) == want

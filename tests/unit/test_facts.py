@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from kthw.facts import CertificateExpiry, EtcdHealth, HostState, KthwServices
+from kthw.facts import HASH_CACHE, RECORD_HASHES_SCRIPT, CertificateExpiry, EtcdHealth, HostState, KthwServices
 
 
 def run_host_state(spec: dict, tmp_path) -> dict:
@@ -21,13 +21,19 @@ def run_host_state(spec: dict, tmp_path) -> dict:
     return HostState().process(out.stdout.splitlines())
 
 
-def test_host_state_reports_files_dirs_and_kernel(tmp_path, monkeypatch):
+def tree(path) -> dict:
+    return {str(p): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else b"")
+            for p in sorted(path.rglob("*"))}
+
+
+def test_host_state_reports_files_dirs_and_kernel(tmp_path):
     f = tmp_path / "managed.txt"
     f.write_bytes(b"hello\n")
     f.chmod(0o640)
-    cache = tmp_path / "hash-cache.json"
+    cache = tmp_path / "kthw" / "hash-cache.json"
     spec = {"files": [str(f), str(tmp_path / "absent")], "dirs": [str(tmp_path)],
             "sysctls": ["kernel.ostype"], "packages": [], "hash_cache": str(cache)}
+    before = tree(tmp_path)
     state = run_host_state(spec, tmp_path)
     sha, mode, owner = state["files"][str(f)]
     assert sha == hashlib.sha256(b"hello\n").hexdigest() and mode == 0o640 and ":" in owner
@@ -36,15 +42,44 @@ def test_host_state_reports_files_dirs_and_kernel(tmp_path, monkeypatch):
     assert state["sysctls"]["kernel.ostype"] == "Linux"
     assert state["cgroup"] in ("v1", "v2")
     assert isinstance(state["swap"], list) and isinstance(state["overlay"], bool)
-    # Big files are hashed once: the second run answers from the cache, same result.
-    assert str(f) in json.loads(cache.read_text())
-    assert run_host_state(spec, tmp_path)["files"][str(f)] == [sha, mode, owner]
+    assert tree(tmp_path) == before  # a fact writes nothing, not even its cache
+
+
+def record_hashes(files: dict, cache) -> subprocess.CompletedProcess:
+    req = json.dumps({"cache": str(cache), "files": files})
+    return subprocess.run([sys.executable, "-c", RECORD_HASHES_SCRIPT, req], capture_output=True, text=True)
+
+
+def test_hash_cache_is_written_when_files_are_placed_and_only_read_by_the_snapshot(tmp_path):
+    big = tmp_path / "kube-apiserver"
+    big.write_bytes(b"binary" * 1000)
+    sha = hashlib.sha256(big.read_bytes()).hexdigest()
+    cache = tmp_path / "kthw" / "hash-cache.json"
+    assert record_hashes({str(big): sha}, cache).returncode == 0
+    assert oct(cache.stat().st_mode & 0o777) == "0o600"
+    # The snapshot trusts the cache while size, mtime and inode match: prove it answers from it
+    # by planting another digest for the same stat.
+    entry = json.loads(cache.read_text())[str(big)]
+    cache.write_text(json.dumps({str(big): entry[:3] + ["f" * 64]}))
+    spec = {"files": [str(big)], "hash_cache": str(cache)}
+    assert run_host_state(spec, tmp_path)["files"][str(big)][0] == "f" * 64
+    # A file changed behind the cache's back (new mtime) is hashed again.
+    big.write_bytes(b"other")
+    assert run_host_state(spec, tmp_path)["files"][str(big)][0] == hashlib.sha256(b"other").hexdigest()
+
+
+def test_placed_content_that_differs_from_what_was_sent_fails(tmp_path):
+    f = tmp_path / "ca.crt"
+    f.write_bytes(b"truncated")
+    out = record_hashes({str(f): "0" * 64}, tmp_path / "cache.json")
+    assert out.returncode != 0 and str(f) in out.stderr
+    assert str(f) not in json.loads((tmp_path / "cache.json").read_text())
 
 
 def test_host_state_command_is_one_shell_word_pair():
     cmd = HostState().command(spec={"files": ["/etc/it's"]})
     assert cmd.startswith("python3 -c '")
-    assert json.dumps({"files": ["/etc/it's"]}, sort_keys=True).replace("'", "'\"'\"'") in cmd
+    assert json.dumps({"files": ["/etc/it's"], "hash_cache": HASH_CACHE}, sort_keys=True).replace("'", "'\"'\"'") in cmd
 
 
 def test_certificate_expiry_parses_openssl_lines():

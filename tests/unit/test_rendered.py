@@ -13,10 +13,9 @@ import pytest
 import yaml
 
 from kthw.context import NEUTRAL_FACTS, HostContext, prepared_cluster
-from kthw.deploy import collect
 from kthw.model import DEFAULT_CLUSTER_FILE
+from operations.plan import collect
 from tests.conftest import cluster_file, scaled
-from tests.plan.states import MODULES
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def default_path(tmp_path_factory):
 def rendered(path, node: str, **facts) -> dict[str, bytes]:
     cluster = prepared_cluster(str(path))
     ctx = HostContext(cluster, cluster.node(node), {**NEUTRAL_FACTS, **facts})
-    return {f.dest: f.data for w in collect(ctx, MODULES).values() for f in w.all_files() if f.data is not None}
+    return {f.dest: f.data for w in collect(ctx).values() for f in w.all_files() if f.data is not None}
 
 
 @pytest.mark.parametrize("topology", ["default", "3 masters"])

@@ -1,18 +1,23 @@
 """The lab's view of a cluster file: the same nodes and networks, with binaries and images
 from the lab's own builds (artifacts.source: directory), since the lab reaches no release host.
 
-    python -m kthw lab-cluster > .kthw/lab-cluster.yaml
+    python lab/cluster.py [CLUSTER_FILE] > .kthw/lab/cluster.yaml
+
+Lab code, not part of the product: the deploy never imports it.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import sys
 from pathlib import Path
 
 import yaml
 
-from kthw.model import cluster_file_from_env, load_cluster
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kthw.model import cluster_file_from_env, load_cluster  # noqa: E402
 
 DEFAULT_BUILD_DIR = "~/.cache/kthw/lab-artifacts"
 
@@ -40,3 +45,15 @@ def lab_cluster_yaml(source: Path | None = None, build_dir: str | None = None) -
                      "is not served by the module proxy here); see README.md")
     header = "".join(f"# {n}\n" for n in notes)
     return header + yaml.safe_dump(raw, sort_keys=False), notes
+
+
+def main(argv: list[str]) -> int:
+    text, notes = lab_cluster_yaml(Path(argv[0]) if argv else None)
+    for note in notes[1:]:
+        print(f"note: {note}", file=sys.stderr)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

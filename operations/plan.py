@@ -1,4 +1,4 @@
-"""Glue between pyinfra's ``host`` and our components (used by deploy.py)."""
+"""What one host gets: its components' wants, checked against ONE snapshot of the host."""
 
 from __future__ import annotations
 
@@ -7,33 +7,21 @@ from types import ModuleType
 from pyinfra.api.exceptions import PyinfraError
 
 from kthw.artifacts import ArtifactError
+from kthw.commands import ADMIN_KUBECONFIG
 from kthw.context import NEUTRAL_FACTS, HostContext, Wants, prepared_cluster
 from kthw.facts import HostState
 from kthw.model import ClusterConfigError
 from kthw.ops import Snapshot
 from kthw.pki import PkiError
-from operations.control_plane import ADMIN_KUBECONFIG
+from operations import components_for
 
 
-def components_for(ctx: HostContext, modules: list[ModuleType]) -> list[ModuleType]:
-    """Which components a host gets: each group only what it needs."""
-    names = {"base"}
-    if ctx.is_master:
-        names |= {"etcd", "control_plane"}
-    if ctx.is_loadbalancer:
-        names.add("loadbalancer")
-    if ctx.is_worker:
-        names.add("worker")
-    if ctx.is_first_master:
-        names.add("addons")
-    return [m for m in modules if m.__name__.rsplit(".", 1)[-1] in names]
+def collect(ctx: HostContext) -> dict[ModuleType, Wants]:
+    """{component: what it wants on this host}, in the order the components run."""
+    return {m: m.wants(ctx) for m in components_for(ctx.node.role, ctx.is_first_master)}
 
 
-def collect(ctx: HostContext, modules: list[ModuleType]) -> dict[ModuleType, Wants]:
-    return {m: m.wants(ctx) for m in components_for(ctx, modules)}
-
-
-def snapshot_spec(ctx: HostContext, wants: dict[ModuleType, Wants]) -> dict:
+def snapshot_spec(wants: dict[ModuleType, Wants]) -> dict:
     """Everything the snapshot must report for this host."""
     spec: dict = {"files": [], "dirs": [], "services": [], "sysctls": [], "packages": [],
                   "manifests": [], "images": []}
@@ -50,19 +38,18 @@ def snapshot_spec(ctx: HostContext, wants: dict[ModuleType, Wants]) -> dict:
     return {k: (sorted(set(v)) if isinstance(v, list) else v) for k, v in spec.items()}
 
 
-def host_context(host, modules: list[ModuleType]) -> tuple[HostContext, dict[ModuleType, Wants]]:
-    """The host's context and wants, with ONE remote command (the HostState snapshot)."""
+def host_plan(host) -> tuple[HostContext, dict[ModuleType, Wants]]:
+    """The host's context and its components' wants, with ONE remote command (the snapshot)."""
     try:
         cluster = prepared_cluster(host.data.kthw_cluster)
         ctx = HostContext(cluster, cluster.node(host.data.kthw_node), dict(NEUTRAL_FACTS))
-        first = collect(ctx, modules)  # which paths exist does not depend on host facts
-        spec = snapshot_spec(ctx, first)
+        spec = snapshot_spec(collect(ctx))  # which paths exist does not depend on host facts
         raw = host.get_fact(HostState, spec=spec)
         ctx.facts = raw
         ctx.snapshot = Snapshot(raw, spec)
-        wants = collect(ctx, modules)  # now with the host's facts (cgroup version, ...)
+        wants = collect(ctx)  # now with the host's facts (cgroup version, ...)
     except (ClusterConfigError, PkiError, ArtifactError) as exc:
         raise PyinfraError(str(exc)) from None
-    if snapshot_spec(ctx, wants)["files"] != spec["files"]:
+    if snapshot_spec(wants)["files"] != spec["files"]:
         raise PyinfraError(f"{host.name}: the managed files depend on host facts; fix the component")
     return ctx, wants
