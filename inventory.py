@@ -1,5 +1,7 @@
 """pyinfra inventory: groups loadbalancer, masters and workers from the cluster model,
-connection data live from `vagrant ssh-config` (or the model's `ssh` entries).
+connection data from one `vagrant ssh-config` call, cached in the state dir while no machine
+changed (see kthw/inventory.py; KTHW_INVENTORY_CACHE=off, KTHW_INVENTORY_DEBUG=1), or from the
+model's `ssh` entries.
 
     pyinfra inventory.py deploy.py
     pyinfra inventory.py fact kthw.facts.KthwServices
