@@ -5,7 +5,16 @@
 
 For each topology: `vagrant up` (lab/up) time, cold deploy time until every node is Ready,
 dry-run time, no-op rerun time and its count of changed operations, the remote commands
-each host received during the no-op rerun, and the operator's CPU seconds for it.
+each host received during the no-op rerun, and the operator's CPU seconds for it. The no-op
+rerun and the dry run (median of 5 each, inventory from its cache) are split into phases
+from pyinfra's own progress lines:
+
+    start-up     python, pyinfra and config (until "Loading inventory")
+    inventory    inventory.py: the model and the machines (cache, or Vagrant)
+    connect      SSH connections to every host
+    facts        the one HostState snapshot per host (KTHW_TIMINGS, slowest host)
+    plan         the rest of deploy.py on every host (local: PKI check, templates, operations)
+    operations   running the operations (nothing to do on a no-op), then disconnecting
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import json
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -42,6 +52,48 @@ def run(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float, 
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return out, wall, cpu
+
+
+PHASES = {  # phase -> the progress line that ends it
+    "start-up": "--> Loading inventory",
+    "inventory": "--> Connecting to hosts",
+    "connect": "--> Preparing operation files",
+    "facts+plan": ("--> Beginning operation run", "--> Detected changes", "--> Skipping change detection"),
+    "operations": None,  # until the process exits
+}
+
+
+def phases(cmd: list[str], env: dict) -> dict[str, float]:
+    """Wall seconds of each phase of one pyinfra run (lines time-stamped as they arrive)."""
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env, "PYTHONUNBUFFERED": "1", "KTHW_TIMINGS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    marks: dict[str, float] = {}
+    snapshot = 0.0
+    lines = []
+    for line in proc.stdout:
+        now = time.monotonic() - start
+        lines.append(line)
+        for phase, ends in PHASES.items():
+            if ends and phase not in marks and line.lstrip().startswith(ends):
+                marks[phase] = now
+        if m := re.search(r"kthw-timing \S+ snapshot ([\d.]+)", line):
+            snapshot = max(snapshot, float(m.group(1)))
+    if proc.wait() != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{''.join(lines)[-4000:]}")
+    marks["operations"] = time.monotonic() - start
+    out, last = {}, 0.0
+    for phase in PHASES:
+        out[phase] = marks[phase] - last
+        last = marks[phase]
+    out["facts"], out["plan"] = snapshot, out.pop("facts+plan") - snapshot
+    out["total"] = last
+    return {k: out[k] for k in ("start-up", "inventory", "connect", "facts", "plan", "operations", "total")}
+
+
+def median_phases(cmd: list[str], env: dict, runs: int = 5) -> dict[str, float]:
+    samples = [phases(cmd, env) for _ in range(runs)]
+    return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
 
 
 def topology(workers: int) -> Path:
@@ -85,10 +137,20 @@ def measure(workers: int) -> dict:
     _, figures["vagrant up (lab/up)"], _ = run(["lab/up"], env)
     _, deploy, _ = run([*PYINFRA, "-y", "inventory.py", "deploy.py"], env)
     figures["cold deploy to all-Ready"] = deploy + wait_ready(path)
-    _, figures["dry run"], _ = run([*PYINFRA, "inventory.py", "deploy.py", "--dry"], env)
+    run([sys.executable, "-c", "import inventory"], env)  # the inventory cache, as after any run
+    dry = median_phases([*PYINFRA, "inventory.py", "deploy.py", "--dry"], env)
+    noop = median_phases([*PYINFRA, "-y", "inventory.py", "deploy.py"], env)
+    figures["dry run"] = dry["total"]
+    figures["no-op rerun"] = noop["total"]
+    for phase in ("start-up", "inventory", "connect", "facts", "plan", "operations"):
+        figures[f"  no-op: {phase}"] = noop[phase]
+    for phase in ("inventory", "facts", "plan"):
+        figures[f"  dry run: {phase}"] = dry[phase]
+    env_nocache = {**env, "KTHW_INVENTORY_CACHE": "off"}
+    figures["no-op rerun, inventory from Vagrant"] = median_phases(
+        [*PYINFRA, "-y", "inventory.py", "deploy.py"], env_nocache, runs=3)["total"]
     out, wall, cpu = run([*PYINFRA, "-y", "-vv", "--json", "inventory.py", "deploy.py"], env)
     ops = json.loads(out.stdout)["results"]["operations"]
-    figures["no-op rerun"] = wall
     figures["changed operations"] = sum(len(op["success"]) for op in ops)
     for op in ops:
         if op["success"]:
@@ -106,8 +168,9 @@ def measure(workers: int) -> dict:
 def main() -> None:
     counts = [int(a) for a in sys.argv[1:]] or [2, 6]
     results = {w: measure(w) for w in counts}
-    print("lab benchmark (LXC nodes sharing this machine's 2 cores)")
-    print(f"{'':34}" + "".join(f"{f'{w} workers':>14}" for w in counts))
+    print("lab benchmark (1 load balancer, 2 masters, 2 or 6 workers: LXC nodes sharing this machine's 2 cores;\n"
+          "no-op rerun and dry run: median of 5)")
+    print(f"{'':40}" + "".join(f"{f'{w + 3} nodes':>14}" for w in counts))
     for key in results[counts[0]]:
         cells = []
         for w in counts:
@@ -117,8 +180,8 @@ def main() -> None:
             elif isinstance(v, int):
                 cells.append(str(v))
             else:
-                cells.append(f"{v:.1f}s")
-        print(f"{key:34}" + "".join(f"{c:>14}" for c in cells))
+                cells.append(f"{v:.2f}s")
+        print(f"{key:40}" + "".join(f"{c:>14}" for c in cells))
 
 
 if __name__ == "__main__":

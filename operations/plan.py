@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from types import ModuleType
 
 from pyinfra.api.exceptions import PyinfraError
@@ -44,7 +47,10 @@ def host_plan(host) -> tuple[HostContext, dict[ModuleType, Wants]]:
         cluster = prepared_cluster(host.data.kthw_cluster)
         ctx = HostContext(cluster, cluster.node(host.data.kthw_node), dict(NEUTRAL_FACTS))
         spec = snapshot_spec(collect(ctx))  # which paths exist does not depend on host facts
+        start = time.monotonic()
         raw = host.get_fact(HostState, spec=spec)
+        if os.environ.get("KTHW_TIMINGS"):  # for bench/lab.py
+            print(f"kthw-timing {host.name} snapshot {time.monotonic() - start:.3f}", file=sys.stderr)
         ctx.facts = raw
         ctx.snapshot = Snapshot(raw, spec)
         wants = collect(ctx)  # now with the host's facts (cgroup version, ...)

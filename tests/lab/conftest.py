@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kthw.model import DEFAULT_CLUSTER_FILE
-from tests.lab.lab import Lab, sh
+from tests.lab.lab import ROOTS, Lab, sh
 
 
 def pytest_collection_modifyitems(items):
@@ -50,7 +50,13 @@ def lab(request, lab_ready):
             Lab(other).down(check=check)
     lab = Lab(TOPOLOGIES[request.param])
     lab.up()
+    # The cold deploy, watched: every node's trees before and after a dry run, then after the
+    # real run (tests/lab/test_dry_run.py compares them).
+    lab.record["fresh"] = lab.scan(ROOTS)
+    lab.record["listed"], lab.record["dry text"] = lab.dry_run_listing("dry run of fresh nodes")
+    lab.record["after dry run"] = lab.scan(ROOTS)
     lab.deploy(label="cold deploy")
+    lab.record["deployed"] = lab.scan(ROOTS)
     yield lab
     report(lab)
     if request.param != list(TOPOLOGIES)[-1]:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +17,43 @@ from kthw.model import REPO_ROOT, Cluster, load_cluster
 from lab.cluster import lab_cluster_yaml
 
 LAB_DIR = Path(os.environ.get("KTHW_LAB_DIR", Path.home() / ".cache" / "kthw" / "lab"))
+SCAN_TREE = (Path(__file__).parent / "scan_tree.py").read_text()
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# Where a deploy writes: the file trees every node's state is compared over.
+ROOTS = ["/etc", "/var/lib", "/usr/local", "/opt"]
+# What the running cluster itself writes all the time (its data, not the deploy's): left out
+# when comparing a running node's trees. Everything else must hold still.
+RUNTIME_STATE = [
+    "/var/lib/etcd/", "/var/lib/containerd/", "/var/lib/cni/", "/var/lib/kubelet/pods/",
+    "/var/lib/kubelet/plugins", "/var/lib/kubelet/pod-resources/", "/var/lib/kubelet/device-plugins/",
+    "/var/lib/kubelet/checkpoints/", "/var/lib/kubelet/cpu_manager_state",
+    "/var/lib/kubelet/memory_manager_state", "/var/lib/kubelet/dra_manager_state",
+    "/var/lib/weave/", "/var/lib/dhcp/",
+]
+# The deploy's own bookkeeping on a node (hashes of the files it placed), not a managed file.
+BOOKKEEPING = ["/var/lib/kthw/hash-cache.json"]
+
+
+def tree_changes(before: dict[str, list], after: dict[str, list], ignore: list[str] = (),
+                 files_only: bool = False, with_mtime: bool = True) -> dict[str, str]:
+    """{path: what changed} between two scans of one node: "new", "gone", or the fields."""
+    ignore = tuple(ignore)
+    width = 5 if with_mtime else 4
+    out = {}
+    for path in sorted(set(before) | set(after)):
+        if path.startswith(ignore):
+            continue
+        old, new = before.get(path), after.get(path)
+        if files_only and "file" not in ((old or [""])[0], (new or [""])[0]):
+            continue
+        if old is None:
+            out[path] = "new"
+        elif new is None:
+            out[path] = "gone"
+        elif old[:width] != new[:width]:
+            names = ["kind", "content", "mode", "owner", "mtime"]
+            out[path] = ", ".join(n for n, a, b in zip(names[:width], old[:width], new[:width], strict=True) if a != b)
+    return out
 
 
 def sh(cmd: list[str] | str, env: dict | None = None, timeout: int = 1800, check: bool = True,
@@ -33,6 +73,7 @@ class Lab:
     cluster_file: Path = field(init=False)
     cluster: Cluster = field(init=False)
     timings: dict[str, float] = field(default_factory=dict)
+    record: dict = field(default_factory=dict)  # what the fixture saw on the way (scans, listings)
 
     def __post_init__(self):
         text, _ = lab_cluster_yaml(self.source)
@@ -60,6 +101,37 @@ class Lab:
 
     def deploy(self, *args: str, label: str = "deploy") -> subprocess.CompletedProcess:
         return self.timed(label, [sys.executable, "-m", "pyinfra", "-y", "inventory.py", "deploy.py", *args])
+
+    def dry_run_listing(self, label: str = "dry run with diff") -> tuple[dict[str, set[str]], str]:
+        """({node: paths}, output) from the "Will create/modify/change <path>" lines of --dry --diff."""
+        out = self.timed(label, [sys.executable, "-m", "pyinfra", "inventory.py", "deploy.py", "--dry", "--diff"])
+        text = ANSI.sub("", out.stdout + out.stderr)
+        listed: dict[str, set[str]] = {n.name: set() for n in self.cluster.nodes}
+        for node, path in re.findall(r"\[([\w-]+)\]\s+Will (?:create|modify|change) (\S+)", text):
+            listed[node].add(path)
+        return listed, text
+
+    def scan(self, roots: list[str], skip: list[str] = ()) -> dict[str, dict[str, list]]:
+        """{node: {path: [kind, sha256/target, mode, uid:gid, mtime_ns]}} for every node, read in
+        parallel (tests/lab/scan_tree.py)."""
+        req = json.dumps({"roots": roots, "skip": list(skip)})
+
+        def one(node: str) -> dict:
+            out = sh(["ssh", "-F", str(LAB_DIR / "ssh-config"), "-o", "BatchMode=yes", node,
+                      f"sudo python3 - {shlex.quote(req)}"], input=SCAN_TREE, timeout=300)
+            return json.loads(out.stdout)
+
+        names = [n.name for n in self.cluster.nodes]
+        with ThreadPoolExecutor(len(names)) as pool:
+            return dict(zip(names, pool.map(one, names), strict=True))
+
+    def inventory_source(self) -> str:
+        """How `import inventory` got the machines this time: "from cache" or "vagrant ssh-config
+        (<reason>)" (KTHW_INVENTORY_DEBUG's line)."""
+        out = sh([sys.executable, "-c", "import inventory"], env={**self.env, "KTHW_INVENTORY_DEBUG": "1"})
+        line = [ln for ln in out.stderr.splitlines() if ln.startswith("inventory: ")]
+        assert len(line) == 1, out.stderr
+        return line[0].removeprefix("inventory: ")
 
     def plan(self) -> dict[str, dict]:
         out = self.timed("dry run", [sys.executable, "-m", "pyinfra", "inventory.py", "deploy.py",

@@ -10,7 +10,6 @@ import ipaddress
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -206,22 +205,6 @@ def test_second_run_changes_nothing(lab):
     ops = json.loads(out.stdout)["results"]["operations"]
     assert [(op["name"], op["success"]) for op in ops if op["success"]] == []  # nothing changed
     assert [op["name"] for op in ops if op["error"]] == []
-
-
-def test_drift_is_previewed_without_secrets_then_repaired(lab):
-    lb, worker = lab.cluster.loadbalancer.name, workers(lab)[0]
-    lab.ssh(lb, "echo '# local edit' >> /etc/haproxy/haproxy.cfg")
-    lab.ssh(worker, "echo '# local edit' >> /var/lib/kubelet/kubeconfig")
-    out = lab.timed("dry run with diff", [sys.executable, "-m", "pyinfra", "inventory.py", "deploy.py",
-                                          "--dry", "--diff"])
-    text = out.stdout + out.stderr
-    assert "-# local edit" in text  # the ordinary file's diff is shown...
-    assert "/var/lib/kubelet/kubeconfig (secret, content not shown)" in text  # ...the secret's is not
-    assert "client-key-data" not in text and "PRIVATE KEY" not in text
-    lab.deploy(label="repair run")
-    assert "# local edit" not in lab.ssh(lb, "cat /etc/haproxy/haproxy.cfg")
-    assert lab.ssh(worker, "stat -c %a /var/lib/kubelet/kubeconfig").strip() == "600"
-    assert lab.kubectl("get", "--raw", "/readyz") == "ok"
 
 
 def test_renewed_certificates_restart_masters_one_at_a_time(lab):
