@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 
+from pyinfra import host
 from pyinfra.api import operation
 
 from kthw.context import HostContext, Wants
@@ -50,13 +51,17 @@ def hostname_set(name: str, snapshot: Snapshot):
 
     + name: the node name
     """
-    if snapshot["hostname"] != name:
-        yield f"hostname {shlex.quote(name)}"
+    if snapshot["hostname"] == name:
+        host.noop(f"hostname is already {name}")
+        return
+    yield f"hostname {shlex.quote(name)}"
 
 
 @operation()
 def swap_off(snapshot: Snapshot):
     """Turn swap off now and on every boot: the kubelet refuses to run with it."""
+    if not snapshot["swap"] and not snapshot["fstab_swap"]:
+        host.noop("no swap in use or in /etc/fstab")
     if snapshot["swap"]:
         yield "swapoff -a"
     if snapshot["fstab_swap"]:
@@ -73,7 +78,9 @@ def kernel_modules_loaded(modules: tuple[str, ...], snapshot: Snapshot):
     """
     present = {"overlay": snapshot["overlay"], "br_netfilter": snapshot["br_netfilter"]}
     missing = [m for m in modules if not present.get(m, False)]
-    if missing:
+    if not missing:
+        host.noop(f"{', '.join(modules)} present")
+    else:
         names = " ".join(missing)
         # A container cannot load modules; say so and go on (the next step tells whether
         # the feature is really missing).
@@ -87,7 +94,9 @@ def sysctls_applied(values: dict[str, str], snapshot: Snapshot):
     + values: key -> wanted value
     """
     wrong = [k for k, v in values.items() if snapshot.sysctl(k) != v]
-    if wrong:
+    if not wrong:
+        host.noop(f"{len(values)} sysctls already set")
+    else:
         yield " && ".join(f"sysctl -w {k}={values[k]}" for k in wrong)
 
 
@@ -98,7 +107,9 @@ def packages_installed(packages: list[str], snapshot: Snapshot):
     + packages: Debian package names
     """
     missing = [p for p in packages if not snapshot.package(p)]
-    if missing:
+    if not missing:
+        host.noop(f"packages {', '.join(packages)} are installed")
+    else:
         yield ("export DEBIAN_FRONTEND=noninteractive && apt-get update -qq && "
                "apt-get install -y -qq --no-install-recommends " + " ".join(missing))
 
