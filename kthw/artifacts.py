@@ -5,7 +5,10 @@ verified by sha256, unpacked there, and uploaded to the hosts that need it (only
 host's copy differs). Where the files come from is ``artifacts.source`` in cluster.yaml:
 
 - ``upstream``: the projects' release URLs; sha256 from ``kthw/checksums/upstream-amd64.sha256``,
-  kept in the repository for the pinned versions;
+  kept in the repository for the pinned versions. A file that table does not pin is, with
+  ``artifacts.verify: first-use`` (the default), checked against the sha256 its project publishes
+  beside the release (https only) and that value is recorded in ``upstream-amd64.lock``, which
+  every later run must match (trust on first use, like go.sum); ``verify: pinned`` refuses it;
 - ``mirror``: ``artifacts.mirror_url`` + the relative paths below, with the mirror's own
   checksum list (``artifacts.checksums``, default ``SHA256SUMS``);
 - ``directory``: the same layout in a local folder (offline / air-gapped clusters; the lab).
@@ -27,15 +30,37 @@ import hashlib
 import json
 import os
 import shutil
+import ssl
+import sys
 import tarfile
 import tempfile
+import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from kthw.model import REPO_ROOT, Cluster
 
 UPSTREAM_CHECKSUMS = REPO_ROOT / "kthw" / "checksums" / "upstream-amd64.sha256"
+# What artifacts.verify: first-use learnt from upstream's published checksums (sha256sum format).
+UPSTREAM_LOCK = REPO_ROOT / "kthw" / "checksums" / "upstream-amd64.lock"
+# The release hosts, templated into the catalogue's URLs ({k8s}, {github}); tests point them at a
+# loopback server.
+UPSTREAM_BASES = {"k8s": "https://dl.k8s.io", "github": "https://github.com"}
+# TLS for every download: None is the system's trust store; tests pass a context trusting only
+# their throwaway CA. Verification is never switched off.
+SSL_CONTEXT: ssl.SSLContext | None = None
+TIMEOUT = 60.0  # seconds per connect or read, not for a whole download
+
+_LOCK_HEADER = """\
+# Trust on first use (artifacts.verify: first-use, the default for artifacts.source: upstream).
+# The sha256 of each upstream release file that upstream-amd64.sha256 does not pin, as its project
+# published it (over https) beside the release when this checkout first fetched the file. Every
+# later download must match it, like go.sum. Written by kthw, sorted; commit it to share the values,
+# or delete a line to learn it again. A line in upstream-amd64.sha256 wins over a line here.
+"""
 
 
 class ArtifactError(Exception):
@@ -58,14 +83,15 @@ class Artifact:
         return self.relpath.format(v=version, n=version.lstrip("v"))
 
     def url(self, version: str) -> str:
-        return self.upstream.format(v=version, n=version.lstrip("v"))
+        return self.upstream.format(v=version, n=version.lstrip("v"), **UPSTREAM_BASES)
 
     def sums_url(self, version: str) -> str:
-        return (self.checksum_url or self.upstream + ".sha256").format(v=version, n=version.lstrip("v"))
+        return (self.checksum_url or self.upstream + ".sha256").format(
+            v=version, n=version.lstrip("v"), **UPSTREAM_BASES)
 
 
-_K8S = "https://dl.k8s.io/release/{v}/bin/linux/amd64/"
-_GH = "https://github.com/"
+_K8S = "{k8s}/release/{v}/bin/linux/amd64/"
+_GH = "{github}/"
 MASTERS, WORKERS = frozenset({"master"}), frozenset({"worker"})
 
 CATALOGUE: tuple[Artifact, ...] = (
@@ -137,12 +163,64 @@ def parse_sha256sums(text: str) -> dict[str, str]:
     return out
 
 
+def read_sums(path: Path) -> dict[str, str]:
+    """A sha256sum file that may not exist yet (the table, the lock): {} when absent."""
+    try:
+        return parse_sha256sums(path.read_text())
+    except OSError:
+        return {}
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _shown(path: Path) -> str:
+    """A path as the user knows it: relative to the checkout when inside it."""
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write by rename, so a crash or a parallel reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files hold no secret
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+# Where the fix lies when a release host cannot be reached or does not serve what we expect.
+_NET_FIX = ("Fix: check the network (and any proxy) from this machine, or use artifacts.source: "
+            "mirror or directory")
+_SUMS_FIX = (f"{_NET_FIX}, or set artifacts.verify: pinned and add the file's line to "
+             f"{_shown(UPSTREAM_CHECKSUMS)} yourself")
+
+
+def _open(url: str, fix: str) -> IO[bytes]:
+    """urlopen with our TLS settings; failures become an ArtifactError naming the URL and the fix."""
+    try:
+        return urllib.request.urlopen(url, timeout=TIMEOUT, context=SSL_CONTEXT)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        raise ArtifactError(f"{url} answered HTTP {exc.code} {exc.reason}. {fix}.") from None
+    except OSError as exc:  # refused, DNS, timeout, TLS (URLError wraps most of them)
+        raise ArtifactError(f"cannot reach {url} ({getattr(exc, 'reason', exc)}). {fix}.") from None
+
+
+def _require_https(url: str) -> None:
+    # First use trusts what the host says, so the host must be authenticated: TLS, never plain http.
+    if not url.startswith("https://"):
+        raise ArtifactError(f"refusing {url}: trust on first use (artifacts.verify: first-use) needs "
+                            "https:// URLs. Fix: use https, or pin the file in "
+                            f"{_shown(UPSTREAM_CHECKSUMS)} and set artifacts.verify: pinned")
 
 
 class Cache:
@@ -158,13 +236,14 @@ class Cache:
         except (OSError, ValueError):
             self._verified = {}
 
+    @property
+    def first_use(self) -> bool:
+        return self.cfg.source == "upstream" and self.cfg.verify == "first-use"
+
     # -- where things come from
     def _expected(self) -> dict[str, str]:
         if self.cfg.source == "upstream":
-            try:
-                return parse_sha256sums(UPSTREAM_CHECKSUMS.read_text())
-            except OSError:
-                return {}
+            return read_sums(UPSTREAM_CHECKSUMS)
         name = self.cfg.checksums or "SHA256SUMS"
         if self.cfg.source == "directory":
             path = Path(os.path.expanduser(self.cfg.directory)) / name
@@ -180,25 +259,33 @@ class Cache:
             self._download(f"{self.cfg.mirror_url.rstrip('/')}/{name}", cached)
         return parse_sha256sums(cached.read_text())
 
-    def _download(self, url: str, dest: Path) -> None:
+    def _download(self, url: str, dest: Path) -> str:
+        """Fetch ``url`` into ``dest`` (by rename, never half a file); the sha256 of what came."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
+        h = hashlib.sha256()
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-                shutil.copyfileobj(resp, out, 1 << 20)
+            with os.fdopen(fd, "wb") as out, _open(url, _NET_FIX) as resp:
+                while chunk := resp.read(1 << 20):
+                    h.update(chunk)
+                    out.write(chunk)
             os.replace(tmp, dest)
         except OSError as exc:
+            raise ArtifactError(f"cannot download {url}: {exc}. {_NET_FIX}.") from None
+        finally:
             Path(tmp).unlink(missing_ok=True)
-            raise ArtifactError(f"cannot download {url}: {exc}. Fix: check the network, or use "
-                                "artifacts.source: mirror/directory for offline clusters.") from None
+        return h.hexdigest()
+
+    def _key(self, path: Path) -> str:
+        st = path.stat()
+        return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
     def _is_verified(self, path: Path, digest: str) -> bool:
         """sha256 of a cached file, remembered by (size, mtime) so reruns do not rehash 100 MB."""
         try:
-            st = path.stat()
+            key = self._key(path)
         except OSError:
             return False
-        key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
         if self._verified.get(key) == digest:
             return True
         if sha256_file(path) != digest:
@@ -207,41 +294,87 @@ class Cache:
         return True
 
     def save(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self._verified_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._verified, indent=0, sort_keys=True))
-        os.replace(tmp, self._verified_path)
+        _write_atomic(self._verified_path, json.dumps(self._verified, indent=0, sort_keys=True))
 
     # -- one artifact
-    def fetch(self, art: Artifact, expected: dict[str, str]) -> Path:
-        """The verified release file on local disk (downloaded at most once)."""
+    def fetch(self, art: Artifact, expected: dict[str, str]) -> tuple[Path, str]:
+        """The verified release file on local disk (downloaded at most once) and its sha256."""
         version = getattr(self.cluster.versions, art.component)
         rel = art.path(version)
         digest = expected.get(rel)
+        if digest is None and self.first_use:
+            return self._fetch_first_use(art, version, rel)
+        where = (_shown(UPSTREAM_CHECKSUMS) if self.cfg.source == "upstream"
+                 else f"the checksum list of artifacts.{self.cfg.source}")
         if digest is None:
-            where = (f"{UPSTREAM_CHECKSUMS.relative_to(REPO_ROOT)}" if self.cfg.source == "upstream"
-                     else f"the checksum list of artifacts.{self.cfg.source}")
             raise ArtifactError(
                 f"no sha256 is known for {rel} in {where}. Fix: add its line (`sha256sum` format) "
                 f"after checking it against the project's published checksum, or pin versions.{art.component} "
                 "to a version listed there."
             )
+        if self.first_use:
+            self._note_lock_overruled(rel, digest)
         if self.cfg.source == "directory":
-            local = Path(os.path.expanduser(self.cfg.directory)) / rel
+            local = origin = Path(os.path.expanduser(self.cfg.directory)) / rel
             if not local.exists():
                 raise ArtifactError(f"{local} is missing from artifacts.directory. Fix: build or copy it there.")
+            got = None if self._is_verified(local, digest) else sha256_file(local)
         else:
             local = self.root / "files" / rel
-            if not self._is_verified(local, digest):
-                url = (f"{self.cfg.mirror_url.rstrip('/')}/{rel}" if self.cfg.source == "mirror"
-                       else art.url(version))
-                self._download(url, local)
-        if not self._is_verified(local, digest):
+            origin = (f"{self.cfg.mirror_url.rstrip('/')}/{rel}" if self.cfg.source == "mirror"
+                      else art.url(version))
+            got = None if self._is_verified(local, digest) else self._download(str(origin), local)
+        if got is not None and got != digest:
             if self.cfg.source != "directory":
                 local.unlink(missing_ok=True)
-            raise ArtifactError(f"{rel}: sha256 does not match the pinned {digest}; the file was "
-                                "discarded. Fix: check the source; never edit the pin to fit.")
-        return local
+            done = "nothing" if self.cfg.source == "directory" else "the download was discarded and nothing"
+            raise ArtifactError(
+                f"{rel}: sha256 {got} of {origin} does not match the pinned {digest} ({where}); {done} "
+                "was uploaded. Fix: check the source; never edit the pin to fit.")
+        if got is not None:
+            self._verified[self._key(local)] = digest
+        return local, digest
+
+    def _fetch_first_use(self, art: Artifact, version: str, rel: str) -> tuple[Path, str]:
+        """A file the table does not pin: the lock's sha256, or upstream's published one, recorded."""
+        url, sums_url = art.url(version), art.sums_url(version)
+        lock = _shown(UPSTREAM_LOCK)
+        locked = read_sums(UPSTREAM_LOCK).get(rel)
+        local = self.root / "files" / rel
+        if locked and self._is_verified(local, locked):
+            return local, locked  # the usual rerun: no network at all
+        _require_https(sums_url)
+        _require_https(url)
+        published = published_sha256(art, version)
+        if locked and published != locked:
+            raise ArtifactError(
+                f"{rel}: {sums_url} now publishes sha256 {published}, but {lock} recorded {locked} when "
+                "this file was first fetched; nothing was downloaded or uploaded. Fix: find out why the "
+                "release changed (re-published, or tampered with); only if it is legitimate, delete that "
+                f"line from {lock} and run again.")
+        want = locked or published
+        got = self._download(url, local)
+        if got != want:
+            local.unlink(missing_ok=True)
+            said = f"{lock} (recorded on first use)" if locked else sums_url
+            raise ArtifactError(
+                f"{rel}: {url} served sha256 {got}, but {said} says {want}; the download was discarded, "
+                "nothing was recorded or uploaded. Fix: check the network path to the release host "
+                "(proxy, mirror in between) and run again; never edit a checksum to fit.")
+        self._verified[self._key(local)] = want
+        if not locked:
+            _record_lock(rel, want)
+            print(f"kthw: first use of {rel}: sha256 {want} from {sums_url}, recorded in {lock}",
+                  file=sys.stderr)
+        return local, want
+
+    def _note_lock_overruled(self, rel: str, pinned: str) -> None:
+        # The reviewed table wins; a lock line that disagrees is ignored, but not silently.
+        locked = read_sums(UPSTREAM_LOCK).get(rel)
+        if locked and locked != pinned:
+            print(f"kthw: {rel}: {_shown(UPSTREAM_LOCK)} has sha256 {locked} but "
+                  f"{_shown(UPSTREAM_CHECKSUMS)} pins {pinned}; using the table (delete the lock line)",
+                  file=sys.stderr)
 
     def unpack(self, art: Artifact, archive: Path, digest_hint: str) -> dict[str, Path]:
         """Archive members we install, extracted once per archive digest."""
@@ -280,22 +413,38 @@ class Cache:
         return out
 
 
-def pin_upstream(cluster: Cluster, fetch=None) -> dict[str, str]:
+def _record_lock(rel: str, digest: str) -> None:
+    """Add one line to the lock: header, then every entry sorted, so its diffs stay small."""
+    entries = read_sums(UPSTREAM_LOCK) | {rel: digest}
+    body = "".join(f"{d}  {r}\n" for r, d in sorted(entries.items()))
+    try:
+        _write_atomic(UPSTREAM_LOCK, _LOCK_HEADER + body)
+    except OSError as exc:
+        raise ArtifactError(f"cannot record the sha256 of {rel} in {_shown(UPSTREAM_LOCK)} ({exc}). Fix: make it "
+                            "writable, or set artifacts.verify: pinned with a filled table.") from None
+
+
+def published_sha256(art: Artifact, version: str, fetch: Callable[[str], str] | None = None) -> str:
+    """The sha256 the project publishes beside the release file (``Artifact.sums_url``)."""
+    sums_url = art.sums_url(version)
+    name = art.url(version).rsplit("/", 1)[-1]
+    digest = _digest_for((fetch or _fetch_text)(sums_url), name)
+    if digest is None:
+        raise ArtifactError(f"{sums_url} lists no sha256 for {name}. Fix: check that "
+                            f"versions.{art.component} = {version} is a published release, or pin the file "
+                            f"yourself: its line in {_shown(UPSTREAM_CHECKSUMS)}, artifacts.verify: pinned.")
+    return digest
+
+
+def pin_upstream(cluster: Cluster, fetch: Callable[[str], str] | None = None) -> dict[str, str]:
     """sha256 of every pinned upstream release file, from the checksums each project publishes
     next to its releases: {relative path: hex}. Review them, then commit them to
     UPSTREAM_CHECKSUMS (``python -m kthw pin-checksums`` does both steps but the review)."""
-    fetch = fetch or _fetch_text
     out = {}
     for art in CATALOGUE:
         version = getattr(cluster.versions, art.component)
-        if art.path(version) in out:
-            continue
-        text = fetch(art.sums_url(version))
-        name = art.url(version).rsplit("/", 1)[-1]
-        digest = _digest_for(text, name)
-        if digest is None:
-            raise ArtifactError(f"{art.sums_url(version)} lists no sha256 for {name}")
-        out[art.path(version)] = digest
+        if art.path(version) not in out:
+            out[art.path(version)] = published_sha256(art, version, fetch)
     return out
 
 
@@ -310,11 +459,15 @@ def _digest_for(text: str, name: str) -> str | None:
 
 
 def _fetch_text(url: str) -> str:
-    try:
-        with urllib.request.urlopen(url, timeout=60) as resp:
-            return resp.read().decode()
-    except OSError as exc:
-        raise ArtifactError(f"cannot fetch {url}: {exc}") from None
+    """A small published checksum file."""
+    with _open(url, _SUMS_FIX) as resp:
+        # urllib follows redirects, even https -> http; a checksum must not arrive in the clear.
+        if url.startswith("https://") and not resp.geturl().startswith("https://"):
+            raise ArtifactError(f"{url} redirected to {resp.geturl()}, which is not https; refused.")
+        try:
+            return resp.read(1 << 20).decode(errors="replace")
+        except OSError as exc:
+            raise ArtifactError(f"cannot fetch {url}: {exc}. {_SUMS_FIX}.") from None
 
 
 def write_pins(pins: dict[str, str], path: Path = UPSTREAM_CHECKSUMS) -> None:
@@ -324,7 +477,7 @@ def write_pins(pins: dict[str, str], path: Path = UPSTREAM_CHECKSUMS) -> None:
     known.update(pins)
     header = [line for line in lines if line.startswith("#") or not line.strip()]
     body = [f"{digest}  {rel}" for rel, digest in sorted(known.items())]
-    path.write_text("\n".join(header + body) + "\n")
+    _write_atomic(path, "\n".join(header + body) + "\n")
 
 
 def installed_files(cluster: Cluster, role: str, cache: Cache | None = None) -> list[InstalledFile]:
@@ -335,9 +488,8 @@ def installed_files(cluster: Cluster, role: str, cache: Cache | None = None) -> 
     for art in CATALOGUE:
         if role not in art.roles:
             continue
-        archive = cache.fetch(art, expected)
+        archive, digest = cache.fetch(art, expected)
         version = getattr(cluster.versions, art.component)
-        digest = expected[art.path(version)]
         members = cache.unpack(art, archive, digest)
         for member, dest in art.installs:
             local = members[member.format(v=version, n=version.lstrip("v"))]

@@ -100,6 +100,12 @@ class ArtifactsSection(_Section):
     checksums: str | None = None
     images: str | None = None
     cache_dir: str = "~/.cache/kthw/artifacts"
+    # source: upstream only (a mirror or directory always needs its own checksum list).
+    # first-use: a file the committed table kthw/checksums/upstream-amd64.sha256 does not pin is
+    #   checked against the sha256 its project publishes beside the release (over https), and that
+    #   value is recorded in kthw/checksums/upstream-amd64.lock, which every later run must match.
+    # pinned: refuse any file the committed table does not pin (no trust on first use).
+    verify: Literal["first-use", "pinned"] = "first-use"
 
 
 class PkiSection(_Section):
@@ -572,6 +578,13 @@ def _semantic_checks(spec: ClusterFile) -> tuple[list[Problem], list[str]]:
                 p.append(Problem(f"artifacts.{extra}", getattr(a, extra),
                                  "is set but artifacts.source is upstream, so it would be ignored",
                                  f"set artifacts.source to {_SOURCE_OF[extra]} or remove it"))
+    elif "verify" in a.model_fields_set:
+        # verify chooses how upstream files are trusted; a mirror or directory is always checked
+        # against its own list, so accepting the key there would silently mean nothing.
+        p.append(Problem("artifacts.verify", a.verify,
+                         f"only applies to artifacts.source: upstream, not {a.source} (whose files are "
+                         "always checked against its own checksum list, artifacts.checksums)",
+                         "remove it"))
 
     if spec.pki.renew_before_days >= spec.pki.cert_validity_days:
         p.append(Problem("pki.renew_before_days", spec.pki.renew_before_days,

@@ -18,7 +18,7 @@ from kthw.artifacts import (
     pin_upstream,
     write_pins,
 )
-from kthw.model import DEFAULT_CLUSTER_FILE, load_cluster
+from kthw.model import DEFAULT_CLUSTER_FILE, ClusterConfigError, load_cluster, parse_cluster
 from tests.conftest import cluster_file
 
 
@@ -61,10 +61,32 @@ def test_a_version_without_a_pin_is_refused_with_the_fix(tmp_path):
         installed_files(load_cluster(path), "master")
 
 
-def test_upstream_without_pins_names_the_table():
-    cluster = load_cluster()
-    with pytest.raises(ArtifactError, match="upstream-amd64.sha256"):
+def test_upstream_pinned_without_pins_names_the_table(tmp_path):
+    # verify: pinned never asks the network; first use is tested offline in test_downloads.py.
+    raw = yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text())
+    raw["artifacts"] = {"source": "upstream", "verify": "pinned", "cache_dir": str(tmp_path / "cache")}
+    cluster = parse_cluster(raw, source=tmp_path / "cluster.yaml")
+    with pytest.raises(ArtifactError, match="no sha256 is known for .* in kthw/checksums/upstream-amd64.sha256"):
         installed_files(cluster, "master", Cache(cluster))
+
+
+def test_verify_accepts_only_its_two_values(raw_cluster):
+    raw_cluster["artifacts"] = {"verify": "tofu"}
+    with pytest.raises(ClusterConfigError) as err:
+        parse_cluster(raw_cluster)
+    assert "artifacts.verify = 'tofu': is not one of the supported values. Fix: use one of " \
+           "'first-use' or 'pinned'" in str(err.value)
+    raw_cluster["artifacts"] = {"verify": "pinned"}
+    assert parse_cluster(raw_cluster).artifacts.verify == "pinned"
+    del raw_cluster["artifacts"]
+    assert parse_cluster(raw_cluster).artifacts.verify == "first-use"
+
+
+def test_verify_is_refused_where_it_would_mean_nothing(raw_cluster):
+    raw_cluster["artifacts"] = {"source": "directory", "directory": "/srv/x", "verify": "pinned"}
+    with pytest.raises(ClusterConfigError, match="artifacts.verify = 'pinned': only applies to "
+                                                 "artifacts.source: upstream, not directory"):
+        parse_cluster(raw_cluster)
 
 
 def test_parse_sha256sums_accepts_binary_markers_and_comments():
