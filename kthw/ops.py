@@ -186,38 +186,43 @@ class _FileChange:
         return self.current is not None and self.current[2] != self.file.owner
 
 
-def _print_change(change: _FileChange) -> None:
-    """One file's part of --diff: content as a diff (secrets named, never shown), then mode and
-    owner the way pyinfra's files.put prints them."""
+def _change_lines(change: _FileChange) -> tuple[str, list[str]]:
+    """One file's part of --diff: (header, lines). Content as a diff (secrets named, never shown),
+    then mode and owner the way pyinfra's files.put prints them. Asks the host for the current
+    content of an ordinary text file (FileContents), so call it before printing anything."""
     f, dest = change.file, format_text(change.file.dest, bold=True)
-    if change.content:
-        host.log(f"Will {'modify' if change.current else 'create'} {dest}", logger.info)
-        if f.secret:
-            logger.info("  (secret, content not shown)")
-        elif f.data is None:
-            old = f", was {change.current[0][:12]}…" if change.current else ""
-            logger.info("  (binary, sha256 %s…%s)", f.sha256[:12], old)
-        else:
-            try:
-                new = f.data.decode().splitlines(keepends=True)
-            except UnicodeDecodeError:
-                logger.info("  (binary, sha256 %s…)", f.sha256[:12])
-            else:
-                old = []
-                if change.current:
-                    old = [line + "\n" for line in (host.get_fact(FileContents, path=f.dest) or [])]
-                for line in generate_color_diff(old, new):
-                    logger.info("  %s", line)
+    if not change.content:
+        lines = []
+        if change.mode:
+            lines += [f"  mode {format_text(f'{change.current[1]:o}', 'red')}",
+                      f"  mode {format_text(f'{f.mode:o}', 'green')}"]
+        if change.owner:
+            lines += [f"  chown {format_text(change.current[2], 'red')}",
+                      f"  chown {format_text(f.owner, 'green')}"]
+        return f"Will change {dest}", lines
+    header = f"Will {'modify' if change.current else 'create'} {dest}"
+    if f.secret:
+        return header, ["  (secret, content not shown)"]
+    if f.data is None:
+        was = f", was {change.current[0][:12]}…" if change.current else ""
+        return header, [f"  (binary, sha256 {f.sha256[:12]}…{was})"]
+    try:
+        new = f.data.decode().splitlines(keepends=True)
+    except UnicodeDecodeError:
+        return header, [f"  (binary, sha256 {f.sha256[:12]}…)"]
+    old = [line + "\n" for line in (host.get_fact(FileContents, path=f.dest) or [])] if change.current else []
+    return header, ["  " + line for line in generate_color_diff(old, new)]
+
+
+def _print_changes(changes: list[_FileChange]) -> None:
+    """Print every change of an operation. The host is asked everything first: asking yields to
+    the other hosts' greenlets, whose output would otherwise land inside this host's diff."""
+    parts = [_change_lines(c) for c in changes]
+    for header, lines in parts:
+        host.log(header, logger.info)
+        for line in lines:
+            logger.info("%s", line)
         logger.info("")
-        return
-    host.log(f"Will change {dest}", logger.info)
-    if change.mode:
-        logger.info("mode %s", format_text(f"{change.current[1]:o}", "red"))
-        logger.info("mode %s", format_text(f"{f.mode:o}", "green"))
-    if change.owner:
-        logger.info("chown %s", format_text(change.current[2], "red"))
-        logger.info("chown %s", format_text(f.owner, "green"))
-    logger.info("")
 
 
 def _upload_dir() -> str:
@@ -287,8 +292,7 @@ def files_synced(files: Sequence[ManagedFile], snapshot: Snapshot, check: str = 
                   + ", ".join(f.dest for f in files[:3]) + (", ..." if len(files) > 3 else ""))
         return
     if _show_diffs():
-        for change in changes:
-            _print_change(change)
+        _print_changes(changes)
 
     uploads = [c.file for c in changes if c.content]
     if uploads:

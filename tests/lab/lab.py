@@ -28,7 +28,8 @@ RUNTIME_STATE = [
     "/var/lib/kubelet/plugins", "/var/lib/kubelet/pod-resources/", "/var/lib/kubelet/device-plugins/",
     "/var/lib/kubelet/checkpoints/", "/var/lib/kubelet/cpu_manager_state",
     "/var/lib/kubelet/memory_manager_state", "/var/lib/kubelet/dra_manager_state",
-    "/var/lib/weave/", "/var/lib/dhcp/",
+    "/var/lib/kubelet/actuated_pods_state", "/var/lib/kubelet/allocated_pods_state",
+    "/var/lib/weave/", "/var/lib/dhcp/", "/var/lib/haproxy/",
 ]
 # The deploy's own bookkeeping on a node (hashes of the files it placed), not a managed file.
 BOOKKEEPING = ["/var/lib/kthw/hash-cache.json"]

@@ -3,6 +3,8 @@ run then changes (fresh nodes, and a running cluster that drifted)."""
 
 from __future__ import annotations
 
+import re
+
 from tests.lab.lab import BOOKKEEPING, ROOTS, RUNTIME_STATE, Lab, tree_changes
 
 
@@ -46,7 +48,7 @@ def test_drift_is_previewed_read_only_and_exactly_what_the_repair_changes(lab):
     after_dry = lab.scan(ROOTS, skip=RUNTIME_STATE)
     assert per_node(lab, before, after_dry) == {}  # read-only, mtimes included
     assert {n: p for n, p in listed.items() if p} == drifted
-    assert "-# local edit" in text  # the ordinary file's diff is shown...
+    assert re.search(r"Will modify /etc/haproxy/haproxy.cfg\n(  .*\n)*\s+- # local edit\n", text)  # diff shown...
     assert "Will modify /var/lib/kubelet/kubeconfig\n" in text  # ...the secret is named...
     assert "(secret, content not shown)" in text
     assert "client-key-data" not in text and "PRIVATE KEY" not in text  # ...never shown
