@@ -37,6 +37,10 @@ _jinja = jinja2.Environment(
 )
 
 
+class DeployRefused(Exception):
+    """The host's state forbids what the model asks (the message says why and what to do)."""
+
+
 @dataclass
 class Wants:
     """What a component wants on a host. Groups of files become one operation each."""
@@ -48,6 +52,7 @@ class Wants:
     sysctls: dict[str, str] = field(default_factory=dict)
     manifests: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
+    queries: list[str] = field(default_factory=list)  # extra snapshot questions (e.g. "weave_range")
 
     def all_files(self) -> list[ManagedFile]:
         return [f for group in self.files.values() for f in group]

@@ -44,6 +44,8 @@ ETCD_CA_NAME = "etcd-ca"
 CA_SUBJECTS = {CA_NAME: "KUBERNETES-CA", ETCD_CA_NAME: "ETCD-CA"}
 SERVICE_ACCOUNT = "service-account"
 ENCRYPTION_CONFIG = "encryption-config.yaml"
+# Weave Net's mesh password (cni: weave): encrypts and authenticates traffic between peers.
+WEAVE_PASSWORD = "weave-password"
 # Backdate certificates a little so a node whose clock lags the operator's accepts them.
 CLOCK_SKEW = dt.timedelta(minutes=5)
 
@@ -422,6 +424,8 @@ def ensure_pki(cluster: Cluster, pki_dir: Path | None = None, now: dt.datetime |
         report.actions[SERVICE_ACCOUNT] = "kept"
 
     report.actions["encryption-config"] = ensure_encryption_config(pki_dir / ENCRYPTION_CONFIG)
+    if cluster.cni == "weave":
+        report.actions[WEAVE_PASSWORD] = ensure_weave_password(pki_dir / WEAVE_PASSWORD)
     return report
 
 
@@ -481,3 +485,24 @@ def ensure_encryption_config(path: Path) -> str:
     # and dropping any would make the Secrets written with it unreadable.
     _fix_mode(path)
     return "kept"
+
+
+# --------------------------------------------------------------------------- Weave Net
+
+
+def ensure_weave_password(path: Path) -> str:
+    """Weave Net's mesh password, generated once and then kept: every peer must hold the same
+    one, and a new one would split the mesh until every node restarted with it."""
+    try:
+        current = path.read_text().strip()
+    except OSError:
+        current = ""
+    if len(current) >= 32:
+        _fix_mode(path)
+        return "kept"
+    if path.exists():
+        raise PkiError(f"{path} holds no usable Weave password (32 or more characters). Fix: restore "
+                       "it from your backup, or delete it to make a new one (every weave-net pod then "
+                       "restarts with it).")
+    write_private(path, (secrets.token_urlsafe(32) + "\n").encode())
+    return "created"

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pyinfra import host
 
 from kthw.commands import KUBECTL
-from kthw.context import HostContext, Wants
+from kthw.context import DeployRefused, HostContext, Wants
 from kthw.ops import Directory, command_when, directories_present, files_synced
+from kthw.pki import WEAVE_PASSWORD
 
 ADDONS = "/etc/kubernetes/addons"
 
@@ -31,16 +32,37 @@ def _images(ctx: HostContext) -> dict[str, str]:
 def manifest_names(ctx: HostContext) -> list[str]:
     names = ["00-apiserver-to-kubelet.yaml"]
     if ctx.cluster.cni == "weave":
-        names.append("10-weave.yaml")
+        names += ["05-weave-password.yaml", "10-weave.yaml"]
     names.append("20-coredns.yaml")
     return names
 
 
+def refuse_pod_network_change(ctx: HostContext) -> None:
+    """Weave Net keeps its address allocations (/var/lib/weave on every node) for the range it
+    started with; a new IPALLOC_RANGE on a running mesh would half-apply (new pods from the new
+    range, old peers and routes on the old one). Stop before anything changes."""
+    running = ctx.facts.get("weave_range", "")
+    if running and running != str(ctx.cluster.pod_network):
+        raise DeployRefused(
+            f"network.pods is {ctx.cluster.pod_network}, but the running Weave Net uses {running}. "
+            "Changing the pod network of a running Weave cluster is not supported: nothing was changed. "
+            f"Fix: set network.pods back to {running}; or rebuild the cluster (`make down`, then `make up`)."
+        )
+
+
 def wants(ctx: HostContext) -> Wants:
     w = Wants(dirs=[Directory(ADDONS)])
+    if ctx.cluster.cni == "weave":
+        w.queries.append("weave_range")
+        refuse_pod_network_change(ctx)
     extra = {**_images(ctx), "coredns_replicas": min(2, len(ctx.cluster.workers))}
     for name in manifest_names(ctx):
-        w.files[name] = [ctx.template_file(f"{ADDONS}/{name}", **extra)]
+        if name == "05-weave-password.yaml":  # the only secret one: 0600, never shown in --diff
+            password = (ctx.cluster.pki_dir / WEAVE_PASSWORD).read_text().strip()
+            w.files[name] = [ctx.template_file(f"{ADDONS}/{name}", mode=0o600, secret=True,
+                                               weave_password=password)]
+        else:
+            w.files[name] = [ctx.template_file(f"{ADDONS}/{name}", **extra)]
         w.manifests.append(f"{ADDONS}/{name}")
     return w
 

@@ -11,7 +11,7 @@ from pyinfra.api.exceptions import PyinfraError
 
 from kthw.artifacts import ArtifactError
 from kthw.commands import ADMIN_KUBECONFIG
-from kthw.context import NEUTRAL_FACTS, HostContext, Wants, prepared_cluster
+from kthw.context import NEUTRAL_FACTS, DeployRefused, HostContext, Wants, prepared_cluster
 from kthw.facts import HostState
 from kthw.model import ClusterConfigError
 from kthw.ops import Snapshot
@@ -36,6 +36,7 @@ def snapshot_spec(wants: dict[ModuleType, Wants]) -> dict:
         spec["packages"] += w.packages
         spec["manifests"] += w.manifests
         spec["images"] += w.images
+        spec.update(dict.fromkeys(w.queries, True))
     if spec["manifests"]:
         spec["kubectl"] = {"binary": "/usr/local/bin/kubectl", "kubeconfig": ADMIN_KUBECONFIG}
     return {k: (sorted(set(v)) if isinstance(v, list) else v) for k, v in spec.items()}
@@ -54,7 +55,7 @@ def host_plan(host) -> tuple[HostContext, dict[ModuleType, Wants]]:
         ctx.facts = raw
         ctx.snapshot = Snapshot(raw, spec)
         wants = collect(ctx)  # now with the host's facts (cgroup version, ...)
-    except (ClusterConfigError, PkiError, ArtifactError) as exc:
+    except (ClusterConfigError, PkiError, ArtifactError, DeployRefused) as exc:
         raise PyinfraError(str(exc)) from None
     if snapshot_spec(wants)["files"] != spec["files"]:
         raise PyinfraError(f"{host.name}: the managed files depend on host facts; fix the component")

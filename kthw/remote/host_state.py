@@ -116,6 +116,14 @@ for manifest in spec.get("manifests", []):
     res = subprocess.run([kubectl["binary"], "--kubeconfig", kubectl["kubeconfig"], "get", "-f", manifest,
                           "-o", "name", "--request-timeout=5s"], capture_output=True, text=True)
     out["manifests"][manifest] = "present" if res.returncode == 0 else "missing"
+# The pod range a running Weave Net was started with (its IPAM state depends on it).
+out["weave_range"] = ""
+if spec.get("weave_range") and kubectl:
+    res = subprocess.run([kubectl["binary"], "--kubeconfig", kubectl["kubeconfig"], "-n", "kube-system", "get",
+                          "daemonset", "weave-net", "--ignore-not-found", "--request-timeout=5s", "-o",
+                          'jsonpath={.spec.template.spec.containers[0].env[?(@.name=="IPALLOC_RANGE")].value}'],
+                         capture_output=True, text=True)
+    out["weave_range"] = res.stdout.strip() if res.returncode == 0 else ""
 refs = spec.get("images", [])
 out["images"] = []
 if refs and os.path.exists("/run/containerd/containerd.sock"):

@@ -5,6 +5,7 @@ KTHW_FAKE_STATE picks what every host's HostState snapshot reports:
   converged  exactly what the deploy would leave behind (a rerun must change nothing)
   renewed    converged, but every master holds an older etcd and apiserver certificate
   drifted    converged, but some files differ in content, mode or owner (states.DRIFT)
+KTHW_FAKE_WEAVE_RANGE: the pod range the running Weave Net reports (default: none running).
 """
 
 import json
@@ -34,6 +35,7 @@ for _hosts in _groups.values():
         if _mode == "renewed" and _node.is_master:
             for _path in ("/etc/etcd/etcd-server.crt", "/var/lib/kubernetes/pki/kube-apiserver.crt"):
                 _state["files"][_path][0] = "0" * 64
+        _state["weave_range"] = os.environ.get("KTHW_FAKE_WEAVE_RANGE", "")
         _data["fake_delay"] = 0
         _data["fake_delay_jitter"] = 0
         _data["fake_responses"] = {"python3 -c": json.dumps(_state)}

@@ -4,6 +4,7 @@ converged cluster plans no change at all."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 
 import pytest
@@ -135,7 +136,9 @@ def test_dry_diff_never_prints_secrets(default_cluster):
     cluster = prepared_cluster(str(default_cluster))
     enc = (cluster.pki_dir / "encryption-config.yaml").read_text()
     secret = re.search(r"secret: (\S+)", enc).group(1)
-    for marker in ("PRIVATE KEY", "client-key-data", secret):
+    weave_password = (cluster.pki_dir / "weave-password").read_text().strip()
+    assert "Will create /etc/kubernetes/addons/05-weave-password.yaml" in ANSI.sub("", text)
+    for marker in ("PRIVATE KEY", "client-key-data", secret, weave_password):
         assert marker not in text
     for key in cluster.pki_dir.glob("*.key"):
         body = "".join(key.read_text().splitlines()[1:-1])
@@ -205,3 +208,33 @@ def test_dry_diff_of_a_fresh_cluster_lists_every_managed_file(default_cluster):
         _, wants = _wants(default_cluster, node.name)
         want[node.name] = {f.dest for w in wants.values() for f in w.all_files()}
     assert listed_changes(out.stdout + out.stderr) == want
+
+
+def test_weave_gets_the_mesh_password_from_a_secret(default_cluster):
+    ctx, wants = _wants(default_cluster, "master-1")
+    files = {f.dest: f for w in wants.values() for f in w.all_files()}
+    password_file = files["/etc/kubernetes/addons/05-weave-password.yaml"]
+    assert password_file.secret and password_file.mode == 0o600
+    password = (ctx.cluster.pki_dir / "weave-password").read_text().strip()
+    assert password.encode() in password_file.data
+    daemonset = yaml.safe_load_all(files["/etc/kubernetes/addons/10-weave.yaml"].data)
+    ds = next(d for d in daemonset if d["kind"] == "DaemonSet")
+    env = {e["name"]: e for e in ds["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["WEAVE_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "weave-passwd", "key": "weave-passwd"}
+    assert env["IPALLOC_RANGE"]["value"] == "10.244.0.0/16"
+    assert password.encode() not in files["/etc/kubernetes/addons/10-weave.yaml"].data
+
+
+def test_a_pod_network_change_on_a_running_weave_cluster_is_refused_before_anything_runs(default_cluster):
+    out = run_pyinfra(default_cluster, "-y", "-vv", state="converged", check=False,
+                      env={"KTHW_FAKE_WEAVE_RANGE": "10.32.0.0/12"})
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "network.pods is 10.244.0.0/16, but the running Weave Net uses 10.32.0.0/12" in text
+    assert "nothing was changed" in text
+    # the snapshot is the only thing any host was asked
+    assert all(n == 1 for n in remote_commands(out.stderr).values())
+    # the range the mesh runs with plans nothing
+    out = run_pyinfra(default_cluster, "--dry", "--json", state="converged",
+                      env={"KTHW_FAKE_WEAVE_RANGE": "10.244.0.0/16"})
+    assert [p["name"] for p in json.loads(out.stdout)["plan"] if p["hosts_with_change"]] == []

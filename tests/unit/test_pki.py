@@ -82,7 +82,8 @@ EXPECTED = {
 def test_every_credential_of_the_reference_is_made(pki):
     cluster, _, report = pki
     assert {s.name for s in cert_specs(cluster)} == set(EXPECTED)
-    assert set(report.actions) == {"ca", "etcd-ca", *EXPECTED, "service-account", "encryption-config"}
+    assert set(report.actions) == {"ca", "etcd-ca", *EXPECTED, "service-account", "encryption-config",
+                                   "weave-password"}
     assert set(report.actions.values()) == {"created"}
 
 
@@ -168,7 +169,7 @@ def test_file_modes(pki):
     assert stat.S_IMODE(pki_dir.stat().st_mode) == 0o700
     for path in pki_dir.iterdir():
         mode = stat.S_IMODE(path.stat().st_mode)
-        if path.suffix == ".key" or path.name == "encryption-config.yaml":
+        if path.suffix == ".key" or path.name in ("encryption-config.yaml", "weave-password"):
             assert mode == 0o600, path.name
         else:
             assert mode == 0o644, path.name
@@ -290,6 +291,23 @@ def test_encryption_key_is_generated_once_and_kept(fresh):
     secret = encryption_secret(path)
     ensure_pki(cluster)
     assert encryption_secret(path) == secret
+
+
+def test_weave_password_is_generated_once_kept_and_only_for_weave(fresh, tmp_path, raw_cluster):
+    _, _, cluster = fresh
+    path = cluster.pki_dir / "weave-password"
+    password = path.read_text()
+    assert len(password.strip()) >= 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.chmod(0o644)
+    assert ensure_pki(cluster).actions["weave-password"] == "kept"
+    assert path.read_text() == password and stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.write_text("short\n")
+    with pytest.raises(PkiError, match="no usable Weave password"):
+        ensure_pki(cluster)
+    raw_cluster["cni"] = "bridge"
+    bridge = make_cluster(raw_cluster, tmp_path / "bridge")
+    assert "weave-password" not in ensure_pki(bridge).actions
+    assert not (bridge.pki_dir / "weave-password").exists()
 
 
 def test_unreadable_encryption_config_is_an_error(fresh):
