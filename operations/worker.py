@@ -59,7 +59,8 @@ def wants(ctx: HostContext) -> Wants:
         ctx.template_file("/var/lib/kube-proxy/kube-proxy-config.yaml", container=bool(facts.get("container"))),
     ]
     w.files["kube-proxy unit"] = [ctx.template_file("/etc/systemd/system/kube-proxy.service")]
-    images = ctx.images()
+    # Offline image archives (artifacts.images): Weave Net's only where the cluster runs it.
+    images = [i for i in ctx.images() if c.cni == "weave" or "weaveworks/" not in i[2]]
     if images:
         w.dirs.append(Directory("/var/lib/kthw/images", 0o755))
         w.files["images"] = [ManagedFile.binary(f"/var/lib/kthw/images/{path.name}", path, sha, mode=0o644)
