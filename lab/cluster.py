@@ -39,10 +39,17 @@ def lab_cluster_yaml(source: Path | None = None, build_dir: str | None = None) -
     # Keep the original's generated state (PKI) where it was.
     raw["state_dir"] = str(cluster.state_dir.parent)
     notes = [f"lab copy of {source}: artifacts from {build}"]
-    if raw.get("cni", "weave") == "weave" and not (build / "images" / "weave-kube.tar").exists():
-        raw["cni"] = "bridge"
-        notes.append("cni: weave -> bridge, because the lab has no Weave Net images (its Go module "
-                     "is not served by the module proxy here); see README.md")
+    if cluster.cni == "weave":
+        # The lab runs the model as it is: no Weave images means no lab, never a quiet switch.
+        want = [f"docker.io/weaveworks/{n}:{cluster.versions.weave.lstrip('v')}" for n in ("weave-kube", "weave-npc")]
+        try:
+            listed = (build / "images" / "IMAGES").read_text().split()
+        except OSError:
+            listed = []
+        missing = [ref for ref in want if ref not in listed]
+        if missing:
+            raise SystemExit(f"lab: {source} runs cni: weave, but {build / 'images'} lacks {', '.join(missing)}. "
+                             "Fix: lab/artifacts/build weave (it needs ../shared/sources/weave-v2.8.1.tar.gz).")
     header = "".join(f"# {n}\n" for n in notes)
     return header + yaml.safe_dump(raw, sort_keys=False), notes
 

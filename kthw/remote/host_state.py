@@ -118,7 +118,7 @@ for manifest in spec.get("manifests", []):
     out["manifests"][manifest] = "present" if res.returncode == 0 else "missing"
 # The pod range a running Weave Net was started with (its IPAM state depends on it).
 out["weave_range"] = ""
-if spec.get("weave_range") and kubectl:
+if spec.get("weave_range") and kubectl and os.path.exists(kubectl["binary"]):
     res = subprocess.run([kubectl["binary"], "--kubeconfig", kubectl["kubeconfig"], "-n", "kube-system", "get",
                           "daemonset", "weave-net", "--ignore-not-found", "--request-timeout=5s", "-o",
                           'jsonpath={.spec.template.spec.containers[0].env[?(@.name=="IPALLOC_RANGE")].value}'],

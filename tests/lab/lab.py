@@ -19,6 +19,8 @@ from lab.cluster import lab_cluster_yaml
 LAB_DIR = Path(os.environ.get("KTHW_LAB_DIR", Path.home() / ".cache" / "kthw" / "lab"))
 SCAN_TREE = (Path(__file__).parent / "scan_tree.py").read_text()
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# Vagrant as lab/up runs it (lab/lib.sh).
+VAGRANT_ENV = {"VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_DEFAULT_PROVIDER": "lxc"}
 # Where a deploy writes: the file trees every node's state is compared over.
 ROOTS = ["/etc", "/var/lib", "/usr/local", "/opt"]
 # What the running cluster itself writes all the time (its data, not the deploy's): left out
@@ -125,6 +127,19 @@ class Lab:
         names = [n.name for n in self.cluster.nodes]
         with ThreadPoolExecutor(len(names)) as pool:
             return dict(zip(names, pool.map(one, names), strict=True))
+
+    def refresh_ssh_config(self, node: str) -> None:
+        """After a machine restarted outside `lab/up` its management address changed: rewrite the
+        ssh-config lab/up wrote, once the machine answers again."""
+        def answers() -> bool:
+            out = sh(["vagrant", "ssh-config"], env={**self.env, **VAGRANT_ENV}, check=False)
+            if out.returncode != 0:
+                return False
+            (LAB_DIR / "ssh-config").write_text(out.stdout)
+            return sh(["ssh", "-F", str(LAB_DIR / "ssh-config"), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+                       node, "true"], check=False).returncode == 0
+
+        self.wait(f"{node} to answer SSH again", answers, timeout=180)
 
     def inventory_source(self) -> str:
         """How `import inventory` got the machines this time: "from cache" or "vagrant ssh-config

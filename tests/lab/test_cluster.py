@@ -249,3 +249,4 @@ def test_writes_survive_a_whole_master_going_down(lab):
     finally:
         subprocess.run(["lxc-start", "-n", container], check=True)
         lab.kubectl("delete", "configmap", name, "--ignore-not-found", check=False)
+        lab.refresh_ssh_config(victim)  # its management address changed with the restart

@@ -11,9 +11,7 @@ import time
 import pytest
 
 from kthw.model import DEFAULT_CLUSTER_FILE
-from tests.lab.lab import Lab, sh
-
-VAGRANT_ENV = {"VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_DEFAULT_PROVIDER": "lxc"}
+from tests.lab.lab import VAGRANT_ENV, Lab, sh
 
 
 @pytest.fixture
@@ -68,6 +66,7 @@ def test_a_container_restarted_outside_vagrant_drops_the_cache(lab, machine):
     assert lab.inventory_source() == f"vagrant ssh-config (machines changed: {machine})"
     assert lab.inventory_source() == "from cache"
     reachable(lab, machine)
+    lab.refresh_ssh_config(machine)
 
 
 def test_vagrant_halt_up_reload_destroy_each_drop_the_cache(lab, machine):

@@ -45,6 +45,13 @@ def test_host_state_reports_files_dirs_and_kernel(tmp_path):
     assert tree(tmp_path) == before  # a fact writes nothing, not even its cache
 
 
+def test_host_state_on_a_fresh_master_asks_nothing_of_a_missing_kubectl(tmp_path):
+    spec = {"manifests": ["/etc/kubernetes/addons/10-weave.yaml"], "weave_range": True,
+            "kubectl": {"binary": str(tmp_path / "kubectl"), "kubeconfig": str(tmp_path / "admin.kubeconfig")}}
+    state = run_host_state(spec, tmp_path)
+    assert state["weave_range"] == "" and state["manifests"] == {"/etc/kubernetes/addons/10-weave.yaml": "missing"}
+
+
 def record_hashes(files: dict, cache) -> subprocess.CompletedProcess:
     req = json.dumps({"cache": str(cache), "files": files})
     return subprocess.run([sys.executable, "-c", RECORD_HASHES_SCRIPT, req], capture_output=True, text=True)
