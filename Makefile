@@ -47,4 +47,4 @@ bench: setup
 
 bench-lab: setup
 	@scripts/setup --lab
-	$(PY) bench/lab.py
+	$(PY) bench/lab_deploy.py

@@ -50,7 +50,7 @@ def host_plan(host) -> tuple[HostContext, dict[ModuleType, Wants]]:
         spec = snapshot_spec(collect(ctx))  # which paths exist does not depend on host facts
         start = time.monotonic()
         raw = host.get_fact(HostState, spec=spec)
-        if os.environ.get("KTHW_TIMINGS"):  # for bench/lab.py
+        if os.environ.get("KTHW_TIMINGS"):  # for bench/lab_deploy.py
             print(f"kthw-timing {host.name} snapshot {time.monotonic() - start:.3f}", file=sys.stderr)
         ctx.facts = raw
         ctx.snapshot = Snapshot(raw, spec)

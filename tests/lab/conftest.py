@@ -36,6 +36,7 @@ def lab_ready():
 TOPOLOGIES = {
     "reference": DEFAULT_CLUSTER_FILE,
     "three-masters": Path(__file__).parent / "three-masters.yaml",
+    "bridge": Path(__file__).parent / "bridge.yaml",  # the other CNI, on a small cluster
 }
 
 

@@ -1,7 +1,7 @@
 """Lab benchmark: what a deploy costs on real (LXC) nodes. Prints figures; asserts nothing.
 
     make bench-lab          (root; destroys and recreates the lab twice: 2 and 6 workers)
-    python bench/lab.py 6   (one topology only)
+    python bench/lab_deploy.py 6   (one topology only)
 
 For each topology: `vagrant up` (lab/up) time, cold deploy time until every node is Ready,
 dry-run time, no-op rerun time and its count of changed operations, the remote commands
