@@ -33,6 +33,8 @@ RUNTIME_STATE = [
     "/var/lib/kubelet/actuated_pods_state", "/var/lib/kubelet/allocated_pods_state",
     "/var/lib/weave/", "/var/lib/dhcp/", "/var/lib/haproxy/",
 ]
+# Written by Weave Net's init container (the CNI plugin and its config), not by the deploy.
+RUNTIME_STATE += ["/etc/cni/net.d/10-weave.conflist", "/opt/cni/bin/weave-"]
 # The deploy's own bookkeeping on a node (hashes of the files it placed), not a managed file.
 BOOKKEEPING = ["/var/lib/kthw/hash-cache.json"]
 

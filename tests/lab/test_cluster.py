@@ -153,9 +153,12 @@ def web_pods(lab) -> list[dict]:
 
 def test_deployment_spreads_over_every_worker(lab, web):
     assert sorted(p["spec"]["nodeName"] for p in web_pods(lab)) == sorted(workers(lab))
-    for pod in web_pods(lab):  # pod IPs come from that worker's slice of the pod CIDR
-        node = lab.cluster.node(pod["spec"]["nodeName"])
-        assert ipaddress.ip_address(pod["status"]["podIP"]) in node.pod_cidr
+    for pod in web_pods(lab):
+        ip = ipaddress.ip_address(pod["status"]["podIP"])
+        if lab.cluster.cni == "bridge":  # host-local IPAM: that worker's slice of the pod CIDR
+            assert ip in lab.cluster.node(pod["spec"]["nodeName"]).pod_cidr
+        else:  # Weave's own IPAM hands out the whole pod CIDR, in blocks that follow demand
+            assert ip in lab.cluster.pod_network
 
 
 def test_nodeport_answers_on_every_worker(lab, web):
@@ -218,7 +221,11 @@ def test_renewed_certificates_restart_masters_one_at_a_time(lab):
                          for m in masters(lab))
         gaps = [(b - a) / 1e6 for a, b in zip(started, started[1:], strict=False)]
         assert all(gap >= 1.0 for gap in gaps), (unit, gaps)  # each waited for the one before
-    assert lab.kubectl("get", "--raw", "/readyz") == "ok"
+    if len(masters(lab)) > 1:  # another apiserver served all along
+        assert lab.kubectl("get", "--raw", "/readyz") == "ok"
+    else:  # the only apiserver restarted: HAProxy's health check takes it back within seconds
+        lab.wait("the load balancer to serve again",
+                 lambda: lab.kubectl("get", "--raw", "/readyz", check=False) == "ok", timeout=60, interval=2)
 
 
 def test_failover_when_an_apiserver_stops(lab):

@@ -1,7 +1,8 @@
 """The inventory's cache of `vagrant ssh-config`, on real machines: used while nothing changed,
 dropped by everything that changes a machine (the cluster file, a container restarted outside
 Vagrant, vagrant halt/up/reload/destroy). Runs on the reference topology, whose machines it
-stops and recreates (the lab tears that topology down afterwards anyway)."""
+stops and recreates (the lab tears that topology down afterwards anyway), after every other test
+of that topology (this file's name sorts last)."""
 
 from __future__ import annotations
 
