@@ -15,7 +15,11 @@ up: setup
 down: setup
 	@scripts/down
 
-test: check lab-test
+# Each part prints its duration (a fresh machine also builds every lab binary first: ~21 min).
+test: setup
+	@scripts/timed "lint, unit and plan tests" $(MAKE) --no-print-directory check
+	@scripts/timed "lab set-up and artifact builds" sh -c 'scripts/setup --lab && lab/artifacts/build'
+	@scripts/timed "lab end-to-end tests" $(MAKE) --no-print-directory lab-test
 
 check: lint
 	$(PY) -m pytest tests/unit tests/plan
