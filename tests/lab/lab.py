@@ -130,6 +130,15 @@ class Lab:
         with ThreadPoolExecutor(len(names)) as pool:
             return dict(zip(names, pool.map(one, names), strict=True))
 
+    def served_through_load_balancer(self) -> None:
+        """The API answers through HAProxy. With one master, a deploy that restarted its apiserver
+        ends when that apiserver is ready; HAProxy's health check takes it back seconds later."""
+        if len(self.cluster.masters) > 1:  # another apiserver served all along
+            assert self.kubectl("get", "--raw", "/readyz") == "ok"
+            return
+        self.wait("the load balancer to serve again",
+                  lambda: self.kubectl("get", "--raw", "/readyz", check=False) == "ok", timeout=60, interval=2)
+
     def refresh_ssh_config(self, node: str) -> None:
         """After a machine restarted outside `lab/up` its management address changed: rewrite the
         ssh-config lab/up wrote, once the machine answers again."""

@@ -221,11 +221,7 @@ def test_renewed_certificates_restart_masters_one_at_a_time(lab):
                          for m in masters(lab))
         gaps = [(b - a) / 1e6 for a, b in zip(started, started[1:], strict=False)]
         assert all(gap >= 1.0 for gap in gaps), (unit, gaps)  # each waited for the one before
-    if len(masters(lab)) > 1:  # another apiserver served all along
-        assert lab.kubectl("get", "--raw", "/readyz") == "ok"
-    else:  # the only apiserver restarted: HAProxy's health check takes it back within seconds
-        lab.wait("the load balancer to serve again",
-                 lambda: lab.kubectl("get", "--raw", "/readyz", check=False) == "ok", timeout=60, interval=2)
+    lab.served_through_load_balancer()
 
 
 def test_failover_when_an_apiserver_stops(lab):

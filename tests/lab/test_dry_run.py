@@ -60,4 +60,4 @@ def test_drift_is_previewed_read_only_and_exactly_what_the_repair_changes(lab):
     assert {n: set(c) for n, c in changed.items()} == drifted
     assert "# local edit" not in lab.ssh(lb, "cat /etc/haproxy/haproxy.cfg")
     assert lab.ssh(worker, "stat -c %a /var/lib/kubelet/kubeconfig").strip() == "600"
-    assert lab.kubectl("get", "--raw", "/readyz") == "ok"
+    lab.served_through_load_balancer()
