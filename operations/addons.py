@@ -55,7 +55,8 @@ def wants(ctx: HostContext) -> Wants:
     if ctx.cluster.cni == "weave":
         w.queries.append("weave_range")
         refuse_pod_network_change(ctx)
-    extra = {**_images(ctx), "coredns_replicas": min(2, len(ctx.cluster.workers))}
+    extra = {**_images(ctx), "coredns_replicas": min(2, len(ctx.cluster.workers)),
+             "weave_peer_count": len(ctx.cluster.workers)}
     for name in manifest_names(ctx):
         if name == "05-weave-password.yaml":  # the only secret one: 0600, never shown in --diff
             password = (ctx.cluster.pki_dir / WEAVE_PASSWORD).read_text().strip()
