@@ -11,7 +11,8 @@ from the same line) closes each stage that another group waits on.
     3. masters       kube-apiserver, kube-controller-manager, kube-scheduler
        loadbalancer  HAProxy in front of every apiserver
     -- barrier --
-    4. workers       containerd, runc, CNI plugins, kubelet, kube-proxy (+ bridge CNI routes)
+    4. masters and   containerd, runc, CNI plugins, kubelet, kube-proxy (+ bridge CNI routes);
+       workers       masters register tainted: only the CNI and kube-system pods run there
     -- barrier --
     5. first master  RBAC for apiserver -> kubelet, the CNI add-on, CoreDNS
 """
@@ -19,7 +20,7 @@ from the same line) closes each stage that another group waits on.
 from pyinfra import host
 from pyinfra.operations import server
 
-from operations import addons, base, control_plane, etcd, loadbalancer, worker
+from operations import addons, base, control_plane, etcd, loadbalancer, node
 from operations.plan import host_plan
 
 ctx, wants = host_plan(host)
@@ -37,10 +38,10 @@ if loadbalancer in wants:
 
 server.shell(name="--- barrier: control plane is up ---", commands=[])
 
-if worker in wants:
-    worker.deploy(ctx, wants[worker])
+if node in wants:
+    node.deploy(ctx, wants[node])
 
-server.shell(name="--- barrier: workers are up ---", commands=[])
+server.shell(name="--- barrier: nodes are up ---", commands=[])
 
 if addons in wants:
     addons.deploy(ctx, wants[addons])

@@ -45,7 +45,7 @@ def kubeconfig_specs(cluster: Cluster) -> list[KubeconfigSpec]:
                        "kube-scheduler on each master"),
         KubeconfigSpec("kube-proxy", "kube-proxy", "system:kube-proxy", lb, "kube-proxy on each worker"),
     ]
-    for w in cluster.workers:
+    for w in cluster.kubelet_nodes:
         specs.append(KubeconfigSpec(kubelet_cert_name(w.name), kubelet_cert_name(w.name),
                                     f"system:node:{w.name}", lb, f"{w.name}'s kubelet"))
     return specs

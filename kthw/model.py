@@ -77,7 +77,7 @@ class NodeSection(_Section):
     ip: IPv4Address
     cpus: Annotated[int, Field(ge=1, le=64)] = 1
     memory: Annotated[int, Field(ge=256, le=262144)] = 1024  # MiB
-    pod_cidr: IPv4Network | None = None  # workers only; default: the worker's slot in network.pods
+    pod_cidr: IPv4Network | None = None  # masters and workers; default: the node's slot in network.pods
     ssh: SshSection | None = None
 
 
@@ -179,6 +179,11 @@ class Node:
     def is_worker(self) -> bool:
         return self.role == "worker"
 
+    @property
+    def runs_kubelet(self) -> bool:
+        """Masters and workers are Kubernetes nodes (masters tainted: control plane only)."""
+        return self.role in ("master", "worker")
+
 
 @dataclass(frozen=True)
 class Cluster:
@@ -208,6 +213,11 @@ class Cluster:
     @cached_property
     def workers(self) -> tuple[Node, ...]:
         return tuple(n for n in self.nodes if n.role == "worker")
+
+    @cached_property
+    def kubelet_nodes(self) -> tuple[Node, ...]:
+        """Every Kubernetes node (kubelet, kube-proxy, the CNI): masters and workers."""
+        return tuple(n for n in self.nodes if n.runs_kubelet)
 
     @cached_property
     def loadbalancer(self) -> Node:
@@ -304,13 +314,10 @@ def parse_cluster(raw: Any, source: Path | str = "cluster.yaml") -> Cluster:
     state_dir = Path(os.path.expanduser(os.environ.get("KTHW_STATE_DIR") or spec.state_dir))
     if not state_dir.is_absolute():
         state_dir = Path(os.path.normpath(source.resolve().parent / state_dir))
-    workers = [n for n in spec.nodes if n.role == "worker"]
-    slots = _pod_slots(spec.network)
+    auto = _pod_cidrs(spec)
     nodes = []
-    for n in spec.nodes:
-        pod_cidr = None
-        if n.role == "worker":
-            pod_cidr = n.pod_cidr or next(slots[i] for i, w in enumerate(workers) if w is n)
+    for n, default in zip(spec.nodes, auto, strict=True):
+        pod_cidr = n.pod_cidr or default
         nodes.append(Node(n.name, n.role, n.ip, n.cpus, n.memory, pod_cidr, n.ssh))
     return Cluster(
         name=spec.cluster.name,
@@ -331,13 +338,25 @@ def parse_cluster(raw: Any, source: Path | str = "cluster.yaml") -> Cluster:
     )
 
 
-def _pod_slots(net: NetworkSection) -> list[IPv4Network]:
-    """Per-worker pod subnets by position. Only as many as needed are listed."""
-    out = []
-    for i, sub in enumerate(net.pods.subnets(new_prefix=net.pod_subnet_prefix)):
-        if i >= 1024:
-            break
-        out.append(sub)
+def _pod_cidrs(spec: ClusterFile) -> list[IPv4Network | None]:
+    """Each Kubernetes node's default pod subnet: workers take the slots of network.pods from
+    the first on, by position; masters take them from the last one down. So adding a worker
+    (or a master) never moves another node's subnet."""
+    net = spec.network
+    size = 2 ** (32 - net.pod_subnet_prefix)
+    count = 2 ** (net.pod_subnet_prefix - net.pods.prefixlen)
+    base = int(net.pods.network_address)
+    slot = lambda i: IPv4Network((base + i * size, net.pod_subnet_prefix))  # noqa: E731
+    out: list[IPv4Network | None] = []
+    seen = {"worker": 0, "master": 0}
+    for n in spec.nodes:  # by position in nodes[], not by name (names are checked elsewhere)
+        if n.role == "worker":
+            out.append(slot(seen["worker"]))
+        elif n.role == "master":
+            out.append(slot(count - 1 - seen["master"]))
+        else:
+            out.append(None)
+        seen[n.role] = seen.get(n.role, 0) + 1
     return out
 
 
@@ -512,9 +531,9 @@ def _semantic_checks(spec: ClusterFile) -> tuple[list[Problem], list[str]]:
                              "Vagrant (or the lab bridge) takes", "pick another address, like .11"))
         if n.pod_cidr is not None:
             pkey = f"nodes[{i}] ({n.name}).pod_cidr"
-            if n.role != "worker":
-                p.append(Problem(pkey, str(n.pod_cidr), "is only meaningful on workers",
-                                 "remove it from this node"))
+            if n.role not in ("master", "worker"):
+                p.append(Problem(pkey, str(n.pod_cidr), "is only meaningful on masters and workers "
+                                 "(Kubernetes nodes)", "remove it from this node"))
             elif not n.pod_cidr.subnet_of(net.pods):
                 p.append(Problem(pkey, str(n.pod_cidr), f"is not inside network.pods ({net.pods})",
                                  f"pick a /{net.pod_subnet_prefix} inside {net.pods}"))
@@ -526,28 +545,30 @@ def _semantic_checks(spec: ClusterFile) -> tuple[list[Problem], list[str]]:
             p.append(Problem(f"nodes[{i}] ({n.name}).ssh.key", n.ssh.key, "is empty",
                              "give a path to a private key, or remove the key"))
 
-    # Per-worker pod subnets.
+    # Per-node pod subnets (masters and workers).
     if net.pod_subnet_prefix <= net.pods.prefixlen:
         p.append(Problem("network.pod_subnet_prefix", net.pod_subnet_prefix,
                          f"must be longer than the prefix of network.pods (/{net.pods.prefixlen})",
                          f"use a value above {net.pods.prefixlen}, like 24"))
     else:
         slots = 2 ** (net.pod_subnet_prefix - net.pods.prefixlen)
-        if roles["worker"] > slots:
+        kube_nodes = roles["worker"] + roles["master"]
+        if kube_nodes > slots:
             p.append(Problem("network.pod_subnet_prefix", net.pod_subnet_prefix,
-                             f"gives only {slots} per-worker subnets in {net.pods} "
-                             f"for {roles['worker']} workers",
+                             f"gives only {slots} per-node subnets in {net.pods} "
+                             f"for {kube_nodes} Kubernetes nodes ({roles['master']} masters, "
+                             f"{roles['worker']} workers)",
                              "widen network.pods or lengthen pod_subnet_prefix"))
         else:
             taken = Counter()
-            workers = [n for n in spec.nodes if n.role == "worker"]
-            auto = _pod_slots(net)
-            for idx, w in enumerate(workers):
-                taken[str(w.pod_cidr or auto[idx])] += 1
+            auto = _pod_cidrs(spec)
+            for n, default in zip(spec.nodes, auto, strict=True):
+                if n.role in ("master", "worker"):
+                    taken[str(n.pod_cidr or default)] += 1
             for cidr, count in taken.items():
                 if count > 1:
-                    p.append(Problem("nodes[].pod_cidr", cidr, f"is given to {count} workers",
-                                     "give each worker its own pod_cidr, or leave them all to the default"))
+                    p.append(Problem("nodes[].pod_cidr", cidr, f"is given to {count} nodes",
+                                     "give each node its own pod_cidr, or leave them all to the default"))
 
     # Service network: the API service takes .1; CoreDNS needs its own address inside it.
     api_ip = net.services.network_address + 1

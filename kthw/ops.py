@@ -147,6 +147,13 @@ class Snapshot:
                                 "under 'images' in the HostState spec.")
         return ref in self.raw.get("images", [])
 
+    def query(self, name: str):
+        """The answer to an extra question (``Wants.queries``), e.g. "control_plane_labelled"."""
+        if not self.spec.get(name):
+            raise SnapshotError(f"{name!r} was not asked in this host's snapshot. Fix: add it to the "
+                                "component's Wants.queries.")
+        return self.raw.get(name)
+
     def __getitem__(self, key):
         return self.raw[key]
 

@@ -41,7 +41,14 @@ CA_NAME = "ca"
 # etcd trusts only its own CA: a certificate from the cluster CA (every kubelet's, anything
 # signed through an approved CSR) must not open the datastore under RBAC.
 ETCD_CA_NAME = "etcd-ca"
-CA_SUBJECTS = {CA_NAME: "KUBERNETES-CA", ETCD_CA_NAME: "ETCD-CA"}
+# The aggregation layer's own CA: the apiserver proxies requests to aggregated APIs (metrics,
+# custom apiservers) with a client certificate from it, and those servers believe the
+# X-Remote-User headers only from a certificate of this CA. A separate CA, so no other
+# certificate of the cluster can pose as the proxy.
+FRONT_PROXY_CA_NAME = "front-proxy-ca"
+CA_SUBJECTS = {CA_NAME: "KUBERNETES-CA", ETCD_CA_NAME: "ETCD-CA", FRONT_PROXY_CA_NAME: "FRONT-PROXY-CA"}
+# The proxy's name, as the apiserver's --requestheader-allowed-names lists it.
+FRONT_PROXY_CLIENT = "front-proxy-client"
 SERVICE_ACCOUNT = "service-account"
 ENCRYPTION_CONFIG = "encryption-config.yaml"
 # Weave Net's mesh password (cni: weave): encrypts and authenticates traffic between peers.
@@ -119,8 +126,10 @@ def cert_specs(cluster: Cluster) -> list[CertSpec]:
         CertSpec("etcd-server", "etcd-server", ip_addresses=(*masters_ips, loopback),
                  server=True, client=True, issuer=ETCD_CA_NAME,
                  purpose="etcd serving and peer certificate (peers are clients of each other)"),
+        CertSpec(FRONT_PROXY_CLIENT, FRONT_PROXY_CLIENT, client=True, issuer=FRONT_PROXY_CA_NAME,
+                 purpose="apiserver's client certificate at aggregated API servers (aggregation layer)"),
     ]
-    for w in cluster.workers:
+    for w in cluster.kubelet_nodes:
         specs.append(CertSpec(
             kubelet_cert_name(w.name), f"system:node:{w.name}", ("system:nodes",),
             dns_names=(w.name,), ip_addresses=(w.ip,), server=True, client=True,
@@ -366,7 +375,7 @@ def ensure_pki(cluster: Cluster, pki_dir: Path | None = None, now: dt.datetime |
     pki_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(pki_dir, 0o700)
     report = PkiReport()
-    cas = {name: _ensure_ca(cluster, pki_dir, now, report, name) for name in (CA_NAME, ETCD_CA_NAME)}
+    cas = {name: _ensure_ca(cluster, pki_dir, now, report, name) for name in CA_SUBJECTS}
     renew_before = dt.timedelta(days=cluster.pki.renew_before_days)
     key_type = cluster.pki.key_type
 

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from operations import addons, base, control_plane, etcd, loadbalancer, worker
+from operations import addons, base, control_plane, etcd, loadbalancer, node
 
 # Each role's components, in the order they run on such a node.
 ROLE_COMPONENTS: dict[str, tuple[ModuleType, ...]] = {
     "loadbalancer": (base, loadbalancer),
-    "master": (base, etcd, control_plane),
-    "worker": (base, worker),
+    # Masters are Kubernetes nodes too (tainted, see operations/node.py).
+    "master": (base, etcd, control_plane, node),
+    "worker": (base, node),
 }
 # Cluster-level objects (RBAC, CNI, CoreDNS) are applied once, from the first master.
 FIRST_MASTER_COMPONENTS: tuple[ModuleType, ...] = (addons,)
-ALL_COMPONENTS = (base, etcd, control_plane, loadbalancer, worker, addons)
+ALL_COMPONENTS = (base, etcd, control_plane, loadbalancer, node, addons)
 
 
 def components_for(role: str, first_master: bool = False) -> list[ModuleType]:

@@ -1,5 +1,6 @@
 """Cluster-level objects, applied once, from the first master: RBAC for apiserver → kubelet,
-the pod network (Weave Net; nothing for the bridge CNI), CoreDNS.
+the pod network (Weave Net; nothing for the bridge CNI), CoreDNS, and the control-plane role
+label on the masters' Node objects (a kubelet may not set it on itself).
 
 Each manifest is rendered from ``files/etc/kubernetes/addons/*.j2`` with versions and images
 from the model, kept on the master, and applied when it changed or when its objects are
@@ -10,12 +11,13 @@ from __future__ import annotations
 
 from pyinfra import host
 
-from kthw.commands import KUBECTL
+from kthw.commands import KUBECTL, wait_until
 from kthw.context import DeployRefused, HostContext, Wants
 from kthw.ops import Directory, command_when, directories_present, files_synced
 from kthw.pki import WEAVE_PASSWORD
 
 ADDONS = "/etc/kubernetes/addons"
+CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
 
 
 def _images(ctx: HostContext) -> dict[str, str]:
@@ -51,12 +53,12 @@ def refuse_pod_network_change(ctx: HostContext) -> None:
 
 
 def wants(ctx: HostContext) -> Wants:
-    w = Wants(dirs=[Directory(ADDONS)])
+    w = Wants(dirs=[Directory(ADDONS)], queries=["control_plane_labelled"])
     if ctx.cluster.cni == "weave":
         w.queries.append("weave_range")
         refuse_pod_network_change(ctx)
     extra = {**_images(ctx), "coredns_replicas": min(2, len(ctx.cluster.workers)),
-             "weave_peer_count": len(ctx.cluster.workers)}
+             "weave_peer_count": len(ctx.cluster.kubelet_nodes)}
     for name in manifest_names(ctx):
         if name == "05-weave-password.yaml":  # the only secret one: 0600, never shown in --diff
             password = (ctx.cluster.pki_dir / WEAVE_PASSWORD).read_text().strip()
@@ -77,3 +79,12 @@ def deploy(ctx: HostContext, w: Wants) -> None:
         missing = not snap.manifest_present(path)
         command_when(f"{KUBECTL} apply -f {path}", when=[changed], always=missing,
                      name=f"addons | {name} applied")
+    masters = [m.name for m in ctx.cluster.masters]
+    unlabelled = [m for m in masters if m not in snap.query("control_plane_labelled")]
+    # A fresh master's kubelet may still be registering: wait for its Node object first.
+    nodes = " ".join(unlabelled)
+    command_when(
+        wait_until(f"{KUBECTL} get node {nodes} >/dev/null 2>&1", f"Node objects of {nodes}", tries=60)
+        + f" && {KUBECTL} label node {nodes} {CONTROL_PLANE_LABEL}= --overwrite >/dev/null",
+        when=[], always=bool(unlabelled), name="addons | masters labelled node-role control-plane",
+    )

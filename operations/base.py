@@ -14,11 +14,13 @@ from pyinfra.api import operation
 from kthw.context import HostContext, Wants
 from kthw.ops import ManagedFile, Snapshot, files_synced
 
-# Debian/Ubuntu packages each role needs besides what the box ships.
+# Debian/Ubuntu packages each role needs besides what the box ships. Masters are Kubernetes
+# nodes too (operations/node.py), so they get what kubelet and kube-proxy need.
+KUBERNETES_NODE = ["socat", "conntrack", "ipset", "iptables", "ethtool", "kmod", "openssl"]
 PACKAGES = {
     "loadbalancer": ["haproxy"],
-    "master": ["openssl"],
-    "worker": ["socat", "conntrack", "ipset", "iptables", "ethtool", "kmod", "openssl"],
+    "master": KUBERNETES_NODE,
+    "worker": KUBERNETES_NODE,
 }
 MODULES = ("overlay", "br_netfilter")
 SYSCTL_FILE = "/etc/sysctl.d/90-kubernetes.conf"

@@ -35,7 +35,8 @@ def wants(ctx: HostContext) -> Wants:
     names = ["ca.crt", "ca.key", "etcd-ca.crt", "kube-apiserver.crt", "kube-apiserver.key",
              "apiserver-kubelet-client.crt", "apiserver-kubelet-client.key",
              "apiserver-etcd-client.crt", "apiserver-etcd-client.key",
-             "service-account.key", "service-account.pub"]
+             "service-account.key", "service-account.pub",
+             "front-proxy-ca.crt", "front-proxy-client.crt", "front-proxy-client.key"]
     w.files["certificates"] = [ctx.pki_file(n, f"{PKI}/{n}") for n in names]
     w.files["encryption config"] = [
         ctx.pki_file("encryption-config.yaml", "/var/lib/kubernetes/encryption-config.yaml")

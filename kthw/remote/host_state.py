@@ -124,6 +124,14 @@ if spec.get("weave_range") and kubectl and os.path.exists(kubectl["binary"]):
                           'jsonpath={.spec.template.spec.containers[0].env[?(@.name=="IPALLOC_RANGE")].value}'],
                          capture_output=True, text=True)
     out["weave_range"] = res.stdout.strip() if res.returncode == 0 else ""
+# Which nodes already carry the control-plane role label (masters get it from the addons).
+out["control_plane_labelled"] = []
+if spec.get("control_plane_labelled") and kubectl and os.path.exists(kubectl["binary"]):
+    res = subprocess.run([kubectl["binary"], "--kubeconfig", kubectl["kubeconfig"], "get", "nodes", "-l",
+                          "node-role.kubernetes.io/control-plane", "-o", "name", "--request-timeout=5s"],
+                         capture_output=True, text=True)
+    if res.returncode == 0:
+        out["control_plane_labelled"] = [n.split("/", 1)[1] for n in res.stdout.split()]
 refs = spec.get("images", [])
 out["images"] = []
 if refs and os.path.exists("/run/containerd/containerd.sock"):

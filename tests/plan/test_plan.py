@@ -31,10 +31,12 @@ def test_each_group_gets_only_its_components(fresh_plan):
     lb = names_for(fresh_plan, "loadbalancer")
     assert {n.split(" | ")[0] for n in lb} == {"base", "loadbalancer"}
     for worker in ("worker-1", "worker-2"):
-        assert {n.split(" | ")[0] for n in names_for(fresh_plan, worker)} == {"base", "worker"}
+        assert {n.split(" | ")[0] for n in names_for(fresh_plan, worker)} == {"base", "node"}
+    # Masters are Kubernetes nodes too (tainted): the CNI reaches them, so do the apiservers' calls.
     assert {n.split(" | ")[0] for n in names_for(fresh_plan, "master-1")} == {
-        "base", "etcd", "control plane", "addons"}
-    assert {n.split(" | ")[0] for n in names_for(fresh_plan, "master-2")} == {"base", "etcd", "control plane"}
+        "base", "etcd", "control plane", "node", "addons"}
+    assert {n.split(" | ")[0] for n in names_for(fresh_plan, "master-2")} == {"base", "etcd", "control plane",
+                                                                              "node"}
 
 
 def test_stages_are_ordered_across_groups(fresh_plan):
@@ -44,12 +46,12 @@ def test_stages_are_ordered_across_groups(fresh_plan):
     cp_first = min(i for n, i in pos.items() if n.startswith("control plane |"))
     lb_first = min(i for n, i in pos.items() if n.startswith("loadbalancer |"))
     cp_last = max(i for n, i in pos.items() if n.startswith(("control plane |", "loadbalancer |")))
-    worker_first = min(i for n, i in pos.items() if n.startswith("worker |"))
-    worker_last = max(i for n, i in pos.items() if n.startswith("worker |"))
+    worker_first = min(i for n, i in pos.items() if n.startswith("node |"))
+    worker_last = max(i for n, i in pos.items() if n.startswith("node |"))
     addons_first = min(i for n, i in pos.items() if n.startswith("addons |"))
     assert etcd_last < pos["--- barrier: etcd is up ---"] < min(cp_first, lb_first)
     assert cp_last < pos["--- barrier: control plane is up ---"] < worker_first
-    assert worker_last < pos["--- barrier: workers are up ---"] < addons_first
+    assert worker_last < pos["--- barrier: nodes are up ---"] < addons_first
     # within a host, too: etcd must be healthy before the apiserver starts
     assert pos["etcd | healthy (after any restart)"] < pos["control plane | kube-apiserver running"]
 
@@ -64,7 +66,7 @@ def test_restarts_only_follow_changes(default_cluster):
     p = plan(default_cluster, state="converged")
     assert not p["etcd | running"]["hosts_with_change"]
     assert not p["etcd | restarted on change, one member at a time"]["hosts_with_change"]
-    assert not p["worker | kubelet running"]["hosts_with_change"]
+    assert not p["node | kubelet running"]["hosts_with_change"]
 
 
 def _wants(cluster_path, name):
@@ -98,6 +100,11 @@ def test_masters_get_etcd_and_the_control_plane(default_cluster):
             "/var/lib/kubernetes/encryption-config.yaml", "/usr/local/bin/kube-apiserver",
             "/etc/systemd/system/etcd.service"} <= dests
     assert not any("kubelet-worker" in d for d in dests)
+    # Its own kubelet, registered with the control-plane taint.
+    config = next(f for w in wants.values() for f in w.all_files()
+                  if f.dest == "/var/lib/kubelet/kubelet-config.yaml")
+    taints = yaml.safe_load(config.data)["registerWithTaints"]
+    assert taints == [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]
 
 
 def test_three_masters_three_workers(tmp_path):
@@ -105,7 +112,8 @@ def test_three_masters_three_workers(tmp_path):
     path = cluster_file(tmp_path, raw)
     p = plan(path)
     assert set(p["etcd | systemd unit"]["hosts_with_change"]) == {f"@fake/master-{i}" for i in (1, 2, 3)}
-    assert set(p["worker | kubelet running"]["hosts_with_change"]) == {f"@fake/worker-{i}" for i in (1, 2, 3)}
+    assert set(p["node | kubelet running"]["hosts_with_change"]) == {
+        f"@fake/{r}-{i}" for i in (1, 2, 3) for r in ("master", "worker")}
     assert p["addons | 20-coredns.yaml applied"]["hosts_with_change"] == ["@fake/master-1"]
     unit = _wants(path, "master-3")[1]
     etcd_unit = next(f for w in unit.values() for f in w.all_files() if f.dest.endswith("etcd.service"))
@@ -120,11 +128,12 @@ def test_bridge_cni_adds_routes_and_no_weave(tmp_path):
     path = cluster_file(tmp_path, raw)
     p = plan(path)
     assert "addons | 10-weave.yaml applied" not in p
-    assert set(p["worker | pod network: routes to other workers' pods, NAT to the outside"][
-        "hosts_with_change"]) == {"@fake/worker-1", "@fake/worker-2"}
+    assert set(p["node | pod network: routes to other nodes' pods, NAT to the outside"][
+        "hosts_with_change"]) == {"@fake/worker-1", "@fake/worker-2", "@fake/master-1", "@fake/master-2"}
     _, wants = _wants(path, "worker-1")
     unit = next(f for w in wants.values() for f in w.all_files() if "pod-network" in f.dest)
     assert b"ip route replace 10.244.1.0/24 via 192.168.56.22" in unit.data
+    assert b"ip route replace 10.244.255.0/24 via 192.168.56.11" in unit.data  # master-1's pods
     assert b"-s 10.244.0.0/24 ! -d 10.244.0.0/16 -j MASQUERADE" in unit.data
 
 

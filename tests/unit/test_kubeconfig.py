@@ -25,6 +25,8 @@ EXPECTED = {
     "kube-controller-manager": (LOCAL, "system:kube-controller-manager"),
     "kube-scheduler": (LOCAL, "system:kube-scheduler"),
     "kube-proxy": (LB, "system:kube-proxy"),
+    "kubelet-master-1": (LB, "system:node:master-1"),  # masters are (tainted) nodes too
+    "kubelet-master-2": (LB, "system:node:master-2"),
     "kubelet-worker-1": (LB, "system:node:worker-1"),
     "kubelet-worker-2": (LB, "system:node:worker-2"),
 }

@@ -47,7 +47,10 @@ def test_defaults_reproduce_the_reference_topology():
         "master-1=https://192.168.56.11:2380,master-2=https://192.168.56.12:2380"
     )
     assert [str(w.pod_cidr) for w in c.workers] == ["10.244.0.0/24", "10.244.1.0/24"]
-    assert all(n.pod_cidr is None for n in c.nodes if not n.is_worker)
+    # Masters are nodes too: their subnets come from the end of the range, so adding workers
+    # never moves a master's (and the reverse).
+    assert [str(m.pod_cidr) for m in c.masters] == ["10.244.255.0/24", "10.244.254.0/24"]
+    assert c.loadbalancer.pod_cidr is None
 
 
 def test_any_count_of_masters_and_workers():
@@ -223,7 +226,7 @@ def test_missing_required_key(raw_cluster):
 def test_too_few_pod_subnets_for_the_workers():
     raw = scaled(1, 5)
     raw["network"]["pods"] = "10.244.0.0/22"
-    assert "gives only 4 per-worker subnets" in only_problem(raw)
+    assert "gives only 4 per-node subnets" in only_problem(raw)
 
 
 def test_pod_cidr_outside_pod_network(raw_cluster):

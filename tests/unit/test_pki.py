@@ -57,7 +57,8 @@ def subject(cert: x509.Certificate) -> tuple[str, tuple[str, ...]]:
     return cn, orgs
 
 
-ETCD_SIGNED = {"etcd-server", "apiserver-etcd-client"}  # by etcd's own CA, the rest by the cluster CA
+ETCD_SIGNED = {"etcd-server", "apiserver-etcd-client"}  # by etcd's own CA
+FRONT_PROXY_SIGNED = {"front-proxy-client"}  # by the aggregation layer's CA; the rest by the cluster CA
 EXPECTED = {
     # name: (CN, O, DNS SANs, IP SANs, EKU)
     "admin": ("admin", ("system:masters",), set(), set(), CLIENT),
@@ -74,6 +75,10 @@ EXPECTED = {
     "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", (), set(), set(), CLIENT),
     "apiserver-etcd-client": ("kube-apiserver-etcd-client", (), set(), set(), CLIENT),
     "etcd-server": ("etcd-server", (), set(), {"192.168.56.11", "192.168.56.12", "127.0.0.1"}, BOTH),
+    "front-proxy-client": ("front-proxy-client", (), set(), set(), CLIENT),
+    # Masters are Kubernetes nodes too (tainted control-plane).
+    "kubelet-master-1": ("system:node:master-1", ("system:nodes",), {"master-1"}, {"192.168.56.11"}, BOTH),
+    "kubelet-master-2": ("system:node:master-2", ("system:nodes",), {"master-2"}, {"192.168.56.12"}, BOTH),
     "kubelet-worker-1": ("system:node:worker-1", ("system:nodes",), {"worker-1"}, {"192.168.56.21"}, BOTH),
     "kubelet-worker-2": ("system:node:worker-2", ("system:nodes",), {"worker-2"}, {"192.168.56.22"}, BOTH),
 }
@@ -82,7 +87,7 @@ EXPECTED = {
 def test_every_credential_of_the_reference_is_made(pki):
     cluster, _, report = pki
     assert {s.name for s in cert_specs(cluster)} == set(EXPECTED)
-    assert set(report.actions) == {"ca", "etcd-ca", *EXPECTED, "service-account", "encryption-config",
+    assert set(report.actions) == {"ca", "etcd-ca", "front-proxy-ca", *EXPECTED, "service-account", "encryption-config",
                                    "weave-password"}
     assert set(report.actions.values()) == {"created"}
 
@@ -91,7 +96,7 @@ def test_every_credential_of_the_reference_is_made(pki):
 def test_openssl_verifies_every_leaf_against_the_ca(pki, name):
     _, pki_dir, _ = pki
     purpose = {SERVER: "sslserver", CLIENT: "sslclient", BOTH: "sslserver"}[EXPECTED[name][4]]
-    ca, other = ("etcd-ca", "ca") if name in ETCD_SIGNED else ("ca", "etcd-ca")
+    ca = "etcd-ca" if name in ETCD_SIGNED else "front-proxy-ca" if name in FRONT_PROXY_SIGNED else "ca"
     verify = lambda ca_name: subprocess.run(  # noqa: E731
         ["openssl", "verify", "-purpose", purpose, "-CAfile", pki_dir / f"{ca_name}.crt", pki_dir / f"{name}.crt"],
         capture_output=True, text=True,
@@ -99,7 +104,8 @@ def test_openssl_verifies_every_leaf_against_the_ca(pki, name):
     out = verify(ca)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip().endswith(": OK")
-    assert verify(other).returncode != 0  # and only by its own CA
+    for other in {"ca", "etcd-ca", "front-proxy-ca"} - {ca}:
+        assert verify(other).returncode != 0  # and only by its own CA
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -139,6 +145,15 @@ def test_validity_is_sensible(pki):
     assert leaf.not_valid_after_utc <= ca.not_valid_after_utc
 
 
+def test_the_aggregation_layer_has_its_own_ca(pki):
+    # Aggregated API servers believe X-Remote-User only from this CA's certificates: no other
+    # certificate of the cluster (a kubelet's, an admin's) can pose as the apiserver's proxy.
+    _, pki_dir, _ = pki
+    fp_ca, ca = load(pki_dir, "front-proxy-ca"), load(pki_dir, "ca")
+    assert subject(fp_ca)[0] == "FRONT-PROXY-CA" and fp_ca.public_key() != ca.public_key()
+    assert load(pki_dir, "front-proxy-client").issuer == fp_ca.subject
+
+
 def test_etcd_has_its_own_ca(pki):
     _, pki_dir, _ = pki
     etcd_ca, ca = load(pki_dir, "etcd-ca"), load(pki_dir, "ca")
@@ -146,7 +161,7 @@ def test_etcd_has_its_own_ca(pki):
     assert load(pki_dir, "etcd-server").issuer == etcd_ca.subject
 
 
-@pytest.mark.parametrize("name", ["ca", "etcd-ca", *sorted(EXPECTED)])
+@pytest.mark.parametrize("name", ["ca", "etcd-ca", "front-proxy-ca", *sorted(EXPECTED)])
 def test_key_matches_certificate_per_openssl(pki, name):
     _, pki_dir, _ = pki
     from_cert = subprocess.run(["openssl", "x509", "-noout", "-pubkey", "-in", pki_dir / f"{name}.crt"],
@@ -210,9 +225,11 @@ def test_changing_a_master_ip_reissues_exactly_the_certs_that_carry_it(fresh):
     before = snapshot(cluster.pki_dir)
     raw["nodes"][2]["ip"] = "192.168.56.13"
     report = ensure_pki(make_cluster(raw, state))
-    assert sorted(report.changed) == ["etcd-server", "kube-apiserver"]
+    # (master-2's own kubelet certificate carries its address too.)
+    assert sorted(report.changed) == ["etcd-server", "kube-apiserver", "kubelet-master-2"]
     after = snapshot(cluster.pki_dir)
-    assert {n for n in after if after[n] != before[n]} == {"etcd-server.crt", "kube-apiserver.crt"}
+    assert {n for n in after if after[n] != before[n]} == {"etcd-server.crt", "kube-apiserver.crt",
+                                                           "kubelet-master-2.crt"}
     _, ips = cert_sans(load(cluster.pki_dir, "kube-apiserver"))
     assert IPv4Address("192.168.56.13") in ips and IPv4Address("192.168.56.12") not in ips
 
@@ -320,7 +337,7 @@ def test_unreadable_encryption_config_is_an_error(fresh):
 def test_large_cluster(tmp_path):
     cluster = make_cluster(scaled(3, 20), tmp_path)
     report = ensure_pki(cluster)
-    assert len([n for n in report.actions if n.startswith("kubelet-")]) == 20
+    assert len([n for n in report.actions if n.startswith("kubelet-")]) == 23  # 20 workers, 3 masters
     _, ips = cert_sans(load(cluster.pki_dir, "etcd-server"))
     assert len(ips) == 4
 

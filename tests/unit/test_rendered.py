@@ -132,9 +132,9 @@ def test_addon_manifests(default_path):
     assert docs[("Service", "kube-dns")]["spec"]["clusterIP"] == "10.96.0.10"
     weave = docs[("DaemonSet", "weave-net")]["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "IPALLOC_RANGE", "value": "10.244.0.0/16"} in weave["env"]
-    # Quorum over every Weave peer (2 workers -> consensus=2, quorum 2), not upstream's
-    # count of the other nodes (quorum 1: two peers may each seed the ring alone).
-    assert {"name": "IPALLOC_INIT", "value": "consensus=2"} in weave["env"]
+    # Quorum over every Weave peer (2 masters + 2 workers -> consensus=4, quorum 3), not
+    # upstream's count of the other nodes (quorum 1 on two nodes: each may seed the ring alone).
+    assert {"name": "IPALLOC_INIT", "value": "consensus=4"} in weave["env"]
     assert weave["image"] == "weaveworks/weave-kube:2.8.1"
     crb = docs[("ClusterRoleBinding", "kube-apiserver-kubelet-client")]
     assert crb["roleRef"]["name"] == "system:kubelet-api-admin"

@@ -1,5 +1,10 @@
-"""Every worker: binaries → containerd (+ runc, CNI plugins, crictl) → kubelet → kube-proxy
-→ (bridge CNI) pod network config and routes.
+"""Every Kubernetes node (workers and masters): binaries → containerd (+ runc, CNI plugins,
+crictl) → kubelet → kube-proxy → (bridge CNI) pod network config and routes.
+
+Masters are nodes too, registered with the control-plane taint so ordinary pods stay on the
+workers: the CNI (Weave Net's DaemonSet, or the bridge routes) then reaches them, and the
+apiservers can call what runs in pods (admission and conversion webhooks, aggregated APIs),
+as on a kubeadm cluster.
 
 The kubelet authenticates with its own certificate, serves with it too, and accepts only
 authenticated, apiserver-authorized requests (webhook), never anonymous ones.
@@ -21,8 +26,14 @@ from kthw.pki import kubelet_cert_name
 PAUSE_IMAGE = "registry.k8s.io/pause:{v}"
 
 
+# Masters register with it (kubelet registerWithTaints); only pods that tolerate it (the CNI's
+# DaemonSet, kube-system's own) land there. The label is set by the addons (a kubelet may not
+# label itself node-role.kubernetes.io/*).
+CONTROL_PLANE_TAINT = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
+
+
 def _peers(ctx: HostContext):
-    return [w for w in ctx.cluster.workers if w.name != ctx.node.name]
+    return [n for n in ctx.cluster.kubelet_nodes if n.name != ctx.node.name]
 
 
 def wants(ctx: HostContext) -> Wants:
@@ -43,8 +54,10 @@ def wants(ctx: HostContext) -> Wants:
     ]
     w.files["containerd unit"] = [ctx.template_file("/etc/systemd/system/containerd.service")]
     cert = kubelet_cert_name(ctx.node.name)
+    # (A master already holds the cluster CA there, placed by the control plane.)
+    ca = [] if ctx.is_master else [ctx.pki_file("ca.crt", "/var/lib/kubernetes/pki/ca.crt")]
     w.files["kubelet credentials"] = [
-        ctx.pki_file("ca.crt", "/var/lib/kubernetes/pki/ca.crt"),
+        *ca,
         ctx.pki_file(f"{cert}.crt", "/var/lib/kubelet/pki/kubelet.crt"),
         ctx.pki_file(f"{cert}.key", "/var/lib/kubelet/pki/kubelet.key"),
         ctx.kubeconfig_file(cert, "/var/lib/kubelet/kubeconfig"),
@@ -52,6 +65,7 @@ def wants(ctx: HostContext) -> Wants:
     resolv = "/run/systemd/resolve/resolv.conf" if facts.get("resolved") else "/etc/resolv.conf"
     w.files["kubelet config"] = [ctx.template_file(
         "/var/lib/kubelet/kubelet-config.yaml", resolv_conf=resolv, cgroup_v1=facts.get("cgroup") == "v1",
+        taints=[CONTROL_PLANE_TAINT] if ctx.is_master else [],
     )]
     w.files["kubelet unit"] = [ctx.template_file("/etc/systemd/system/kubelet.service")]
     w.files["kube-proxy config"] = [
@@ -79,35 +93,35 @@ def wants(ctx: HostContext) -> Wants:
 
 def deploy(ctx: HostContext, w: Wants) -> None:
     snap = ctx.snapshot
-    directories_present(w.dirs, snap, name="worker | directories")
-    runtime = files_synced(w.files["runtime binaries"], snap, name="worker | containerd, runc, CNI, crictl")
-    config = files_synced(w.files["containerd config"], snap, name="worker | containerd config")
-    unit = files_synced(w.files["containerd unit"], snap, name="worker | containerd unit")
+    directories_present(w.dirs, snap, name="node | directories")
+    runtime = files_synced(w.files["runtime binaries"], snap, name="node | containerd, runc, CNI, crictl")
+    config = files_synced(w.files["containerd config"], snap, name="node | containerd config")
+    unit = files_synced(w.files["containerd unit"], snap, name="node | containerd unit")
     service_running("containerd", snap, restart_on=[runtime, config, unit], reload_on=[unit],
-                    name="worker | containerd running")
+                    name="node | containerd running")
     if "images" in w.files:
-        archives = files_synced(w.files["images"], snap, name="worker | offline image archives")
+        archives = files_synced(w.files["images"], snap, name="node | offline image archives")
         # Import when an archive changed or containerd lost an image.
         missing = [ref for ref in w.images if not snap.image_present(ref)]
         command_when(
             "for f in /var/lib/kthw/images/*.tar; do ctr -n k8s.io images import \"$f\" >/dev/null "
             "|| exit 1; done",
-            when=[archives], always=bool(missing), name="worker | images imported into containerd",
+            when=[archives], always=bool(missing), name="node | images imported into containerd",
         )
     if "bridge cni" in w.files:
-        files_synced(w.files["bridge cni"], snap, name="worker | bridge CNI config")
+        files_synced(w.files["bridge cni"], snap, name="node | bridge CNI config")
     if "pod network unit" in w.files:
         routes = files_synced(w.files["pod network unit"], snap,
-                              name="worker | pod network: routes to other workers' pods, NAT to the outside")
+                              name="node | pod network: routes to other nodes' pods, NAT to the outside")
         service_running("kthw-pod-network", snap, restart_on=[routes], reload_on=[routes],
-                        name="worker | pod network active")
-    k8s = files_synced(w.files["kubernetes binaries"], snap, name="worker | kubelet and kube-proxy binaries")
-    creds = files_synced(w.files["kubelet credentials"], snap, name="worker | kubelet credentials")
-    kconf = files_synced(w.files["kubelet config"], snap, name="worker | kubelet config")
-    kunit = files_synced(w.files["kubelet unit"], snap, name="worker | kubelet unit")
+                        name="node | pod network active")
+    k8s = files_synced(w.files["kubernetes binaries"], snap, name="node | kubelet and kube-proxy binaries")
+    creds = files_synced(w.files["kubelet credentials"], snap, name="node | kubelet credentials")
+    kconf = files_synced(w.files["kubelet config"], snap, name="node | kubelet config")
+    kunit = files_synced(w.files["kubelet unit"], snap, name="node | kubelet unit")
     service_running("kubelet", snap, restart_on=[k8s, creds, kconf, kunit], reload_on=[kunit],
-                    name="worker | kubelet running")
-    pconf = files_synced(w.files["kube-proxy config"], snap, name="worker | kube-proxy config")
-    punit = files_synced(w.files["kube-proxy unit"], snap, name="worker | kube-proxy unit")
+                    name="node | kubelet running")
+    pconf = files_synced(w.files["kube-proxy config"], snap, name="node | kube-proxy config")
+    punit = files_synced(w.files["kube-proxy unit"], snap, name="node | kube-proxy unit")
     service_running("kube-proxy", snap, restart_on=[k8s, pconf, punit], reload_on=[punit],
-                    name="worker | kube-proxy running")
+                    name="node | kube-proxy running")
