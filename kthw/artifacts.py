@@ -92,7 +92,9 @@ class Artifact:
 
 _K8S = "{k8s}/release/{v}/bin/linux/amd64/"
 _GH = "{github}/"
-MASTERS, WORKERS = frozenset({"master"}), frozenset({"worker"})
+# Who installs what: the control plane's binaries on masters; the node runtime (containerd,
+# runc, CNI plugins, kubelet, kube-proxy) on every Kubernetes node, masters included.
+MASTERS, NODES = frozenset({"master"}), frozenset({"master", "worker"})
 
 CATALOGUE: tuple[Artifact, ...] = (
     *(
@@ -102,7 +104,7 @@ CATALOGUE: tuple[Artifact, ...] = (
     ),
     *(
         Artifact(b, "kubernetes", f"kubernetes/{{v}}/bin/linux/amd64/{b}", _K8S + b,
-                 (("", f"/usr/local/bin/{b}"),), WORKERS)
+                 (("", f"/usr/local/bin/{b}"),), NODES)
         for b in ("kubelet", "kube-proxy")
     ),
     Artifact(
@@ -115,23 +117,23 @@ CATALOGUE: tuple[Artifact, ...] = (
         "containerd", "containerd", "containerd/{v}/containerd-{n}-linux-amd64.tar.gz",
         _GH + "containerd/containerd/releases/download/{v}/containerd-{n}-linux-amd64.tar.gz",
         tuple((f"bin/{b}", f"/usr/local/bin/{b}") for b in ("containerd", "containerd-shim-runc-v2", "ctr")),
-        WORKERS, _GH + "containerd/containerd/releases/download/{v}/containerd-{n}-linux-amd64.tar.gz.sha256sum",
+        NODES, _GH + "containerd/containerd/releases/download/{v}/containerd-{n}-linux-amd64.tar.gz.sha256sum",
     ),
     Artifact("runc", "runc", "runc/{v}/runc.amd64",
              _GH + "opencontainers/runc/releases/download/{v}/runc.amd64",
-             (("", "/usr/local/sbin/runc"),), WORKERS,
+             (("", "/usr/local/sbin/runc"),), NODES,
              _GH + "opencontainers/runc/releases/download/{v}/runc.sha256sum"),
     Artifact(
         "cni-plugins", "cni_plugins", "cni-plugins/{v}/cni-plugins-linux-amd64-{v}.tgz",
         _GH + "containernetworking/plugins/releases/download/{v}/cni-plugins-linux-amd64-{v}.tgz",
         tuple((f"./{b}", f"/opt/cni/bin/{b}") for b in ("bridge", "host-local", "loopback", "portmap")),
-        WORKERS,
+        NODES,
     ),
     Artifact(
         "crictl", "crictl", "crictl/{v}/crictl-{v}-linux-amd64.tar.gz",
         _GH + "kubernetes-sigs/cri-tools/releases/download/{v}/crictl-{v}-linux-amd64.tar.gz",
         (("crictl", "/usr/local/bin/crictl"),),
-        WORKERS,
+        NODES,
     ),
 )
 

@@ -161,8 +161,10 @@ class HostContext:
         return offline_images(self.cluster)
 
     def binaries(self, names: set[str] | None = None) -> list[ManagedFile]:
-        return [
-            ManagedFile.binary(b.dest, b.local, b.sha256)
-            for b in binaries_for(self.cluster, self.node.role)
-            if names is None or b.artifact in names
-        ]
+        found = [b for b in binaries_for(self.cluster, self.node.role) if names is None or b.artifact in names]
+        if names is not None and (missing := names - {b.artifact for b in found}):
+            # A component asking for what the catalogue does not give this role would
+            # otherwise see "nothing to install" and report the host as up to date.
+            raise ValueError(f"artifacts {sorted(missing)} are not installed on {self.node.role} nodes: "
+                             "add the role to their entries in kthw/artifacts.py (CATALOGUE)")
+        return [ManagedFile.binary(b.dest, b.local, b.sha256) for b in found]

@@ -79,12 +79,15 @@ def deploy(ctx: HostContext, w: Wants) -> None:
         missing = not snap.manifest_present(path)
         command_when(f"{KUBECTL} apply -f {path}", when=[changed], always=missing,
                      name=f"addons | {name} applied")
-    masters = [m.name for m in ctx.cluster.masters]
-    unlabelled = [m for m in masters if m not in snap.query("control_plane_labelled")]
-    # A fresh master's kubelet may still be registering: wait for its Node object first.
-    nodes = " ".join(unlabelled)
-    command_when(
-        wait_until(f"{KUBECTL} get node {nodes} >/dev/null 2>&1", f"Node objects of {nodes}", tries=60)
-        + f" && {KUBECTL} label node {nodes} {CONTROL_PLANE_LABEL}= --overwrite >/dev/null",
-        when=[], always=bool(unlabelled), name="addons | masters labelled node-role control-plane",
-    )
+    unlabelled = [m.name for m in ctx.cluster.masters if m.name not in snap.query("control_plane_labelled")]
+    command_when(label_control_plane(unlabelled), when=[], always=bool(unlabelled),
+                 name="addons | masters labelled node-role control-plane")
+
+
+def label_control_plane(nodes: list[str], kubectl: str = KUBECTL, tries: int = 60) -> str:
+    """Label these masters' Node objects with the control-plane role, once they exist (a fresh
+    master's kubelet may still be registering)."""
+    names = " ".join(nodes)
+    wait = wait_until(f"{kubectl} get node {names} >/dev/null 2>&1", f"Node objects of {names}", tries=tries)
+    # The wait loop ends with `exit`: run it in a subshell so the label command still runs.
+    return f"({wait}) && {kubectl} label node {names} {CONTROL_PLANE_LABEL}= --overwrite >/dev/null"

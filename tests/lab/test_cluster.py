@@ -36,6 +36,11 @@ def workers(lab):
     return [w.name for w in lab.cluster.workers]
 
 
+def kubelet_nodes(lab):
+    """Every Kubernetes node: the workers and the (tainted) masters."""
+    return [n.name for n in lab.cluster.kubelet_nodes]
+
+
 def test_etcd_members_started_and_healthy_over_tls(lab):
     first = masters(lab)[0]
     members = json.loads(lab.ssh(first, f"{ETCDCTL} --endpoints=https://127.0.0.1:2379 member list -w json"))
@@ -67,12 +72,25 @@ def test_all_nodes_ready(lab):
         nodes = json.loads(lab.kubectl("get", "nodes", "-o", "json"))["items"]
         states = {n["metadata"]["name"]: next(c["status"] for c in n["status"]["conditions"]
                                               if c["type"] == "Ready") for n in nodes}
-        return states if states == {w: "True" for w in workers(lab)} else None
-    lab.wait("every worker Ready", ready, timeout=300)
+        return states if states == {n: "True" for n in kubelet_nodes(lab)} else None
+    lab.wait("every node (masters too) Ready", ready, timeout=300)
 
 
-UNITS = {"master": ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"],
-         "worker": ["containerd", "kubelet", "kube-proxy"], "loadbalancer": ["haproxy"]}
+def test_masters_are_tainted_control_plane_nodes(lab):
+    nodes = {n["metadata"]["name"]: n for n in json.loads(lab.kubectl("get", "nodes", "-o", "json"))["items"]}
+    for name in kubelet_nodes(lab):
+        labels, taints = nodes[name]["metadata"]["labels"], nodes[name]["spec"].get("taints", [])
+        control_plane = [t for t in taints if t["key"] == "node-role.kubernetes.io/control-plane"]
+        if name in masters(lab):
+            assert "node-role.kubernetes.io/control-plane" in labels, (name, labels)
+            assert [t["effect"] for t in control_plane] == ["NoSchedule"], (name, taints)
+        else:
+            assert not control_plane and "node-role.kubernetes.io/control-plane" not in labels, name
+
+
+NODE_UNITS = ["containerd", "kubelet", "kube-proxy"]
+UNITS = {"master": ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", *NODE_UNITS],
+         "worker": NODE_UNITS, "loadbalancer": ["haproxy"]}
 
 
 def test_every_service_runs_without_restarts(lab):
@@ -188,6 +206,15 @@ def test_dns_resolves_services_through_coredns(lab, web):
     out = lab.kubectl("exec", "client", "--", "nslookup", f"web.default.svc.{domain}")
     assert lab.kubectl("get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}") in out
     assert f"Server:\t\t{lab.cluster.cluster_dns}" in out or str(lab.cluster.cluster_dns) in out
+
+
+def test_every_master_reaches_pods_on_every_worker(lab, web):
+    """The apiservers call webhooks and aggregated APIs that run in pods: each master must reach
+    pod addresses on every worker (Weave: as a mesh peer; bridge: through the node routes)."""
+    for master in masters(lab):
+        for pod in web_pods(lab):
+            out = lab.ssh(master, f"curl -s --max-time 5 http://{pod['status']['podIP']}:8080/", check=False)
+            assert out.strip() == pod["metadata"]["name"], (master, pod["spec"]["nodeName"], out)
 
 
 def test_pods_on_different_workers_reach_each_other(lab, web):

@@ -99,6 +99,9 @@ def test_masters_get_etcd_and_the_control_plane(default_cluster):
     assert {"/etc/etcd/etcd-server.key", "/var/lib/kubernetes/pki/ca.key",
             "/var/lib/kubernetes/encryption-config.yaml", "/usr/local/bin/kube-apiserver",
             "/etc/systemd/system/etcd.service"} <= dests
+    # and the node runtime: it is a Kubernetes node too
+    assert {"/usr/local/bin/kubelet", "/usr/local/bin/kube-proxy", "/usr/local/bin/containerd",
+            "/usr/local/sbin/runc", "/opt/cni/bin/loopback", "/var/lib/kubelet/pki/kubelet.key"} <= dests
     assert not any("kubelet-worker" in d for d in dests)
     # Its own kubelet, registered with the control-plane taint.
     config = next(f for w in wants.values() for f in w.all_files()
