@@ -2,9 +2,10 @@
 #   make up      bring the machines up and deploy the cluster (LXC lab where there is no VirtualBox)
 #   make test    everything: lint, unit and plan tests, then the lab end to end (slow, needs root)
 #   make check   the fast part of `make test` (no lab)
+#   make conformance  Kubernetes' own conformance suite, all of it, on the lab's reference cluster
 PY := .venv/bin/python
 
-.PHONY: setup up down test check lint unit plan lab-test pki validate diagram bench bench-lab
+.PHONY: setup up down test check lint unit plan lab-test conformance pki validate diagram bench bench-lab
 
 setup:
 	@scripts/setup
@@ -18,7 +19,7 @@ down: setup
 # Each part prints its duration (a fresh machine also builds every lab binary first: ~21 min).
 test: setup
 	@scripts/timed "lint, unit and plan tests" $(MAKE) --no-print-directory check
-	@scripts/timed "lab set-up and artifact builds" sh -c 'scripts/setup --lab && lab/artifacts/build'
+	@scripts/timed "lab set-up and artifact builds" sh -c 'scripts/setup --lab && lab/artifacts/build && lab/artifacts/build conformance'
 	@scripts/timed "lab end-to-end tests" $(MAKE) --no-print-directory lab-test
 
 check: lint
@@ -36,6 +37,12 @@ plan: setup
 lab-test: setup
 	@scripts/setup --lab
 	$(PY) -m pytest -s tests/lab
+
+# Every [Conformance] test of the cluster's Kubernetes version, offline, on the reference
+# cluster (brought up and deployed first; a few hours). Results: .kthw/conformance/full/.
+conformance: up
+	lab/artifacts/build conformance
+	KTHW_CLUSTER=$(CURDIR)/.kthw/lab/cluster.yaml $(PY) lab/conformance
 
 validate: setup
 	$(PY) -m kthw validate

@@ -15,7 +15,7 @@ def mermaid(cluster: Cluster) -> str:
     ]
     for m in cluster.masters:
         lines.append(f'    {_id(m.name)}["{m.name}<br/>{m.ip}<br/>etcd, kube-apiserver,<br/>'
-                     f'controller-manager, scheduler"]')
+                     f'controller-manager, scheduler<br/>kubelet (tainted), kube-proxy"]')
     lines.append("  end")
     lines.append(f'  subgraph wk["workers (pods {cluster.pod_network}, {cluster.cni} CNI)"]')
     for w in cluster.workers:
@@ -26,6 +26,8 @@ def mermaid(cluster: Cluster) -> str:
         lines.append(f"  {_id(lb.name)} --> {_id(m.name)}")
     for w in cluster.workers:
         lines.append(f"  {_id(w.name)} -.->|kubelet, kube-proxy| {_id(lb.name)}")
+    if cluster.workers and cluster.masters:
+        lines.append(f"  cp <-.->|pod network ({cluster.cni})| wk")
     if len(cluster.masters) > 1:
         for a, b in zip(cluster.masters, cluster.masters[1:], strict=False):
             lines.append(f"  {_id(a.name)} <-->|etcd peers :2380| {_id(b.name)}")
