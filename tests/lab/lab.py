@@ -25,13 +25,14 @@ VAGRANT_ENV = {"VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_DEFAULT_PROVIDER": "l
 ROOTS = ["/etc", "/var/lib", "/usr/local", "/opt"]
 # What the running cluster itself writes all the time (its data, not the deploy's): left out
 # when comparing a running node's trees. Everything else must hold still.
+# (Prefixes: a folder's own entry is skipped too; its mtime changes whenever a pod comes or goes.)
 RUNTIME_STATE = [
-    "/var/lib/etcd/", "/var/lib/containerd/", "/var/lib/cni/", "/var/lib/kubelet/pods/",
-    "/var/lib/kubelet/plugins", "/var/lib/kubelet/pod-resources/", "/var/lib/kubelet/device-plugins/",
-    "/var/lib/kubelet/checkpoints/", "/var/lib/kubelet/cpu_manager_state",
+    "/var/lib/etcd", "/var/lib/containerd", "/var/lib/cni", "/var/lib/kubelet/pods",
+    "/var/lib/kubelet/plugins", "/var/lib/kubelet/pod-resources", "/var/lib/kubelet/device-plugins",
+    "/var/lib/kubelet/checkpoints", "/var/lib/kubelet/cpu_manager_state",
     "/var/lib/kubelet/memory_manager_state", "/var/lib/kubelet/dra_manager_state",
     "/var/lib/kubelet/actuated_pods_state", "/var/lib/kubelet/allocated_pods_state",
-    "/var/lib/weave/", "/var/lib/dhcp/", "/var/lib/haproxy/",
+    "/var/lib/weave", "/var/lib/dhcp", "/var/lib/haproxy",
 ]
 # Written by Weave Net's init container (the CNI plugin and its config), not by the deploy.
 RUNTIME_STATE += ["/etc/cni/net.d/10-weave.conflist", "/opt/cni/bin/weave-"]
