@@ -23,7 +23,13 @@ def test_dry_run_on_fresh_nodes_lists_exactly_the_files_the_real_run_changed(lab
         lab, lab.record["fresh"], lab.record["deployed"], ignore=RUNTIME_STATE + BOOKKEEPING,
         files_only=True, with_mtime=False).items()}
     listed = {node: paths for node, paths in lab.record["listed"].items() if paths}
-    assert changed == listed
+    differences = {node: {"changed, not listed": sorted(changed.get(node, set()) - listed.get(node, set())),
+                          "listed, not changed": sorted(listed.get(node, set()) - changed.get(node, set()))}
+                   for node in set(changed) | set(listed) if changed.get(node) != listed.get(node)}
+    assert differences == {}, {n: {**d, "how": per_node(lab, lab.record["fresh"], lab.record["deployed"]).get(n, {})
+                                   and {p: per_node(lab, lab.record["fresh"], lab.record["deployed"])[n].get(p)
+                                        for p in d["changed, not listed"] + d["listed, not changed"]}}
+                               for n, d in differences.items()}
     assert "(secret, content not shown)" in lab.record["dry text"]
     assert "PRIVATE KEY" not in lab.record["dry text"] and "client-key-data" not in lab.record["dry text"]
 
