@@ -93,6 +93,12 @@ class VersionsSection(_Section):
     pause: ShortVersion
 
 
+# A registry as image references name it: registry.k8s.io, docker.io, myregistry:5000
+RegistryHost = Annotated[str, StringConstraints(strict=True, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:\d{1,5})?$")]
+# A mirror endpoint: scheme, host[:port], optional path (containerd appends /v2 to it).
+MirrorUrl = Annotated[str, StringConstraints(strict=True, pattern=r"^https?://[^\s/]+(/\S*)?$")]
+
+
 class ArtifactsSection(_Section):
     source: Literal["upstream", "mirror", "directory"] = "upstream"
     mirror_url: Annotated[str, StringConstraints(pattern=r"^(https?|file)://\S+$")] | None = None
@@ -106,6 +112,13 @@ class ArtifactsSection(_Section):
     #   value is recorded in kthw/checksums/upstream-amd64.lock, which every later run must match.
     # pinned: refuse any file the committed table does not pin (no trust on first use).
     verify: Literal["first-use", "pinned"] = "first-use"
+    # Pull-through mirrors containerd asks first, in order, for images of a registry (then the
+    # registry itself): {registry.k8s.io: [http://mirror.lan:5000]}. Written to
+    # /etc/containerd/certs.d/<registry>/hosts.toml on every node; http:// is plain HTTP.
+    registry_mirrors: dict[RegistryHost, Annotated[list[MirrorUrl], Field(min_length=1)]] = {}
+
+    def __hash__(self) -> int:  # frozen, but holds a dict: hash its JSON (the model is cached by value)
+        return hash(self.model_dump_json())
 
 
 class PkiSection(_Section):
@@ -377,6 +390,7 @@ _FIXES = {
     "dict_type": ("must be a mapping", "write `key: value` pairs under it"),
     "model_type": ("must be a mapping", "write `key: value` pairs under it"),
     "list_type": ("must be a list", "write one `- item` per entry"),
+    "too_short": ("is empty", "give at least one entry, or remove the key"),
     "string_type": ("must be a string", 'quote it, like "3.10" (YAML reads 3.10 as the number 3.1)'),
     "bool_type": ("must be true or false", "write true or false"),
 }
@@ -463,6 +477,11 @@ def _pattern_fix(loc: tuple) -> tuple[str, str]:
                 "with a letter or digit, at most 63 characters)", "rename it, like worker-3")
     if loc[-1] == "mirror_url":
         return "is not an http(s):// or file:// URL", "write a full URL, like https://mirror.example/kthw"
+    if loc[:2] == ("artifacts", "registry_mirrors"):
+        if len(loc) == 4:  # a key is reported at [registry, "[key]"], filtered out above
+            return "is not an http(s):// URL", "write the mirror's URL, like http://mirror.lan:5000"
+        return ("is not a registry host name", "name the registry as image references do, "
+                "like registry.k8s.io or myregistry.lan:5000")
     return "has characters that are not allowed", "use lower-case letters, digits, '-' and '.'"
 
 

@@ -1,5 +1,7 @@
 """The lab's view of a cluster file: the same nodes and networks, with binaries and images
-from the lab's own builds (artifacts.source: directory), since the lab reaches no release host.
+from the lab's own builds (artifacts.source: directory), since the lab reaches no release host,
+and the lab's registry (lab/registry, on the host's address of the node network) as the
+mirror of registry.k8s.io, since the lab reaches no registry either.
 
     python lab/cluster.py [CLUSTER_FILE] > .kthw/lab/cluster.yaml
 
@@ -20,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kthw.model import cluster_file_from_env, load_cluster  # noqa: E402
 
 DEFAULT_BUILD_DIR = "~/.cache/kthw/lab-artifacts"
+REGISTRY_PORT = int(os.environ.get("KTHW_LAB_REGISTRY_PORT", "5000"))  # lab/registry's port
 
 
 def lab_cluster_yaml(source: Path | None = None, build_dir: str | None = None) -> tuple[str, list[str]]:
@@ -35,10 +38,14 @@ def lab_cluster_yaml(source: Path | None = None, build_dir: str | None = None) -
         "directory": str(build),
         "checksums": "SHA256SUMS",
         "images": str(build / "images"),
+        # lab/registry listens on the host's address of the node network (lab/net's bridge).
+        "registry_mirrors": {
+            "registry.k8s.io": [f"http://{next(cluster.node_network.hosts())}:{REGISTRY_PORT}"],
+        },
     }
     # Keep the original's generated state (PKI) where it was.
     raw["state_dir"] = str(cluster.state_dir.parent)
-    notes = [f"lab copy of {source}: artifacts from {build}"]
+    notes = [f"lab copy of {source}: artifacts from {build}, registry.k8s.io mirrored by lab/registry"]
     if cluster.cni == "weave":
         # The lab runs the model as it is: no Weave images means no lab, never a quiet switch.
         want = [f"docker.io/weaveworks/{n}:{cluster.versions.weave.lstrip('v')}" for n in ("weave-kube", "weave-npc")]

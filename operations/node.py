@@ -12,6 +12,8 @@ authenticated, apiserver-authorized requests (webhook), never anonymous ones.
 
 from __future__ import annotations
 
+import shlex
+
 from kthw.context import HostContext, Wants
 from kthw.ops import (
     Directory,
@@ -24,6 +26,8 @@ from kthw.ops import (
 from kthw.pki import kubelet_cert_name
 
 PAUSE_IMAGE = "registry.k8s.io/pause:{v}"
+# containerd's per-registry host configuration (hosts.toml): mirrors, CAs, plain HTTP.
+CERTS_D = "/etc/containerd/certs.d"
 
 
 # Masters register with it (kubelet registerWithTaints); only pods that tolerate it (the CNI's
@@ -38,9 +42,9 @@ def _peers(ctx: HostContext):
 
 def wants(ctx: HostContext) -> Wants:
     c, facts = ctx.cluster, ctx.facts
-    w = Wants(services=["containerd", "kubelet", "kube-proxy"])
+    w = Wants(services=["containerd", "kubelet", "kube-proxy"], queries=["managed_registry_hosts"])
     w.dirs = [
-        Directory("/etc/containerd"), Directory("/opt/cni"), Directory("/opt/cni/bin"),
+        Directory("/etc/containerd"), Directory(CERTS_D), Directory("/opt/cni"), Directory("/opt/cni/bin"),
         Directory("/etc/cni"), Directory("/etc/cni/net.d"),
         Directory("/var/lib/kubernetes"), Directory("/var/lib/kubernetes/pki", 0o700),
         Directory("/var/lib/kubelet", 0o700), Directory("/var/lib/kubelet/pki", 0o700),
@@ -51,6 +55,15 @@ def wants(ctx: HostContext) -> Wants:
     w.files["containerd config"] = [
         ctx.template_file("/etc/containerd/config.toml", pause_image=PAUSE_IMAGE.format(v=c.versions.pause)),
         ctx.template_file("/etc/crictl.yaml"),
+    ]
+    # Registry mirrors (artifacts.registry_mirrors): containerd reads hosts.toml at each pull, so
+    # a change needs no restart.
+    mirrors = c.artifacts.registry_mirrors
+    w.dirs += [Directory(f"{CERTS_D}/{registry}") for registry in mirrors]
+    w.files["registry mirrors"] = [
+        ctx.template_file(f"{CERTS_D}/{registry}/hosts.toml", template="etc/containerd/certs.d/REGISTRY/hosts.toml.j2",
+                          registry=registry, mirrors=urls)
+        for registry, urls in mirrors.items()
     ]
     w.files["containerd unit"] = [ctx.template_file("/etc/systemd/system/containerd.service")]
     cert = kubelet_cert_name(ctx.node.name)
@@ -92,13 +105,18 @@ def wants(ctx: HostContext) -> Wants:
 
 
 def deploy(ctx: HostContext, w: Wants) -> None:
-    snap = ctx.snapshot
+    c, snap = ctx.cluster, ctx.snapshot
     directories_present(w.dirs, snap, name="node | directories")
     runtime = files_synced(w.files["runtime binaries"], snap, name="node | containerd, runc, CNI, crictl")
     config = files_synced(w.files["containerd config"], snap, name="node | containerd config")
     unit = files_synced(w.files["containerd unit"], snap, name="node | containerd unit")
     service_running("containerd", snap, restart_on=[runtime, config, unit], reload_on=[unit],
                     name="node | containerd running")
+    files_synced(w.files["registry mirrors"], snap, name="node | registry mirrors")
+    # A registry dropped from artifacts.registry_mirrors: remove the hosts.toml we wrote for it.
+    dropped = sorted(set(snap.query("managed_registry_hosts") or ()) - set(c.artifacts.registry_mirrors))
+    command_when(" && ".join(f"rm -rf {CERTS_D}/{shlex.quote(r)}" for r in dropped) or "true",
+                 always=bool(dropped), name="node | registry mirrors no longer configured removed")
     if "images" in w.files:
         archives = files_synced(w.files["images"], snap, name="node | offline image archives")
         # Import when an archive changed or containerd lost an image.

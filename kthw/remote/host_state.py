@@ -132,6 +132,18 @@ if spec.get("control_plane_labelled") and kubectl and os.path.exists(kubectl["bi
                          capture_output=True, text=True)
     if res.returncode == 0:
         out["control_plane_labelled"] = [n.split("/", 1)[1] for n in res.stdout.split()]
+# Registries whose containerd hosts.toml the deploy wrote (its first line marks it), so one no
+# longer configured can be removed; hand-made ones are left alone.
+out["managed_registry_hosts"] = []
+if spec.get("managed_registry_hosts"):
+    certs_d = "/etc/containerd/certs.d"
+    for name in sorted(os.listdir(certs_d)) if os.path.isdir(certs_d) else []:
+        try:
+            with open(os.path.join(certs_d, name, "hosts.toml")) as fh:
+                if fh.readline().startswith("# Managed by kthw-pyinfra"):
+                    out["managed_registry_hosts"].append(name)
+        except OSError:
+            pass
 refs = spec.get("images", [])
 out["images"] = []
 if refs and os.path.exists("/run/containerd/containerd.sock"):

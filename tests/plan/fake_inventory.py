@@ -6,6 +6,10 @@ KTHW_FAKE_STATE picks what every host's HostState snapshot reports:
   renewed    converged, but every master holds an older etcd and apiserver certificate
   drifted    converged, but some files differ in content, mode or owner (states.DRIFT)
 KTHW_FAKE_WEAVE_RANGE: the pod range the running Weave Net reports (default: none running).
+KTHW_FAKE_STATE_CLUSTER: the cluster file the state was converged for (default: the deployed
+  one, KTHW_CLUSTER), to plan a change of cluster.yaml on a running cluster.
+KTHW_FAKE_REGISTRY_HOSTS: comma-separated registries whose deploy-written hosts.toml every
+  Kubernetes node reports (default: as the state implies).
 """
 
 import json
@@ -22,20 +26,28 @@ from tests.plan.states import converged_state, drifted_state, fresh_state  # noq
 _cluster = load_cluster()
 _groups = groups(_cluster, {n.name: {} for n in _cluster.nodes}, prefix="@fake/")
 _mode = os.environ.get("KTHW_FAKE_STATE", "fresh")
+_was = load_cluster(os.environ["KTHW_FAKE_STATE_CLUSTER"]) if os.environ.get("KTHW_FAKE_STATE_CLUSTER") else _cluster
 
 for _hosts in _groups.values():
     for _name, _data in _hosts:
-        _node = _cluster.node(_data["kthw_node"])
+        _node = _was.node(_data["kthw_node"])
         if _mode == "drifted":
-            _state = drifted_state(_cluster, _node)
+            _state = drifted_state(_was, _node)
         elif _mode in ("converged", "renewed"):
-            _state = converged_state(_cluster, _node)
+            _state = converged_state(_was, _node)
         else:
-            _state = fresh_state(_cluster, _node)
+            _state = fresh_state(_was, _node)
+        if _was is not _cluster:  # what the new model asks about and the old state lacks: absent
+            _new = fresh_state(_cluster, _cluster.node(_data["kthw_node"]))
+            for _section in ("files", "dirs", "services", "sysctls", "packages", "manifests"):
+                for _key, _value in _new[_section].items():
+                    _state[_section].setdefault(_key, _value)
         if _mode == "renewed" and _node.is_master:
             for _path in ("/etc/etcd/etcd-server.crt", "/var/lib/kubernetes/pki/kube-apiserver.crt"):
                 _state["files"][_path][0] = "0" * 64
         _state["weave_range"] = os.environ.get("KTHW_FAKE_WEAVE_RANGE", "")
+        if "KTHW_FAKE_REGISTRY_HOSTS" in os.environ and _node.runs_kubelet:
+            _state["managed_registry_hosts"] = [r for r in os.environ["KTHW_FAKE_REGISTRY_HOSTS"].split(",") if r]
         _data["fake_delay"] = 0
         _data["fake_delay_jitter"] = 0
         _data["fake_responses"] = {"python3 -c": json.dumps(_state)}

@@ -35,7 +35,7 @@ def fresh_state(cluster: Cluster, node: Node) -> dict:
             "services": {s: ["inactive", ""] for s in spec["services"]},
             "sysctls": dict.fromkeys(spec["sysctls"], "0"), "packages": dict.fromkeys(spec["packages"], False),
             "manifests": dict.fromkeys(spec["manifests"], "missing"), "images": [],
-            "control_plane_labelled": [],
+            "control_plane_labelled": [], "managed_registry_hosts": [],
             "swap": ["/swap.img"], "fstab_swap": ["/swap.img none swap sw 0 0"],
             "overlay": True, "br_netfilter": True, "hostname": "ubuntu-jammy",
             "etc_hostname": "ubuntu-jammy", "resolved": True, "cgroup": "v2", "container": "", "sys_resource": True}
@@ -45,7 +45,8 @@ def converged_state(cluster: Cluster, node: Node) -> dict:
     """What the host looks like after a successful deploy."""
     state = fresh_state(cluster, node)
     state.update(swap=[], fstab_swap=[], hostname=node.name, etc_hostname=node.name,
-                 control_plane_labelled=[m.name for m in cluster.masters])
+                 control_plane_labelled=[m.name for m in cluster.masters],
+                 managed_registry_hosts=sorted(cluster.artifacts.registry_mirrors) if node.runs_kubelet else [])
     for w in _wants(cluster, node).values():
         for f in w.all_files():
             state["files"][f.dest] = [f.sha256, f.mode, f.owner]

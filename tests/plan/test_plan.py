@@ -250,3 +250,30 @@ def test_a_pod_network_change_on_a_running_weave_cluster_is_refused_before_anyth
     out = run_pyinfra(default_cluster, "--dry", "--json", state="converged",
                       env={"KTHW_FAKE_WEAVE_RANGE": "10.244.0.0/16"})
     assert [p["name"] for p in json.loads(out.stdout)["plan"] if p["hosts_with_change"]] == []
+
+
+KUBELET_HOSTS = {f"@fake/{n}" for n in ("master-1", "master-2", "worker-1", "worker-2")}
+
+
+def test_registry_mirrors_reach_every_node_without_a_containerd_restart(tmp_path, default_cluster):
+    # the same cluster (PKI, artifacts), plus a mirror
+    raw = yaml.safe_load(default_cluster.read_text())
+    raw["artifacts"]["registry_mirrors"] = {"registry.k8s.io": ["http://192.168.56.1:5000"]}
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    # a converged cluster gains the mirror: the hosts.toml, nothing else
+    out = run_pyinfra(path, "--dry", "--json", state="converged",
+                      env={"KTHW_FAKE_STATE_CLUSTER": str(default_cluster)})
+    changed = {p["name"]: set(p["hosts_with_change"]) for p in json.loads(out.stdout)["plan"] if p["hosts_with_change"]}
+    assert changed == {"node | directories": KUBELET_HOSTS, "node | registry mirrors": KUBELET_HOSTS}
+    _, wants = _wants(path, "worker-1")
+    hosts_toml = next(f for w in wants.values() for f in w.all_files() if f.dest.endswith("hosts.toml"))
+    assert hosts_toml.dest == "/etc/containerd/certs.d/registry.k8s.io/hosts.toml"
+    assert [n for n, p in plan(path, state="converged").items() if p["hosts_with_change"]] == []
+
+
+def test_a_registry_dropped_from_the_mirrors_loses_its_hosts_toml(default_cluster):
+    out = run_pyinfra(default_cluster, "--dry", "--json", state="converged",
+                      env={"KTHW_FAKE_REGISTRY_HOSTS": "registry.k8s.io"})
+    changed = {p["name"]: set(p["hosts_with_change"]) for p in json.loads(out.stdout)["plan"] if p["hosts_with_change"]}
+    assert changed == {"node | registry mirrors no longer configured removed": KUBELET_HOSTS}

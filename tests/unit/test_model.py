@@ -261,3 +261,20 @@ def test_error_header_says_nothing_was_touched(raw_cluster):
     with pytest.raises(ClusterConfigError) as info:
         parse_cluster(raw_cluster)
     assert "nothing was changed on any host" in str(info.value)
+
+
+def test_registry_mirrors_are_kept(raw_cluster):
+    raw_cluster["artifacts"] = {"registry_mirrors": {"registry.k8s.io": ["http://192.168.56.1:5000"]}}
+    assert parse_cluster(raw_cluster).artifacts.registry_mirrors == {"registry.k8s.io": ["http://192.168.56.1:5000"]}
+
+
+@pytest.mark.parametrize("mirrors, expected", [
+    ({"Registry K8s": ["http://m:5000"]}, "is not a registry host name"),
+    ({"registry.k8s.io": ["ftp://m"]}, "registry.k8s.io[0] = 'ftp://m': is not an http(s):// URL"),
+    ({"registry.k8s.io": []}, "registry.k8s.io = []: is empty"),
+    ({"registry.k8s.io": "http://m:5000"}, "must be a list"),
+])
+def test_bad_registry_mirrors(raw_cluster, mirrors, expected):
+    raw_cluster["artifacts"] = {"registry_mirrors": mirrors}
+    problem = only_problem(raw_cluster)
+    assert problem.startswith("artifacts.registry_mirrors.") and expected in problem

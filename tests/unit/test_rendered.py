@@ -104,6 +104,27 @@ def test_containerd_uses_systemd_cgroups_and_our_pause_image(default_path):
     assert cfg["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"] == "registry.k8s.io/pause:3.10"
 
 
+def test_registry_mirrors_become_containerd_hosts_files(tmp_path, default_path):
+    plain = rendered(default_path, "worker-1")
+    cfg = tomllib.loads(plain["/etc/containerd/config.toml"].decode())
+    assert cfg["plugins"]["io.containerd.cri.v1.images"]["registry"]["config_path"] == "/etc/containerd/certs.d"
+    assert not [p for p in plain if p.startswith("/etc/containerd/certs.d/")]
+    raw = yaml.safe_load(default_path.read_text())
+    raw["artifacts"]["registry_mirrors"] = {"registry.k8s.io": ["http://192.168.56.1:5000", "https://m2.lan/k8s"],
+                                            "docker.io": ["http://192.168.56.1:5001"]}
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    files = rendered(path, "master-1")
+    k8s = tomllib.loads(files["/etc/containerd/certs.d/registry.k8s.io/hosts.toml"].decode())
+    assert k8s["server"] == "https://registry.k8s.io"
+    assert list(k8s["host"]) == ["http://192.168.56.1:5000", "https://m2.lan/k8s"]  # order kept: tried in turn
+    assert all(h["capabilities"] == ["pull", "resolve"] for h in k8s["host"].values())
+    hub = tomllib.loads(files["/etc/containerd/certs.d/docker.io/hosts.toml"].decode())
+    assert hub["server"] == "https://registry-1.docker.io"
+    assert files["/etc/containerd/config.toml"] == plain["/etc/containerd/config.toml"]  # no restart
+    assert not [p for p in rendered(path, "loadbalancer") if p.startswith("/etc/containerd/")]
+
+
 def test_containerd_keeps_oom_scores_where_root_cannot_lower_them(default_path):
     normal = tomllib.loads(rendered(default_path, "worker-1")["/etc/containerd/config.toml"].decode())
     assert "restrict_oom_score_adj" not in normal["plugins"]["io.containerd.cri.v1.runtime"]
