@@ -37,6 +37,17 @@ _jinja = jinja2.Environment(
 )
 
 
+# TLS for every component that serves (apiserver, controller-manager, scheduler, kubelet, etcd),
+# as the CIS Kubernetes Benchmark asks: TLS 1.2 at least and, for 1.2, only AEAD suites with
+# forward secrecy (TLS 1.3's suites are fixed by Go). Both key types of pki.key_type covered.
+TLS_CIPHER_SUITES = (
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+)
+_jinja.globals["tls_cipher_suites"] = TLS_CIPHER_SUITES
+
+
 class DeployRefused(Exception):
     """The host's state forbids what the model asks (the message says why and what to do)."""
 

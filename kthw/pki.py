@@ -91,6 +91,15 @@ def kubelet_cert_name(node_name: str) -> str:
     return f"kubelet-{node_name}"
 
 
+# The CN every etcd member's certificate carries; etcd's --peer-cert-allowed-cn admits only it
+# at the peer port (the apiserver's etcd client certificate, from the same CA, is refused there).
+ETCD_MEMBER_CN = "etcd-server"
+
+
+def etcd_member_cert_name(node_name: str) -> str:
+    return f"etcd-server-{node_name}"
+
+
 def cert_specs(cluster: Cluster) -> list[CertSpec]:
     """Every leaf certificate of the cluster, derived from the model."""
     masters_ips = tuple(m.ip for m in cluster.masters)
@@ -123,12 +132,15 @@ def cert_specs(cluster: Cluster) -> list[CertSpec]:
                  purpose="apiserver's client certificate at kubelets (logs, exec, port-forward)"),
         CertSpec("apiserver-etcd-client", "kube-apiserver-etcd-client", client=True,
                  purpose="apiserver's client certificate at etcd", issuer=ETCD_CA_NAME),
-        CertSpec("etcd-server", "etcd-server", ip_addresses=(*masters_ips, loopback),
-                 server=True, client=True, issuer=ETCD_CA_NAME,
-                 purpose="etcd serving and peer certificate (peers are clients of each other)"),
         CertSpec(FRONT_PROXY_CLIENT, FRONT_PROXY_CLIENT, client=True, issuer=FRONT_PROXY_CA_NAME,
                  purpose="apiserver's client certificate at aggregated API servers (aggregation layer)"),
     ]
+    for m in cluster.masters:
+        specs.append(CertSpec(
+            etcd_member_cert_name(m.name), ETCD_MEMBER_CN, dns_names=(m.name,), ip_addresses=(m.ip, loopback),
+            server=True, client=True, issuer=ETCD_CA_NAME,
+            purpose=f"etcd member {m.name}: serving and peer certificate (peers are clients of each other)",
+        ))
     for w in cluster.kubelet_nodes:
         specs.append(CertSpec(
             kubelet_cert_name(w.name), f"system:node:{w.name}", ("system:nodes",),

@@ -2,7 +2,8 @@
 encryption and audit config → units → running → apiserver ready.
 
 kube-apiserver: Node,RBAC authorization, NodeRestriction, Secrets encrypted at rest,
-audit log, service-account signing keys, kubelet client certificate. kube-controller-manager
+audit log, service-account signing keys, kubelet client certificate; anonymous requests only
+to the health endpoints, TLS 1.2 at least, no profiling endpoint (CIS Kubernetes Benchmark). kube-controller-manager
 and kube-scheduler run on every master with leader election (one leader at a time) and talk
 to their own apiserver.
 """
@@ -42,6 +43,7 @@ def wants(ctx: HostContext) -> Wants:
         ctx.pki_file("encryption-config.yaml", "/var/lib/kubernetes/encryption-config.yaml")
     ]
     w.files["audit policy"] = [ctx.template_file("/etc/kubernetes/audit-policy.yaml")]
+    w.files["authentication config"] = [ctx.template_file("/etc/kubernetes/authentication-config.yaml")]
     w.files["kubeconfigs"] = [
         ctx.kubeconfig_file("kube-controller-manager", "/var/lib/kubernetes/kube-controller-manager.kubeconfig"),
         ctx.kubeconfig_file("kube-scheduler", "/var/lib/kubernetes/kube-scheduler.kubeconfig"),
@@ -59,6 +61,8 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     certs = files_synced(w.files["certificates"], snap, name="control plane | certificates and keys")
     enc = files_synced(w.files["encryption config"], snap, name="control plane | encryption at rest config")
     audit = files_synced(w.files["audit policy"], snap, name="control plane | audit policy")
+    authn = files_synced(w.files["authentication config"], snap,
+                         name="control plane | authentication config (anonymous: health endpoints only)")
     kubeconfigs = files_synced(w.files["kubeconfigs"], snap, name="control plane | kubeconfigs")
     units = {}
     for unit in host.loop(UNITS):
@@ -67,7 +71,7 @@ def deploy(ctx: HostContext, w: Wants) -> None:
                                 name="control plane | kube-apiserver running")
     # Masters take turns: HAProxy always has a ready apiserver to send clients to.
     restarted = service_restarted_in_turn(
-        "kube-apiserver", snap, restart_on=[binaries, certs, enc, audit, units["kube-apiserver"]],
+        "kube-apiserver", snap, restart_on=[binaries, certs, enc, audit, authn, units["kube-apiserver"]],
         ready=APISERVER_READY, _serial=True,
         name="control plane | kube-apiserver restarted on change, one master at a time",
     )

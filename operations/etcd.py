@@ -1,7 +1,8 @@
 """etcd on every master: binaries → TLS material → data dir → unit → running → healthy.
 
-One member per master, TLS for clients and peers (the same server+client certificate, from
-etcd's own CA, which is the only one it trusts),
+One member per master, TLS for clients and peers: each member has its own server+client
+certificate from etcd's own CA (the only CA it trusts), valid for its own address only, and
+peers must present one of these (CN etcd-server), never another etcd-CA client certificate;
 initial cluster from the model. Health is checked after every (re)start, before the control
 plane is touched.
 """
@@ -18,6 +19,7 @@ from kthw.ops import (
     service_restarted_in_turn,
     service_running,
 )
+from kthw.pki import ETCD_MEMBER_CN, etcd_member_cert_name
 
 
 def wants(ctx: HostContext) -> Wants:
@@ -26,10 +28,10 @@ def wants(ctx: HostContext) -> Wants:
     w.files["binaries"] = ctx.binaries({"etcd"})
     w.files["certificates"] = [
         ctx.pki_file("etcd-ca.crt", f"{ETCD_DIR}/etcd-ca.crt"),  # etcd's own CA, not the cluster's
-        ctx.pki_file("etcd-server.crt", f"{ETCD_DIR}/etcd-server.crt"),
-        ctx.pki_file("etcd-server.key", f"{ETCD_DIR}/etcd-server.key"),
+        ctx.pki_file(f"{etcd_member_cert_name(ctx.node.name)}.crt", f"{ETCD_DIR}/etcd-server.crt"),
+        ctx.pki_file(f"{etcd_member_cert_name(ctx.node.name)}.key", f"{ETCD_DIR}/etcd-server.key"),
     ]
-    w.files["unit"] = [ctx.template_file("/etc/systemd/system/etcd.service")]
+    w.files["unit"] = [ctx.template_file("/etc/systemd/system/etcd.service", etcd_member_cn=ETCD_MEMBER_CN)]
     return w
 
 

@@ -76,8 +76,9 @@ def wants(ctx: HostContext) -> Wants:
         ctx.kubeconfig_file(cert, "/var/lib/kubelet/kubeconfig"),
     ]
     resolv = "/run/systemd/resolve/resolv.conf" if facts.get("resolved") else "/etc/resolv.conf"
+    # 0600: the CIS benchmark wants the kubelet's config readable by root only.
     w.files["kubelet config"] = [ctx.template_file(
-        "/var/lib/kubelet/kubelet-config.yaml", resolv_conf=resolv, cgroup_v1=facts.get("cgroup") == "v1",
+        "/var/lib/kubelet/kubelet-config.yaml", mode=0o600, resolv_conf=resolv, cgroup_v1=facts.get("cgroup") == "v1",
         taints=[CONTROL_PLANE_TAINT] if ctx.is_master else [],
     )]
     w.files["kubelet unit"] = [ctx.template_file("/etc/systemd/system/kubelet.service")]

@@ -192,6 +192,19 @@ def test_nodeport_answers_on_every_worker(lab, web):
         assert seen <= pods and len(seen) > 1, (worker.name, seen)  # reaches pods on other workers too
 
 
+def test_nodeport_answers_only_on_the_node_network(lab, web):
+    port = lab.kubectl("get", "svc", "web", "-o", "jsonpath={.spec.ports[0].nodePort}")
+    lb = lab.cluster.loadbalancer.name
+    for worker in lab.cluster.workers:
+        # the node's other NIC (eth0: the lab's management network), which the load balancer shares
+        mgmt = lab.ssh(worker.name, "ip -4 -o addr show dev eth0 | awk '{print $4}'").strip().split("/")[0]
+        assert mgmt and mgmt != str(worker.ip)
+        code = lab.ssh(lb, f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 3 http://{mgmt}:{port}/",
+                       check=False).strip()
+        assert code == "000", (worker.name, mgmt, code)  # nothing answers there
+        assert lab.ssh(lb, f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 http://{worker.ip}:{port}/") == "200"
+
+
 def test_logs_and_exec(lab, web):
     pod = web_pods(lab)[0]["metadata"]["name"]
     assert "serving" in lab.kubectl("logs", pod)
@@ -239,7 +252,7 @@ def test_second_run_changes_nothing(lab):
 
 
 def test_renewed_certificates_restart_masters_one_at_a_time(lab):
-    for name in ("kube-apiserver", "etcd-server"):  # the next run re-issues them (keys kept)
+    for name in ("kube-apiserver", *(f"etcd-server-{m}" for m in masters(lab))):  # re-issued (keys kept)
         (lab.cluster.pki_dir / f"{name}.crt").unlink()
     lab.deploy(label="renewal run")
     for unit in ("etcd", "kube-apiserver"):

@@ -57,7 +57,7 @@ def subject(cert: x509.Certificate) -> tuple[str, tuple[str, ...]]:
     return cn, orgs
 
 
-ETCD_SIGNED = {"etcd-server", "apiserver-etcd-client"}  # by etcd's own CA
+ETCD_SIGNED = {"etcd-server-master-1", "etcd-server-master-2", "apiserver-etcd-client"}  # by etcd's own CA
 FRONT_PROXY_SIGNED = {"front-proxy-client"}  # by the aggregation layer's CA; the rest by the cluster CA
 EXPECTED = {
     # name: (CN, O, DNS SANs, IP SANs, EKU)
@@ -74,7 +74,9 @@ EXPECTED = {
     ),
     "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", (), set(), set(), CLIENT),
     "apiserver-etcd-client": ("kube-apiserver-etcd-client", (), set(), set(), CLIENT),
-    "etcd-server": ("etcd-server", (), set(), {"192.168.56.11", "192.168.56.12", "127.0.0.1"}, BOTH),
+    # One per etcd member, valid for its own address only; the shared CN is what peers must show.
+    "etcd-server-master-1": ("etcd-server", (), {"master-1"}, {"192.168.56.11", "127.0.0.1"}, BOTH),
+    "etcd-server-master-2": ("etcd-server", (), {"master-2"}, {"192.168.56.12", "127.0.0.1"}, BOTH),
     "front-proxy-client": ("front-proxy-client", (), set(), set(), CLIENT),
     # Masters are Kubernetes nodes too (tainted control-plane).
     "kubelet-master-1": ("system:node:master-1", ("system:nodes",), {"master-1"}, {"192.168.56.11"}, BOTH),
@@ -158,7 +160,7 @@ def test_etcd_has_its_own_ca(pki):
     _, pki_dir, _ = pki
     etcd_ca, ca = load(pki_dir, "etcd-ca"), load(pki_dir, "ca")
     assert subject(etcd_ca)[0] == "ETCD-CA" and etcd_ca.public_key() != ca.public_key()
-    assert load(pki_dir, "etcd-server").issuer == etcd_ca.subject
+    assert load(pki_dir, "etcd-server-master-1").issuer == etcd_ca.subject
 
 
 @pytest.mark.parametrize("name", ["ca", "etcd-ca", "front-proxy-ca", *sorted(EXPECTED)])
@@ -226,9 +228,9 @@ def test_changing_a_master_ip_reissues_exactly_the_certs_that_carry_it(fresh):
     raw["nodes"][2]["ip"] = "192.168.56.13"
     report = ensure_pki(make_cluster(raw, state))
     # (master-2's own kubelet certificate carries its address too.)
-    assert sorted(report.changed) == ["etcd-server", "kube-apiserver", "kubelet-master-2"]
+    assert sorted(report.changed) == ["etcd-server-master-2", "kube-apiserver", "kubelet-master-2"]
     after = snapshot(cluster.pki_dir)
-    assert {n for n in after if after[n] != before[n]} == {"etcd-server.crt", "kube-apiserver.crt",
+    assert {n for n in after if after[n] != before[n]} == {"etcd-server-master-2.crt", "kube-apiserver.crt",
                                                            "kubelet-master-2.crt"}
     _, ips = cert_sans(load(cluster.pki_dir, "kube-apiserver"))
     assert IPv4Address("192.168.56.13") in ips and IPv4Address("192.168.56.12") not in ips
@@ -338,8 +340,8 @@ def test_large_cluster(tmp_path):
     cluster = make_cluster(scaled(3, 20), tmp_path)
     report = ensure_pki(cluster)
     assert len([n for n in report.actions if n.startswith("kubelet-")]) == 23  # 20 workers, 3 masters
-    _, ips = cert_sans(load(cluster.pki_dir, "etcd-server"))
-    assert len(ips) == 4
+    _, ips = cert_sans(load(cluster.pki_dir, "etcd-server-master-3"))
+    assert len(ips) == 2  # its own address and loopback, however many members
 
 
 def test_cli_never_prints_key_material(tmp_path, monkeypatch, capsys):

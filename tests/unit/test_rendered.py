@@ -187,3 +187,40 @@ def test_tools_are_present():
     """The checks above need these; scripts/setup installs them. Say so loudly if not."""
     for tool in ("haproxy", "systemd-analyze", "openssl"):
         assert shutil.which(tool), f"{tool} is missing: run scripts/setup"
+
+
+def files_of(path, node: str):
+    cluster = prepared_cluster(str(path))
+    ctx = HostContext(cluster, cluster.node(node), dict(NEUTRAL_FACTS))
+    return {f.dest: f for w in collect(ctx).values() for f in w.all_files()}
+
+
+def test_hardening_as_the_cis_benchmark_asks(default_path):
+    from kthw.context import TLS_CIPHER_SUITES
+    master, worker = rendered(default_path, "master-1"), rendered(default_path, "worker-1")
+    suites = ",".join(TLS_CIPHER_SUITES)
+    apiserver = master["/etc/systemd/system/kube-apiserver.service"].decode()
+    for unit in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+        text = master[f"/etc/systemd/system/{unit}.service"].decode()
+        assert "--profiling=false" in text and "--tls-min-version=VersionTLS12" in text, unit
+        assert f"--tls-cipher-suites={suites} " in text, unit
+    assert "--anonymous-auth" not in apiserver  # the authentication config decides
+    assert "--authentication-config=/etc/kubernetes/authentication-config.yaml" in apiserver
+    authn = yaml.safe_load(master["/etc/kubernetes/authentication-config.yaml"])
+    assert authn["anonymous"] == {"enabled": True, "conditions": [
+        {"path": "/livez"}, {"path": "/readyz"}, {"path": "/healthz"}]}
+    etcd = master["/etc/systemd/system/etcd.service"].decode()
+    assert "--peer-cert-allowed-cn=etcd-server " in etcd and "--tls-min-version=TLS1.2 " in etcd
+    assert f"--cipher-suites={suites}\n" in etcd or f"--cipher-suites={suites} " in etcd
+    kubelet = yaml.safe_load(worker["/var/lib/kubelet/kubelet-config.yaml"])
+    assert kubelet["tlsMinVersion"] == "VersionTLS12" and kubelet["tlsCipherSuites"] == list(TLS_CIPHER_SUITES)
+    assert files_of(default_path, "worker-1")["/var/lib/kubelet/kubelet-config.yaml"].mode == 0o600
+    proxy = yaml.safe_load(worker["/var/lib/kube-proxy/kube-proxy-config.yaml"])
+    assert proxy["nodePortAddresses"] == ["192.168.56.0/24"]
+
+
+def test_each_etcd_member_gets_its_own_certificate(default_path):
+    one, two = files_of(default_path, "master-1"), files_of(default_path, "master-2")
+    for path in ("/etc/etcd/etcd-server.crt", "/etc/etcd/etcd-server.key"):
+        assert one[path].sha256 != two[path].sha256
+    assert one["/etc/etcd/etcd-server.key"].mode == 0o600 and one["/etc/etcd/etcd-server.key"].secret
