@@ -17,6 +17,39 @@ KUBECTL = f"kubectl --kubeconfig {ADMIN_KUBECONFIG}"
 APISERVER_READY = f"{KUBECTL} get --raw /readyz >/dev/null 2>&1"
 
 
+def etcd_members_healthy(endpoints: list[str]) -> str:
+    """Condition: every listed etcd member answers healthy (asked with this member's certificate)."""
+    if not endpoints:
+        return "true"
+    return ETCDCTL.replace("--endpoints=https://127.0.0.1:2379", f"--endpoints={','.join(endpoints)}") + (
+        " endpoint health >/dev/null 2>&1")
+
+
+def apiservers_ready(addresses: list[str]) -> str:
+    """Condition: every listed apiserver answers /readyz (anonymous: the health endpoints allow it)."""
+    checks = [f"curl -sf --max-time 5 --cacert /var/lib/kubernetes/pki/ca.crt https://{a}:6443/readyz >/dev/null"
+              for a in addresses]
+    return " && ".join(checks) or "true"
+
+
+def only_if_peers_healthy(self_healthy: str, peers_healthy: str, what: str, tries: int = 15,
+                          delay: int = 2) -> str:
+    """A guard before restarting a replicated service: while this host's instance serves, the
+    others must all be healthy (waiting up to ``tries`` x ``delay`` s), or the restart is refused
+    and the command fails, so a rolling restart stops at the first member that did not come back.
+    An instance that does not serve is restarted anyway: the restart may be its fix.
+
+    >>> only_if_peers_healthy("a", "b", "etcd", tries=2)  # doctest: +NORMALIZE_WHITESPACE
+    "if a; then ok=0; for i in $(seq 2); do b && { ok=1; break; }; sleep 2; done; [ $ok = 1 ] || {
+    echo 'not restarting etcd: another member is not healthy (restarting this one too would take
+    the service down)' >&2; exit 1; }; fi"
+    """
+    refuse = shlex.quote(f"not restarting {what}: another member is not healthy "
+                         "(restarting this one too would take the service down)")
+    return (f"if {self_healthy}; then ok=0; for i in $(seq {tries}); do {peers_healthy} && {{ ok=1; break; }}; "
+            f"sleep {delay}; done; [ $ok = 1 ] || {{ echo {refuse} >&2; exit 1; }}; fi")
+
+
 def wait_until(condition: str, what: str, tries: int = 90, delay: int = 2, on_failure: str = "") -> str:
     """A shell loop that waits until ``condition`` holds (``tries`` x ``delay`` seconds), else runs
     ``on_failure`` (to show why), says "<what> not ready" and fails.

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CLUSTER_FILE = REPO_ROOT / "cluster.yaml"
@@ -121,6 +121,33 @@ class ArtifactsSection(_Section):
         return hash(self.model_dump_json())
 
 
+# A command-line flag without its dashes, and its value (one word: it goes into a unit's ExecStart).
+FlagName = Annotated[str, StringConstraints(strict=True, pattern=r"^[a-z0-9][a-z0-9-]*$")]
+FlagValue = Annotated[
+    str,
+    BeforeValidator(lambda v: str(v).lower() if isinstance(v, bool) else str(v) if isinstance(v, int | float) else v),
+    StringConstraints(pattern=r"^[^\s'\"\\]+$"),
+]
+
+
+class ExtraArgsSection(_Section):
+    """Flags added to a component's command line, after the deploy's own, so for a flag that
+    takes one value they win: {kube_apiserver: {v: 2}} runs kube-apiserver with --v=2."""
+
+    etcd: dict[FlagName, FlagValue] = {}
+    kube_apiserver: dict[FlagName, FlagValue] = {}
+    kube_controller_manager: dict[FlagName, FlagValue] = {}
+    kube_scheduler: dict[FlagName, FlagValue] = {}
+
+    def __hash__(self) -> int:  # frozen, but holds dicts: hash its JSON (the model is cached by value)
+        return hash(self.model_dump_json())
+
+    def flags(self, component: str) -> list[str]:
+        """``--name=value`` for each extra flag of ``component`` (etcd, kube-apiserver, ...)."""
+        given = getattr(self, component.replace("-", "_"))
+        return [f"--{k}={v}" for k, v in given.items()]
+
+
 class PkiSection(_Section):
     key_type: Literal["rsa-2048", "rsa-4096", "ecdsa-p256"] = "rsa-2048"
     ca_validity_days: Annotated[int, Field(ge=1)] = 3650
@@ -138,6 +165,7 @@ class ClusterFile(_Section):
     versions: VersionsSection
     artifacts: ArtifactsSection = ArtifactsSection()
     pki: PkiSection = PkiSection()
+    extra_args: ExtraArgsSection = ExtraArgsSection()
     # Generated PKI, kubeconfigs and lab state on the operator machine, relative to this file.
     state_dir: str = ".kthw"
 
@@ -214,6 +242,7 @@ class Cluster:
     versions: VersionsSection
     artifacts: ArtifactsSection
     pki: PkiSection
+    extra_args: ExtraArgsSection
     state_dir: Path
     source: Path
     warnings: tuple[str, ...] = ()
@@ -345,6 +374,7 @@ def parse_cluster(raw: Any, source: Path | str = "cluster.yaml") -> Cluster:
         versions=spec.versions,
         artifacts=spec.artifacts,
         pki=spec.pki,
+        extra_args=spec.extra_args,
         state_dir=state_dir / spec.cluster.name,
         source=source,
         warnings=tuple(warnings),
@@ -458,7 +488,7 @@ def _schema_problems(exc: ValidationError, raw: Any) -> list[Problem]:
             problems.append(Problem(key, value, "is not one of the supported values",
                                     f"use one of {expected}"))
         elif typ == "string_pattern_mismatch":
-            problems.append(Problem(key, value, *_pattern_fix(loc)))
+            problems.append(Problem(key, value, *_pattern_fix(loc, is_key="[key]" in err["loc"])))
         elif typ in _FIXES:
             what, fix = _FIXES[typ]
             problems.append(Problem(key, value, what or err["msg"].lower(), fix))
@@ -467,7 +497,7 @@ def _schema_problems(exc: ValidationError, raw: Any) -> list[Problem]:
     return problems
 
 
-def _pattern_fix(loc: tuple) -> tuple[str, str]:
+def _pattern_fix(loc: tuple, is_key: bool = False) -> tuple[str, str]:
     if loc[0] == "versions":
         if loc[-1] == "pause":
             return "is not a version like 3.10", 'write it as a quoted string, like "3.10"'
@@ -477,8 +507,13 @@ def _pattern_fix(loc: tuple) -> tuple[str, str]:
                 "with a letter or digit, at most 63 characters)", "rename it, like worker-3")
     if loc[-1] == "mirror_url":
         return "is not an http(s):// or file:// URL", "write a full URL, like https://mirror.example/kthw"
+    if loc[0] == "extra_args":
+        if not is_key:
+            return "is not a single word", "give the flag's value without spaces or quotes"
+        return ("is not a flag name", "write the flag without its leading dashes, in lower case, like "
+                "audit-log-maxage")
     if loc[:2] == ("artifacts", "registry_mirrors"):
-        if len(loc) == 4:  # a key is reported at [registry, "[key]"], filtered out above
+        if not is_key:
             return "is not an http(s):// URL", "write the mirror's URL, like http://mirror.lan:5000"
         return ("is not a registry host name", "name the registry as image references do, "
                 "like registry.k8s.io or myregistry.lan:5000")

@@ -362,7 +362,7 @@ def service_running(unit: str, snapshot: Snapshot, restart_on: Sequence[Operatio
 
 @operation()
 def service_restarted_in_turn(unit: str, snapshot: Snapshot, restart_on: Sequence[OperationMeta],
-                              ready: str = ""):
+                              ready: str = "", guard: str = ""):
     """Restart a service that was already running when its inputs changed, then wait until it
     is ready. Call it with ``_serial=True``: hosts take turns, so a replicated service (etcd,
     the apiservers) never goes down everywhere at once. A service that was not running is
@@ -371,12 +371,17 @@ def service_restarted_in_turn(unit: str, snapshot: Snapshot, restart_on: Sequenc
     + unit: service name without ``.service``
     + restart_on: operations whose change needs a restart
     + ready: shell condition that holds once the service serves again
+    + guard: shell commands run first that fail to refuse the restart (see
+      :func:`kthw.commands.only_if_peers_healthy`): with ``ready``, a member that does not come
+      back fails its turn, and the next member's guard then refuses, so at most one is down
     """
     active, _ = snapshot.service(unit)
     if active != "active" or not _changed(restart_on):
         host.noop(f"service {unit} needs no restart")
         return
     cmd = f"systemctl restart {unit}"
+    if guard:
+        cmd = f"{guard}; {cmd}"
     if ready:
         cmd += " && " + wait_until(ready, unit)
     yield cmd

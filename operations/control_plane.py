@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from pyinfra import host
 
-from kthw.commands import ADMIN_KUBECONFIG, APISERVER_READY, KUBECTL, wait_until
+from kthw.commands import (
+    ADMIN_KUBECONFIG,
+    APISERVER_READY,
+    KUBECTL,
+    apiservers_ready,
+    only_if_peers_healthy,
+    wait_until,
+)
 from kthw.context import HostContext, Wants
 from kthw.ops import (
     Directory,
@@ -73,6 +80,8 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     restarted = service_restarted_in_turn(
         "kube-apiserver", snap, restart_on=[binaries, certs, enc, audit, authn, units["kube-apiserver"]],
         ready=APISERVER_READY, _serial=True,
+        guard=only_if_peers_healthy(APISERVER_READY, apiservers_ready(
+            [str(m.ip) for m in ctx.cluster.masters if m != ctx.node]), "kube-apiserver"),
         name="control plane | kube-apiserver restarted on change, one master at a time",
     )
     command_when(

@@ -9,7 +9,7 @@ plane is touched.
 
 from __future__ import annotations
 
-from kthw.commands import ETCD_DIR, ETCD_HEALTHY, ETCDCTL, wait_until
+from kthw.commands import ETCD_DIR, ETCD_HEALTHY, ETCDCTL, etcd_members_healthy, only_if_peers_healthy, wait_until
 from kthw.context import HostContext, Wants
 from kthw.ops import (
     Directory,
@@ -46,6 +46,8 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     # ...a running one restarts member by member, each healthy again before the next goes.
     restarted = service_restarted_in_turn(
         "etcd", snap, restart_on=[binaries, certs, unit], ready=ETCD_HEALTHY,
+        guard=only_if_peers_healthy(ETCD_HEALTHY, etcd_members_healthy(
+            [f"https://{m.ip}:2379" for m in ctx.cluster.masters if m != ctx.node]), "etcd"),
         name="etcd | restarted on change, one member at a time", _serial=True,
     )
     command_when(

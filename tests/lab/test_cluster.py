@@ -11,11 +11,13 @@ import ipaddress
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.lab.lab import Lab
+from tests.lab.lab import Lab, sh
 
 ETCDCTL = ("ETCDCTL_API=3 etcdctl --cacert=/etc/etcd/etcd-ca.crt --cert=/etc/etcd/etcd-server.crt "
            "--key=/etc/etcd/etcd-server.key")
@@ -296,3 +298,35 @@ def test_writes_survive_a_whole_master_going_down(lab):
         subprocess.run(["lxc-start", "-n", container], check=True)
         lab.kubectl("delete", "configmap", name, "--ignore-not-found", check=False)
         lab.refresh_ssh_config(victim)  # its management address changed with the restart
+
+
+def test_a_rolling_restart_stops_at_the_first_master_that_does_not_come_back(lab, tmp_path):
+    """A flag kube-apiserver refuses: the first master restarted stays down, every other master
+    is left serving (its guard refuses to restart it), the cluster serves through the load
+    balancer; the fixed model converges again."""
+    if len(masters(lab)) < 2:
+        pytest.skip("one master: a bad restart takes the only apiserver down")
+
+    def started(m):
+        return lab.ssh(m, "systemctl show -p ActiveEnterTimestampMonotonic --value kube-apiserver").strip()
+
+    before = {m: started(m) for m in masters(lab)}
+    raw = yaml.safe_load(lab.cluster_file.read_text())
+    raw["extra_args"] = {"kube_apiserver": {"kthw-no-such-flag": "1"}}
+    bad = tmp_path / "bad-flag.yaml"
+    bad.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = sh([sys.executable, "-m", "pyinfra", "-y", "inventory.py", "deploy.py"],
+             env={"KTHW_CLUSTER": str(bad)}, check=False)
+    try:
+        assert out.returncode != 0
+        ready = {m: lab.ssh(m, f"{ADMIN} get --raw /readyz", check=False).strip() == "ok" for m in masters(lab)}
+        down = [m for m, ok in ready.items() if not ok]
+        assert len(down) == 1, ready  # exactly the first one tried
+        assert "not restarting kube-apiserver" in out.stdout + out.stderr
+        for m in masters(lab):
+            if m not in down:
+                assert started(m) == before[m], m  # never restarted
+        lab.served_through_load_balancer()
+    finally:
+        lab.deploy(label="deploy after the failed rolling restart")
+    assert all(lab.ssh(m, f"{ADMIN} get --raw /readyz").strip() == "ok" for m in masters(lab))

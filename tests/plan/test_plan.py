@@ -187,6 +187,15 @@ def test_renewed_certificates_restart_masters_one_at_a_time(default_cluster):
     restarts = [line for line in out.stderr.splitlines() if "systemctl restart etcd" in line]
     assert sorted(re.search(r"@fake/([\w-]+)", r).group(1) for r in restarts) == ["master-1", "master-2"]
     assert all("endpoint health" in r for r in restarts)
+    # ...and only while the other member is healthy, if this one serves (the guard)
+    for r in restarts:
+        me = re.search(r"@fake/([\w-]+)", r).group(1)
+        other = {"master-1": "192.168.56.12", "master-2": "192.168.56.11"}[me]
+        guard, restart = r.split("systemctl restart etcd", 1)
+        assert f"--endpoints=https://{other}:2379 " in guard and guard.count("endpoint health") == 2
+        assert "not restarting etcd" in guard
+    api = [line for line in out.stderr.splitlines() if "systemctl restart kube-apiserver" in line]
+    assert len(api) == 2 and all("/readyz" in a.split("systemctl restart")[0] for a in api)
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

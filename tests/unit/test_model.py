@@ -278,3 +278,20 @@ def test_bad_registry_mirrors(raw_cluster, mirrors, expected):
     raw_cluster["artifacts"] = {"registry_mirrors": mirrors}
     problem = only_problem(raw_cluster)
     assert problem.startswith("artifacts.registry_mirrors.") and expected in problem
+
+
+def test_extra_args_become_flags(raw_cluster):
+    raw_cluster["extra_args"] = {"kube_apiserver": {"v": 2, "audit-log-maxage": "7", "profiling": False}}
+    args = parse_cluster(raw_cluster).extra_args
+    assert args.flags("kube-apiserver") == ["--v=2", "--audit-log-maxage=7", "--profiling=false"]
+    assert args.flags("etcd") == []
+
+
+@pytest.mark.parametrize("given, expected", [
+    ({"kube_scheduler": {"--v": 3}}, "extra_args.kube_scheduler.--v = 3: is not a flag name"),
+    ({"kube_scheduler": {"v": "a b"}}, "extra_args.kube_scheduler.v = 'a b': is not a single word"),
+    ({"kubelet": {"v": 1}}, "extra_args.kubelet: is not a known key"),
+])
+def test_bad_extra_args(raw_cluster, given, expected):
+    raw_cluster["extra_args"] = given
+    assert only_problem(raw_cluster).startswith(expected)

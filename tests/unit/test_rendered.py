@@ -224,3 +224,18 @@ def test_each_etcd_member_gets_its_own_certificate(default_path):
     for path in ("/etc/etcd/etcd-server.crt", "/etc/etcd/etcd-server.key"):
         assert one[path].sha256 != two[path].sha256
     assert one["/etc/etcd/etcd-server.key"].mode == 0o600 and one["/etc/etcd/etcd-server.key"].secret
+
+
+def test_extra_args_come_last_in_each_unit(tmp_path, default_path):
+    raw = yaml.safe_load(default_path.read_text())
+    raw["extra_args"] = {"etcd": {"log-level": "debug"}, "kube_apiserver": {"v": 4},
+                         "kube_controller_manager": {"v": 3}, "kube_scheduler": {"v": 2}}
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    files = rendered(path, "master-1")
+    for unit, flag in [("etcd", "--log-level=debug"), ("kube-apiserver", "--v=4"),
+                       ("kube-controller-manager", "--v=3"), ("kube-scheduler", "--v=2")]:
+        text = files[f"/etc/systemd/system/{unit}.service"].decode()
+        exec_start = text[text.index("ExecStart="):text.index("\nRestart=")]
+        assert exec_start.rstrip().endswith(f" \\\n  {flag}"), unit  # last: it wins over the deploy's own
+        assert "\n\n" not in exec_start, unit
