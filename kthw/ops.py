@@ -44,6 +44,20 @@ from kthw.facts import HASH_CACHE, RECORD_HASHES_SCRIPT
 # where) before ``cp`` moves them into place with sudo: pyinfra's default temp dir is /tmp,
 # where a key would sit world-readable.
 UPLOAD_DIR = ".kthw-upload"
+# One empty file per service or add-on, touched in the same command that restarted, reloaded or
+# applied it: an input placed later (its mtime) means that step is still owed, even if the run
+# that placed it was interrupted before getting there (HostState reports both times).
+APPLIED_DIR = "/var/lib/kthw/applied"
+
+
+def dests(*groups: Sequence[ManagedFile]) -> list[str]:
+    """The paths of these managed files (a service's ``inputs``)."""
+    return [f.dest for g in groups for f in g]
+
+
+def mark_applied(key: str) -> str:
+    """The shell command that records ``key`` (a unit, ``addon-<file>``) as applied now."""
+    return f"mkdir -p {APPLIED_DIR} && touch {APPLIED_DIR}/{shlex.quote(key)}"
 
 
 class SnapshotError(KeyError):
@@ -131,6 +145,21 @@ class Snapshot:
     def service(self, unit: str) -> tuple[str, str]:
         """(ActiveState, UnitFileState)."""
         return tuple(self._lookup("services", unit))
+
+    def pending(self, key: str, inputs: Sequence[str]) -> bool:
+        """Was any of ``inputs`` (paths in the snapshot) placed after ``key`` (a service, an
+        add-on) was last restarted or applied? Then a run placed it and stopped before the
+        restart or apply it calls for, and this run owes it."""
+        for path in inputs:
+            self._lookup("files", path)  # asked for, or an error that says so
+        mtimes = self.raw.get("mtimes", {})
+        newest = max((mtimes.get(p) or 0 for p in inputs), default=0)
+        done = max(self.raw.get("applied", {}).get(key) or 0, self.raw.get("started", {}).get(key) or 0)
+        return newest > done
+
+    def needs_daemon_reload(self, unit: str) -> bool:
+        """systemd's own NeedDaemonReload: its unit file changed since the last daemon-reload."""
+        return bool(self.raw.get("need_reload", {}).get(unit))
 
     def sysctl(self, key: str) -> str | None:
         return self._lookup("sysctls", key)
@@ -332,28 +361,35 @@ def files_synced(files: Sequence[ManagedFile], snapshot: Snapshot, check: str = 
 
 @operation()
 def service_running(unit: str, snapshot: Snapshot, restart_on: Sequence[OperationMeta] = (),
-                    reload_on: Sequence[OperationMeta] = (), graceful: bool = False):
+                    reload_on: Sequence[OperationMeta] = (), graceful: bool = False,
+                    inputs: Sequence[str] = ()):
     """Enable and start a systemd service; restart it only when its inputs changed.
 
     + unit: service name without ``.service``
     + restart_on: operations whose change (binary, unit, config, certificates) needs a restart
     + reload_on: operations that changed unit files (a daemon-reload first)
     + graceful: ``reload-or-restart`` instead of ``restart`` (HAProxy keeps its connections)
+    + inputs: the files of ``restart_on``: one placed after the service last (re)started means
+      a run was interrupted before this restart, which is then owed (see :meth:`Snapshot.pending`);
+      likewise a unit file systemd has not reloaded gets its daemon-reload
 
     Example::
 
-        service_running("kubelet", snap, restart_on=[binaries, config], reload_on=[unit])
+        service_running("kubelet", snap, restart_on=[binaries, config], reload_on=[unit],
+                        inputs=["/usr/local/bin/kubelet", "/var/lib/kubelet/kubelet-config.yaml"])
     """
     active, enabled = snapshot.service(unit)
     cmds = []
-    if _changed(reload_on):
+    if _changed(reload_on) or snapshot.needs_daemon_reload(unit):
         cmds.append("systemctl daemon-reload")
     if enabled != "enabled":
         cmds.append(f"systemctl enable {unit}")
-    if _changed(restart_on):
+    if _changed(restart_on) or (active == "active" and snapshot.pending(unit, inputs)):
         cmds.append(f"systemctl {'reload-or-restart' if graceful else 'restart'} {unit}")
+        cmds.append(mark_applied(unit))
     elif active != "active":
         cmds.append(f"systemctl start {unit}")
+        cmds.append(mark_applied(unit))
     if not cmds:
         host.noop(f"service {unit} is enabled and running, and nothing it depends on changed")
         return
@@ -362,7 +398,7 @@ def service_running(unit: str, snapshot: Snapshot, restart_on: Sequence[Operatio
 
 @operation()
 def service_restarted_in_turn(unit: str, snapshot: Snapshot, restart_on: Sequence[OperationMeta],
-                              ready: str = "", guard: str = ""):
+                              ready: str = "", guard: str = "", inputs: Sequence[str] = ()):
     """Restart a service that was already running when its inputs changed, then wait until it
     is ready. Call it with ``_serial=True``: hosts take turns, so a replicated service (etcd,
     the apiservers) never goes down everywhere at once. A service that was not running is
@@ -374,17 +410,19 @@ def service_restarted_in_turn(unit: str, snapshot: Snapshot, restart_on: Sequenc
     + guard: shell commands run first that fail to refuse the restart (see
       :func:`kthw.commands.only_if_peers_healthy`): with ``ready``, a member that does not come
       back fails its turn, and the next member's guard then refuses, so at most one is down
+    + inputs: the files of ``restart_on``, for a restart an interrupted run still owes (as in
+      :func:`service_running`)
     """
     active, _ = snapshot.service(unit)
-    if active != "active" or not _changed(restart_on):
+    if active != "active" or not (_changed(restart_on) or snapshot.pending(unit, inputs)):
         host.noop(f"service {unit} needs no restart")
         return
     cmd = f"systemctl restart {unit}"
     if guard:
         cmd = f"{guard}; {cmd}"
-    if ready:
-        cmd += " && " + wait_until(ready, unit)
-    yield cmd
+    if ready:  # (the wait ends with `exit`: a subshell, so the marker follows it)
+        cmd += f" && ({wait_until(ready, unit)})"
+    yield f"{cmd} && {mark_applied(unit)}"
 
 
 @operation()

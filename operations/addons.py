@@ -13,7 +13,7 @@ from pyinfra import host
 
 from kthw.commands import KUBECTL, wait_until
 from kthw.context import DeployRefused, HostContext, Wants
-from kthw.ops import Directory, command_when, directories_present, files_synced
+from kthw.ops import Directory, command_when, directories_present, files_synced, mark_applied
 from kthw.pki import WEAVE_PASSWORD
 
 ADDONS = "/etc/kubernetes/addons"
@@ -76,12 +76,19 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     for name in host.loop(manifest_names(ctx)):
         path = f"{ADDONS}/{name}"
         changed = files_synced(w.files[name], snap, name=f"addons | {name} rendered")
-        missing = not snap.manifest_present(path)
-        command_when(f"{KUBECTL} apply -f {path}", when=[changed], always=missing,
-                     name=f"addons | {name} applied")
+        # Applied when it changed, when the cluster lacks it, or when an interrupted run placed it
+        # and never applied it.
+        owed = not snap.manifest_present(path) or snap.pending(addon_key(name), [path])
+        command_when(f"{KUBECTL} apply -f {path} && {mark_applied(addon_key(name))}", when=[changed],
+                     always=owed, name=f"addons | {name} applied")
     unlabelled = [m.name for m in ctx.cluster.masters if m.name not in snap.query("control_plane_labelled")]
     command_when(label_control_plane(unlabelled), when=[], always=bool(unlabelled),
                  name="addons | masters labelled node-role control-plane")
+
+
+def addon_key(name: str) -> str:
+    """The add-on's name in the deploy's record of what it applied (kthw.ops.APPLIED_DIR)."""
+    return f"addon-{name}"
 
 
 def label_control_plane(nodes: list[str], kubectl: str = KUBECTL, tries: int = 60) -> str:

@@ -24,6 +24,7 @@ from kthw.context import HostContext, Wants
 from kthw.ops import (
     Directory,
     command_when,
+    dests,
     directories_present,
     files_synced,
     service_restarted_in_turn,
@@ -79,6 +80,8 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     # Masters take turns: HAProxy always has a ready apiserver to send clients to.
     restarted = service_restarted_in_turn(
         "kube-apiserver", snap, restart_on=[binaries, certs, enc, audit, authn, units["kube-apiserver"]],
+        inputs=dests(w.files["binaries"], w.files["certificates"], w.files["encryption config"],
+                     w.files["audit policy"], w.files["authentication config"], w.files["kube-apiserver unit"]),
         ready=APISERVER_READY, _serial=True,
         guard=only_if_peers_healthy(APISERVER_READY, apiservers_ready(
             [str(m.ip) for m in ctx.cluster.masters if m != ctx.node]), "kube-apiserver"),
@@ -92,4 +95,6 @@ def deploy(ctx: HostContext, w: Wants) -> None:
         service_running(unit, snap, name=f"control plane | {unit} running")
         # Leader election hands over while the other masters' instances run.
         service_restarted_in_turn(unit, snap, restart_on=[binaries, certs, kubeconfigs, units[unit]],
+                                  inputs=dests(w.files["binaries"], w.files["certificates"], w.files["kubeconfigs"],
+                                               w.files[f"{unit} unit"]),
                                   _serial=True, name=f"control plane | {unit} restarted on change, in turn")

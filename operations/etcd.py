@@ -14,6 +14,7 @@ from kthw.context import HostContext, Wants
 from kthw.ops import (
     Directory,
     command_when,
+    dests,
     directories_present,
     files_synced,
     service_restarted_in_turn,
@@ -46,6 +47,7 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     # ...a running one restarts member by member, each healthy again before the next goes.
     restarted = service_restarted_in_turn(
         "etcd", snap, restart_on=[binaries, certs, unit], ready=ETCD_HEALTHY,
+        inputs=dests(w.files["binaries"], w.files["certificates"], w.files["unit"]),
         guard=only_if_peers_healthy(ETCD_HEALTHY, etcd_members_healthy(
             [f"https://{m.ip}:2379" for m in ctx.cluster.masters if m != ctx.node]), "etcd"),
         name="etcd | restarted on change, one member at a time", _serial=True,

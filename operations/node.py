@@ -19,6 +19,7 @@ from kthw.ops import (
     Directory,
     ManagedFile,
     command_when,
+    dests,
     directories_present,
     files_synced,
     service_running,
@@ -112,6 +113,7 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     config = files_synced(w.files["containerd config"], snap, name="node | containerd config")
     unit = files_synced(w.files["containerd unit"], snap, name="node | containerd unit")
     service_running("containerd", snap, restart_on=[runtime, config, unit], reload_on=[unit],
+                    inputs=dests(w.files["runtime binaries"], w.files["containerd config"], w.files["containerd unit"]),
                     name="node | containerd running")
     files_synced(w.files["registry mirrors"], snap, name="node | registry mirrors")
     # A registry dropped from artifacts.registry_mirrors: remove the hosts.toml we wrote for it.
@@ -133,14 +135,19 @@ def deploy(ctx: HostContext, w: Wants) -> None:
         routes = files_synced(w.files["pod network unit"], snap,
                               name="node | pod network: routes to other nodes' pods, NAT to the outside")
         service_running("kthw-pod-network", snap, restart_on=[routes], reload_on=[routes],
+                        inputs=dests(w.files["pod network unit"]),
                         name="node | pod network active")
     k8s = files_synced(w.files["kubernetes binaries"], snap, name="node | kubelet and kube-proxy binaries")
     creds = files_synced(w.files["kubelet credentials"], snap, name="node | kubelet credentials")
     kconf = files_synced(w.files["kubelet config"], snap, name="node | kubelet config")
     kunit = files_synced(w.files["kubelet unit"], snap, name="node | kubelet unit")
     service_running("kubelet", snap, restart_on=[k8s, creds, kconf, kunit], reload_on=[kunit],
+                    inputs=dests(w.files["kubernetes binaries"], w.files["kubelet credentials"],
+                                 w.files["kubelet config"], w.files["kubelet unit"]),
                     name="node | kubelet running")
     pconf = files_synced(w.files["kube-proxy config"], snap, name="node | kube-proxy config")
     punit = files_synced(w.files["kube-proxy unit"], snap, name="node | kube-proxy unit")
     service_running("kube-proxy", snap, restart_on=[k8s, pconf, punit], reload_on=[punit],
+                    inputs=dests(w.files["kubernetes binaries"], w.files["kube-proxy config"],
+                                 w.files["kube-proxy unit"]),
                     name="node | kube-proxy running")

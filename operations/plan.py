@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import sys
 import time
 from types import ModuleType
@@ -37,6 +38,8 @@ def snapshot_spec(wants: dict[ModuleType, Wants]) -> dict:
         spec["manifests"] += w.manifests
         spec["images"] += w.images
         spec.update(dict.fromkeys(w.queries, True))
+    # When each service and add-on was last restarted or applied by the deploy (kthw.ops.APPLIED_DIR).
+    spec["applied"] = spec["services"] + [f"addon-{posixpath.basename(m)}" for m in spec["manifests"]]
     if spec["manifests"]:
         spec["kubectl"] = {"binary": "/usr/local/bin/kubectl", "kubeconfig": ADMIN_KUBECONFIG}
     return {k: (sorted(set(v)) if isinstance(v, list) else v) for k, v in spec.items()}

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 spec = json.loads(sys.argv[1])
 CACHE = spec.get("hash_cache", "/var/lib/kthw/hash-cache.json")
@@ -45,11 +46,13 @@ def digest(path, st):
     return h.hexdigest()
 
 
-out = {"files": {}, "dirs": {}, "services": {}, "sysctls": {}, "packages": {}, "manifests": {}}
+out = {"files": {}, "dirs": {}, "services": {}, "sysctls": {}, "packages": {}, "manifests": {},
+       "mtimes": {}, "started": {}, "need_reload": {}, "applied": {}}
 for path in spec.get("files", []):
     try:
         st = os.stat(path)
         out["files"][path] = [digest(path, st), st.st_mode & 0o7777, owner(st)]
+        out["mtimes"][path] = st.st_mtime
     except OSError:
         out["files"][path] = None
 for path in spec.get("dirs", []):
@@ -60,12 +63,24 @@ for path in spec.get("dirs", []):
         out["dirs"][path] = None
 units = spec.get("services", [])
 if units:
-    res = subprocess.run(["systemctl", "show", "--property=Id,ActiveState,UnitFileState", "--"]
+    res = subprocess.run(["systemctl", "show", "--property=Id,ActiveState,UnitFileState,NeedDaemonReload,"
+                          "ExecMainStartTimestampMonotonic", "--"]
                          + [u + ".service" for u in units], capture_output=True, text=True)
+    # When each main process started, as wall-clock time (to compare with its inputs' mtimes).
+    boot = time.time() - time.clock_gettime(time.CLOCK_MONOTONIC)
     blocks = [b for b in res.stdout.strip().split("\n\n")]
     for unit, block in zip(units, blocks):
         props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
         out["services"][unit] = [props.get("ActiveState", "unknown"), props.get("UnitFileState", "")]
+        out["need_reload"][unit] = props.get("NeedDaemonReload") == "yes"
+        mono = int(props.get("ExecMainStartTimestampMonotonic") or 0)
+        out["started"][unit] = boot + mono / 1e6 if mono else 0
+# When the deploy last restarted, reloaded or applied something (see kthw.ops.APPLIED_DIR).
+for key in spec.get("applied", []):
+    try:
+        out["applied"][key] = os.stat(os.path.join(spec.get("applied_dir", "/var/lib/kthw/applied"), key)).st_mtime
+    except OSError:
+        out["applied"][key] = 0
 for key in spec.get("sysctls", []):
     try:
         with open("/proc/sys/" + key.replace(".", "/")) as fh:

@@ -5,6 +5,8 @@ KTHW_FAKE_STATE picks what every host's HostState snapshot reports:
   converged  exactly what the deploy would leave behind (a rerun must change nothing)
   renewed    converged, but every master holds an older etcd and apiserver certificate
   drifted    converged, but some files differ in content, mode or owner (states.DRIFT)
+  interrupted converged files, but a run placed some and stopped before the restarts and the
+             apply they call for (states.INTERRUPTED)
 KTHW_FAKE_WEAVE_RANGE: the pod range the running Weave Net reports (default: none running).
 KTHW_FAKE_STATE_CLUSTER: the cluster file the state was converged for (default: the deployed
   one, KTHW_CLUSTER), to plan a change of cluster.yaml on a running cluster.
@@ -21,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from kthw.inventory import groups  # noqa: E402
 from kthw.model import load_cluster  # noqa: E402
-from tests.plan.states import converged_state, drifted_state, fresh_state  # noqa: E402
+from tests.plan.states import converged_state, drifted_state, fresh_state, interrupted_state  # noqa: E402
 
 _cluster = load_cluster()
 _groups = groups(_cluster, {n.name: {} for n in _cluster.nodes}, prefix="@fake/")
@@ -33,6 +35,8 @@ for _hosts in _groups.values():
         _node = _was.node(_data["kthw_node"])
         if _mode == "drifted":
             _state = drifted_state(_was, _node)
+        elif _mode == "interrupted":
+            _state = interrupted_state(_was, _node)
         elif _mode in ("converged", "renewed"):
             _state = converged_state(_was, _node)
         else:

@@ -74,3 +74,28 @@ def drifted_state(cluster: Cluster, node: Node) -> dict:
             owner = "nobody:nogroup"
         state["files"][path] = [sha, mode, owner]
     return state
+
+
+# Placed by a run that stopped before restarting (or applying) what they feed: for each host,
+# (file, the service or add-on it feeds).
+INTERRUPTED = {
+    "master-1": [("/etc/etcd/etcd-server.crt", "etcd"),
+                 ("/etc/kubernetes/addons/20-coredns.yaml", "addon-20-coredns.yaml")],
+    "worker-1": [("/var/lib/kubelet/kubelet-config.yaml", "kubelet")],
+}
+
+
+def interrupted_state(cluster: Cluster, node: Node) -> dict:
+    """Converged files, but the services and add-ons in INTERRUPTED last (re)started or were
+    applied before their file landed; worker-1's kubelet unit also awaits a daemon-reload."""
+    state = converged_state(cluster, node)
+    state.update(mtimes={p: 1000.0 for p in state["files"] if state["files"][p]},
+                 started={s: 2000.0 for s in state["services"]},
+                 applied={k: 2000.0 for k in [*state["services"],
+                                               *(f"addon-{m.rsplit('/', 1)[1]}" for m in state["manifests"])]},
+                 need_reload={})
+    for path, _fed in INTERRUPTED.get(node.name, []):
+        state["mtimes"][path] = 3000.0
+    if node.name == "worker-1":
+        state["need_reload"]["kubelet"] = True
+    return state

@@ -286,3 +286,21 @@ def test_a_registry_dropped_from_the_mirrors_loses_its_hosts_toml(default_cluste
                       env={"KTHW_FAKE_REGISTRY_HOSTS": "registry.k8s.io"})
     changed = {p["name"]: set(p["hosts_with_change"]) for p in json.loads(out.stdout)["plan"] if p["hosts_with_change"]}
     assert changed == {"node | registry mirrors no longer configured removed": KUBELET_HOSTS}
+
+
+def test_a_rerun_after_an_interrupted_run_makes_the_restarts_it_owes(default_cluster):
+    # the files are all in place: what the interrupted run placed is owed its restart or apply
+    out = run_pyinfra(default_cluster, "--dry", "--json", state="interrupted")
+    changed = {p["name"]: p["hosts_with_change"] for p in json.loads(out.stdout)["plan"] if p["hosts_with_change"]}
+    assert changed == {
+        "etcd | restarted on change, one member at a time": ["@fake/master-1"],
+        "etcd | healthy (after any restart)": ["@fake/master-1"],
+        "addons | 20-coredns.yaml applied": ["@fake/master-1"],
+        "node | kubelet running": ["@fake/worker-1"],
+    }
+    out = run_pyinfra(default_cluster, "-y", "-vv", state="interrupted")
+    kubelet = [line for line in out.stderr.splitlines() if "systemctl restart kubelet" in line]
+    assert len(kubelet) == 1 and "systemctl daemon-reload" in kubelet[0]
+    assert "/var/lib/kthw/applied/kubelet" in kubelet[0]
+    etcd = [line for line in out.stderr.splitlines() if "systemctl restart etcd" in line]
+    assert len(etcd) == 1 and "/var/lib/kthw/applied/etcd" in etcd[0]
