@@ -37,7 +37,7 @@ RUNTIME_STATE = [
 # Written by Weave Net's init container (the CNI plugin and its config), not by the deploy.
 RUNTIME_STATE += ["/etc/cni/net.d/10-weave.conflist", "/opt/cni/bin/weave-"]
 # The deploy's own bookkeeping on a node (hashes of the files it placed), not a managed file.
-BOOKKEEPING = ["/var/lib/kthw/hash-cache.json"]
+BOOKKEEPING = ["/var/lib/kthw/hash-cache.json", "/var/lib/kthw/applied"]  # (and when it last restarted what)
 
 
 def tree_changes(before: dict[str, list], after: dict[str, list], ignore: list[str] = (),
@@ -195,3 +195,47 @@ class Lab:
                 last = exc
             time.sleep(interval)
         raise AssertionError(f"timed out waiting for {what}; last: {str(last)[-3000:]}")
+
+
+class RequestLoop:
+    """Reads and writes through the load balancer, one after the other every ``interval`` s,
+    each a fresh kubectl (a new connection, as most clients make), while the block runs::
+
+        with RequestLoop(lab) as loop:
+            lab.ssh("master-1", "systemctl restart kube-apiserver")
+        assert loop.failures == []
+    """
+
+    def __init__(self, lab: Lab, interval: float = 0.5, name: str = "kthw-failover-probe"):
+        import threading
+
+        self.lab, self.interval, self.name = lab, interval, name
+        self.requests = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _one(self, *args: str) -> None:
+        self.requests += 1
+        kubeconfig = self.lab.cluster.kubeconfig_dir / "admin.kubeconfig"
+        out = sh([str(self.lab.kubectl_binary), "--kubeconfig", str(kubeconfig), "--request-timeout=20s", *args],
+                 check=False, timeout=60)
+        if out.returncode != 0:
+            self.failures.append(f"{time.strftime('%T')} kubectl {' '.join(args)}: {out.stderr.strip()[-300:]}")
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            i += 1
+            self._one("get", "nodes", "-o", "name")
+            self._one("create", "configmap", f"{self.name}-{i}", "--from-literal=n=1")
+            self._one("delete", "configmap", f"{self.name}-{i}", "--wait=false")
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RequestLoop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
