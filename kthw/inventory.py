@@ -38,6 +38,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from fnmatch import fnmatch
 from pathlib import Path
 
 from kthw.model import REPO_ROOT, Cluster, Node
@@ -83,9 +84,12 @@ def host_data(cluster: Cluster, node: Node, connection: dict) -> dict:
 
 
 def groups(cluster: Cluster, connections: dict[str, dict], prefix: str = "") -> dict[str, list]:
-    """{group: [(host name, data)]} in model order."""
+    """{group: [(host name, data)]} in model order (nodes without connection data, left out by
+    a --limit, are not in any group)."""
     out: dict[str, list] = {g: [] for g in GROUPS.values()}
     for node in cluster.nodes:
+        if node.name not in connections:
+            continue
         out[GROUPS[node.role]].append((prefix + node.name, host_data(cluster, node, connections[node.name])))
     return out
 
@@ -321,9 +325,30 @@ def last_source() -> tuple[str, str]:
 # --------------------------------------------------------------------------- Vagrant
 
 
-def _ask_vagrant(cluster: Cluster, vagrant_factory: Callable) -> dict[str, dict]:
+def limit_patterns(argv: list[str]) -> list[str]:
+    """The ``--limit`` values of a pyinfra command line (each may be comma-separated)."""
+    found = []
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--limit" and i + 1 < len(argv) else (
+            arg.split("=", 1)[1] if arg.startswith("--limit=") else None)
+        if value:
+            found += [v for v in value.split(",") if v]
+    return found
+
+
+def needed_by(patterns: list[str]) -> Callable[[Node], bool] | None:
+    """Which nodes a ``--limit`` selects, by host or group name (glob patterns, as pyinfra
+    matches them); None without a limit (every node is needed)."""
+    if not patterns:
+        return None
+    return lambda n: any(fnmatch(n.name, p) or fnmatch(GROUPS[n.role], p) for p in patterns)
+
+
+def _ask_vagrant(cluster: Cluster, vagrant_factory: Callable,
+                 needed: Callable[[Node], bool] | None = None) -> dict[str, dict]:
     """One `vagrant ssh-config <every node>`; when it fails, `vagrant status` says which machine is
-    missing or stopped."""
+    missing or stopped. A machine that is down but not ``needed`` (a --limit leaves it out) is
+    left out with a warning; one that is needed stops the run before any host is touched."""
     names = [n.name for n in cluster.nodes]
     v = vagrant_factory()
     try:
@@ -335,10 +360,19 @@ def _ask_vagrant(cluster: Cluster, vagrant_factory: Callable) -> dict[str, dict]
         except Exception as status_exc:
             raise InventoryError(f"`vagrant status` failed ({status_exc}). Fix: install Vagrant and run "
                                  "`vagrant up` (or `make up`) in the repository.") from None
-        down = [f"{n} ({states.get(n, 'not defined')})" for n in names if states.get(n) != "running"]
+        down = [n for n in names if states.get(n) != "running"]
+        said = ", ".join(f"{n} ({states.get(n, 'not defined')})" for n in down)
+        if down and needed is not None and not any(needed(cluster.node(n)) for n in down):
+            print(f"warning: left out of this run (not running, and --limit does not need them): {said}",
+                  file=sys.stderr)
+            up = [n for n in names if n not in down]
+            found = parse_ssh_config(v._run_vagrant_command(["ssh-config", *up])) if up else {}
+            return {n: found[n] for n in up if n in found}
         if down:
-            raise InventoryError(f"machines not running: {', '.join(down)}. Fix: `vagrant up` (or `make up`) "
-                                 "in the repository, then rerun.") from None
+            hint = "" if needed is None else " (--limit needs them)"
+            raise InventoryError(f"machines not running{hint}: {said}. Fix: `vagrant up` (or `make up`) in "
+                                 "the repository, then rerun; or, for an urgent change elsewhere, name only "
+                                 "the machines you need with --limit (say --limit masters).") from None
         raise InventoryError(f"`vagrant ssh-config` failed ({exc}) although every machine is running. "
                              "Fix: `vagrant reload` them.") from None
     found = parse_ssh_config(text)
@@ -350,7 +384,8 @@ def _ask_vagrant(cluster: Cluster, vagrant_factory: Callable) -> dict[str, dict]
 
 def vagrant_connections(cluster: Cluster, vagrant_factory: Callable | None = None, *,
                         probes: Mapping[str, Probe] | None = None, dotfile_dir: Path | None = None,
-                        vagrantfile: Path | None = None) -> dict[str, dict]:
+                        vagrantfile: Path | None = None,
+                        needed: Callable[[Node], bool] | None = None) -> dict[str, dict]:
     """{node: pyinfra SSH data} from the cache when every fingerprint matches, else from one
     `vagrant ssh-config` call (then the cache is rewritten)."""
     if vagrant_factory is None:
@@ -381,11 +416,11 @@ def vagrant_connections(cluster: Cluster, vagrant_factory: Callable | None = Non
                 _note("cache")
                 return {n: {**SSH_DEFAULTS, **cached[n]} for n in names}
     _note("vagrant", reason)  # before asking: a benchmark or the debug line sees why, even on failure
-    found = _ask_vagrant(cluster, vagrant_factory)
+    found = _ask_vagrant(cluster, vagrant_factory, needed)
     if prints is not None:
         _write_cache(path, {"version": CACHE_VERSION, "key": key, "machines": prints, "connections": found})
     # Throwaway machines get new host keys on every `vagrant up`: keep them out of known_hosts.
-    return {n: {**SSH_DEFAULTS, **found[n]} for n in names}
+    return {n: {**SSH_DEFAULTS, **found[n]} for n in names if n in found}
 
 
 def _cached_connections(stored: dict | None, key: str, prints: dict[str, str]) -> tuple[dict | None, str]:
@@ -402,11 +437,13 @@ def _cached_connections(stored: dict | None, key: str, prints: dict[str, str]) -
     return stored["connections"], ""
 
 
-def connections(cluster: Cluster) -> dict[str, dict]:
+def connections(cluster: Cluster, limit: list[str] | None = None) -> dict[str, dict]:
+    """{node: pyinfra SSH data}. ``limit``: the run's --limit patterns; a machine that is down
+    and not selected by them is left out (with a warning) instead of stopping the run."""
     mode = os.environ.get("KTHW_INVENTORY", "")
     if mode == "static" or (not mode and all(n.ssh for n in cluster.nodes)):
         _note("static")
         return static_connections(cluster)
     if mode not in ("", "vagrant"):
         raise InventoryError(f"KTHW_INVENTORY={mode!r} is not known. Fix: use vagrant or static.")
-    return vagrant_connections(cluster)
+    return vagrant_connections(cluster, needed=needed_by(limit or []))

@@ -368,3 +368,20 @@ def test_a_rolling_restart_stops_at_the_first_master_that_does_not_come_back(lab
     finally:
         lab.deploy(label="deploy after the failed rolling restart")
     assert all(lab.ssh(m, f"{ADMIN} get --raw /readyz").strip() == "ok" for m in masters(lab))
+
+
+def test_a_stopped_worker_blocks_only_runs_that_need_it(lab):
+    victim = workers(lab)[-1]
+    subprocess.run(["lxc-stop", "--kill", "-n", f"kthw-{victim}"], check=True)
+    try:
+        whole = sh([sys.executable, "-m", "pyinfra", "-y", "inventory.py", "deploy.py"], env=lab.env, check=False)
+        assert whole.returncode != 0
+        assert f"{victim} (stopped)" in whole.stderr and "--limit" in whole.stderr
+        limited = lab.deploy("--limit", "masters", label="deploy limited to the masters, a worker down")
+        assert f"left out of this run (not running, and --limit does not need them): {victim}" in limited.stderr
+    finally:
+        subprocess.run(["lxc-start", "-n", f"kthw-{victim}"], check=True)
+        lab.refresh_ssh_config(victim)
+    lab.wait(f"{victim} Ready again", lambda: "True" in lab.kubectl(
+        "get", "node", victim, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False),
+        timeout=180)

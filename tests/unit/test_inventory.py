@@ -31,7 +31,9 @@ from kthw.inventory import (
     groups,
     last_source,
     libvirt_identity,
+    limit_patterns,
     lxc_identity,
+    needed_by,
     parse_proc_stat_start_time,
     parse_ssh_config,
     static_connections,
@@ -461,3 +463,41 @@ def test_bad_cluster_file_stops_before_any_host_is_touched(tmp_path):
     assert "cni = 'flannel': is not one of the supported values. Fix: use one of 'weave' or 'bridge'" in out.stderr
     assert "Connecting to hosts" not in out.stdout
 
+
+
+def test_limit_patterns_are_read_from_the_command_line():
+    argv = ["pyinfra", "inventory.py", "deploy.py", "--limit", "masters", "--limit=worker-1,loadbalancer", "-y"]
+    assert limit_patterns(argv) == ["masters", "worker-1", "loadbalancer"]
+    assert limit_patterns(["pyinfra", "inventory.py", "deploy.py"]) == []
+
+
+def test_a_stopped_machine_the_limit_does_not_need_is_left_out_with_a_warning(world, capsys):
+    world.states["worker-2"] = "stopped"
+    world.runs["kthw-worker-2"] = NotRunning("lxc state STOPPED")
+    fake = FakeVagrant(world.states, world.addresses)
+    conns = vagrant_connections(world.cluster(), lambda: fake, probes={"lxc": world.probe},
+                                dotfile_dir=world.dotfile, vagrantfile=world.vagrantfile,
+                                needed=needed_by(["masters"]))
+    assert sorted(conns) == ["loadbalancer", "master-1", "master-2", "worker-1"]
+    err = capsys.readouterr().err
+    assert "left out of this run" in err and "worker-2 (stopped)" in err
+    g = groups(world.cluster(), conns)
+    assert [h for h, _ in g["workers"]] == ["worker-1"]
+    assert fake.calls[-1] == ["ssh-config", "loadbalancer", "master-1", "master-2", "worker-1"]
+
+
+def test_a_stopped_machine_the_limit_needs_still_stops_the_run(world):
+    world.states["master-2"] = "stopped"
+    world.runs["kthw-master-2"] = NotRunning("lxc state STOPPED")
+    fake = FakeVagrant(world.states, world.addresses)
+    with pytest.raises(InventoryError) as info:
+        vagrant_connections(world.cluster(), lambda: fake, probes={"lxc": world.probe}, dotfile_dir=world.dotfile,
+                            vagrantfile=world.vagrantfile, needed=needed_by(["master-*"]))
+    assert "master-2 (stopped)" in str(info.value) and "--limit needs them" in str(info.value)
+
+
+def test_without_a_limit_a_stopped_machine_stops_the_run_and_says_how_to_go_on(world):
+    world.states["worker-2"] = "stopped"
+    world.runs["kthw-worker-2"] = NotRunning("lxc state STOPPED")
+    msg, _ = failing_run(world)
+    assert "worker-2 (stopped)" in msg and "vagrant up" in msg and "--limit" in msg
