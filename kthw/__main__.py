@@ -2,6 +2,8 @@
 
     validate   check cluster.yaml and print what it derives
     pki        create or refresh the PKI, encryption config and kubeconfigs (idempotent)
+    pki adopt  copy a running cluster's identity (CAs, service-account keys, encryption config,
+               Weave password) from a master over SSH, then refresh the rest (--from NODE)
     diagram    print the topology as Mermaid
     pin-checksums  fetch upstream's published sha256 of every pinned release file and add
                  them to kthw/checksums/upstream-amd64.sha256 (review the diff, then commit)
@@ -20,9 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kthw", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["validate", "pki", "diagram", "pin-checksums"])
+    parser.add_argument("action", nargs="?", choices=["adopt"], help="pki adopt: see above")
+    parser.add_argument("--from", dest="source", help="pki adopt: the master to read from (default: the first)")
     parser.add_argument("--cluster", help="cluster file (default: $KTHW_CLUSTER or cluster.yaml)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only changes")
     args = parser.parse_args(argv)
+    if args.action and args.command != "pki":
+        parser.error(f"{args.command} takes no action {args.action!r}")
     try:
         cluster = load_cluster(args.cluster)
     except ClusterConfigError as exc:
@@ -55,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         from kthw.pki import ensure_pki
 
         try:
+            if args.action == "adopt":
+                from kthw.adopt import main as adopt
+
+                for name, what in adopt(cluster, args.source).items():
+                    print(f"  {name:36} {what}")
             report = ensure_pki(cluster)
         except PkiError as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ that snapshot.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from kthw.artifacts import ArtifactError, Cache, InstalledFile, installed_files,
 from kthw.kubeconfig import write_kubeconfigs
 from kthw.model import API_PORT, REPO_ROOT, Cluster, Node, load_cluster
 from kthw.ops import Directory, ManagedFile, Snapshot
-from kthw.pki import ensure_pki
+from kthw.pki import IDENTITY_FILES, ensure_pki
 
 FILES = REPO_ROOT / "files"
 # Before the host has answered, templates see these neutral values; only file *contents* may
@@ -161,7 +162,8 @@ class HostContext:
         """A file from the local PKI folder; keys and configs are secret (0600)."""
         data = (self.cluster.pki_dir / name).read_bytes()
         secret = name.endswith(".key") or name.endswith(".yaml") if secret is None else secret
-        return ManagedFile.content(dest, data, mode=0o600 if secret else 0o644, secret=secret)
+        f = ManagedFile.content(dest, data, mode=0o600 if secret else 0o644, secret=secret)
+        return dataclasses.replace(f, identity=True) if name in IDENTITY_FILES else f
 
     def kubeconfig_file(self, name: str, dest: str) -> ManagedFile:
         data = (self.cluster.kubeconfig_dir / f"{name}.kubeconfig").read_bytes()

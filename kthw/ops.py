@@ -82,6 +82,7 @@ class ManagedFile:
     mode: int = 0o644
     owner: str = "root:root"
     secret: bool = False
+    identity: bool = False  # part of the cluster's identity (kthw.pki.IDENTITY_FILES)
 
     @classmethod
     def text(cls, dest: str, text: str, mode: int = 0o644, secret: bool = False) -> ManagedFile:

@@ -53,6 +53,11 @@ SERVICE_ACCOUNT = "service-account"
 ENCRYPTION_CONFIG = "encryption-config.yaml"
 # Weave Net's mesh password (cni: weave): encrypts and authenticates traffic between peers.
 WEAVE_PASSWORD = "weave-password"
+# The cluster's identity: a host holding other versions of these belongs to another cluster (or
+# this one was re-created locally). Replacing them would break every Secret, token and
+# kubeconfig, so the deploy refuses unless told to (README: "Cluster identity").
+IDENTITY_FILES = (f"{CA_NAME}.crt", f"{ETCD_CA_NAME}.crt", f"{FRONT_PROXY_CA_NAME}.crt", f"{SERVICE_ACCOUNT}.pub",
+                  ENCRYPTION_CONFIG)
 # Backdate certificates a little so a node whose clock lags the operator's accepts them.
 CLOCK_SKEW = dt.timedelta(minutes=5)
 

@@ -45,7 +45,10 @@ def wants(ctx: HostContext) -> Wants:
              "apiserver-kubelet-client.crt", "apiserver-kubelet-client.key",
              "apiserver-etcd-client.crt", "apiserver-etcd-client.key",
              "service-account.key", "service-account.pub",
-             "front-proxy-ca.crt", "front-proxy-client.crt", "front-proxy-client.key"]
+             "front-proxy-ca.crt", "front-proxy-client.crt", "front-proxy-client.key",
+             # every CA key on every master, as kubeadm keeps them: any master can re-issue, and
+             # `python -m kthw pki adopt` can copy the whole identity from one
+             "etcd-ca.key", "front-proxy-ca.key"]
     w.files["certificates"] = [ctx.pki_file(n, f"{PKI}/{n}") for n in names]
     w.files["encryption config"] = [
         ctx.pki_file("encryption-config.yaml", "/var/lib/kubernetes/encryption-config.yaml")

@@ -60,6 +60,15 @@ def host_plan(host) -> tuple[HostContext, dict[ModuleType, Wants]]:
         wants = collect(ctx)  # now with the host's facts (cgroup version, ...)
     except (ClusterConfigError, PkiError, ArtifactError, DeployRefused) as exc:
         raise PyinfraError(str(exc)) from None
+    other = [f.dest for w in wants.values() for f in w.all_files()
+             if f.identity and (have := ctx.snapshot.file(f.dest)) and have[0] != f.sha256]
+    if other and not host.data.get("kthw_replace_identity"):
+        raise PyinfraError(
+            f"{host.name} holds another cluster identity than {cluster.pki_dir}: {', '.join(other)} differ. "
+            "Nothing was changed. Fix: to manage that running cluster from here, copy its identity into the "
+            "local state first (`python -m kthw pki adopt`); to replace it on purpose (CA rotation, every "
+            "token, Secret and kubeconfig of the old identity stops working), rerun with "
+            "--data kthw_replace_identity=yes (README: Cluster identity).")
     if snapshot_spec(wants)["files"] != spec["files"]:
         raise PyinfraError(f"{host.name}: the managed files depend on host facts; fix the component")
     return ctx, wants

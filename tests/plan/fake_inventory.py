@@ -10,6 +10,7 @@ KTHW_FAKE_STATE picks what every host's HostState snapshot reports:
 KTHW_FAKE_WEAVE_RANGE: the pod range the running Weave Net reports (default: none running).
 KTHW_FAKE_STATE_CLUSTER: the cluster file the state was converged for (default: the deployed
   one, KTHW_CLUSTER), to plan a change of cluster.yaml on a running cluster.
+KTHW_FAKE_OTHER_IDENTITY: the masters hold another cluster's CA certificate and encryption config.
 KTHW_FAKE_REGISTRY_HOSTS: comma-separated registries whose deploy-written hosts.toml every
   Kubernetes node reports (default: as the state implies).
 """
@@ -49,6 +50,9 @@ for _hosts in _groups.values():
         if _mode == "renewed" and _node.is_master:
             for _path in ("/etc/etcd/etcd-server.crt", "/var/lib/kubernetes/pki/kube-apiserver.crt"):
                 _state["files"][_path][0] = "0" * 64
+        if os.environ.get("KTHW_FAKE_OTHER_IDENTITY") and _node.is_master:
+            for _path in ("/var/lib/kubernetes/pki/ca.crt", "/var/lib/kubernetes/encryption-config.yaml"):
+                _state["files"][_path][0] = "1" * 64
         _state["weave_range"] = os.environ.get("KTHW_FAKE_WEAVE_RANGE", "")
         if "KTHW_FAKE_REGISTRY_HOSTS" in os.environ and _node.runs_kubelet:
             _state["managed_registry_hosts"] = [r for r in os.environ["KTHW_FAKE_REGISTRY_HOSTS"].split(",") if r]

@@ -11,8 +11,8 @@ from operations.plan import collect, snapshot_spec
 # control plane's), contents, modes and owners, secrets and not.
 DRIFT = {
     "master-1": {
-        "/etc/etcd/etcd-ca.crt": "content", "/etc/etcd/etcd-server.crt": "content",
-        "/etc/etcd/etcd-server.key": "content", "/var/lib/kubernetes/pki/ca.crt": "content",
+        "/etc/etcd/etcd-ca.crt": "owner", "/etc/etcd/etcd-server.crt": "content",
+        "/etc/etcd/etcd-server.key": "content", "/var/lib/kubernetes/pki/ca.crt": "mode",
         "/var/lib/kubernetes/pki/kube-apiserver.key": "mode",
         "/var/lib/kubernetes/pki/service-account.pub": "owner", "/etc/hosts": "content",
     },

@@ -304,3 +304,19 @@ def test_a_rerun_after_an_interrupted_run_makes_the_restarts_it_owes(default_clu
     assert "/var/lib/kthw/applied/kubelet" in kubelet[0]
     etcd = [line for line in out.stderr.splitlines() if "systemctl restart etcd" in line]
     assert len(etcd) == 1 and "/var/lib/kthw/applied/etcd" in etcd[0]
+
+
+def test_hosts_of_another_cluster_identity_are_refused_before_anything_runs(default_cluster):
+    out = run_pyinfra(default_cluster, "-y", "-vv", state="converged", check=False,
+                      env={"KTHW_FAKE_OTHER_IDENTITY": "1"})
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "holds another cluster identity" in text and "Nothing was changed" in text
+    assert "/var/lib/kubernetes/pki/ca.crt, /var/lib/kubernetes/encryption-config.yaml differ" in text
+    assert "python -m kthw pki adopt" in text and "kthw_replace_identity=yes" in text
+    assert all(n == 1 for n in remote_commands(out.stderr).values())  # only the snapshots were taken
+    # replacing it on purpose is one explicit flag away
+    out = run_pyinfra(default_cluster, "--dry", "--json", "--data", "kthw_replace_identity=yes",
+                      state="converged", env={"KTHW_FAKE_OTHER_IDENTITY": "1"})
+    changed = {p["name"] for p in json.loads(out.stdout)["plan"] if p["hosts_with_change"]}
+    assert "control plane | certificates and keys" in changed

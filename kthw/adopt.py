@@ -1,0 +1,155 @@
+"""Adopt a running cluster's identity into the local state: ``python -m kthw pki adopt``.
+
+A fresh clone, a second operator machine or a lost ``.kthw/`` has no PKI, and ``kthw pki``
+would make a new one: new CAs, service-account key and encryption key, which the deploy then
+refuses to put over the running cluster's (``operations/plan.py``). Adopting copies the
+running cluster's identity from a master instead, over SSH:
+
+- the three CAs with their keys (cluster, etcd, front proxy),
+- the service-account key pair,
+- the encryption-at-rest config,
+- Weave Net's mesh password (``cni: weave``, from the first master's add-on manifest).
+
+Then the usual ``ensure_pki`` re-issues every leaf certificate the adopted CAs did not sign
+(keys kept where they match) and the kubeconfigs follow, so the next deploy restarts the
+components one at a time with certificates of the same identity: every Secret still decrypts,
+every service-account token and kubeconfig signed before still verifies.
+
+Local files that differ are moved to ``<pki>/replaced-<UTC time>/`` first (0700), never
+deleted. Keys are written 0600 and never printed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import re
+import shlex
+import subprocess
+import tarfile
+from collections.abc import Callable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from kthw.model import Cluster, Node
+from kthw.pki import (
+    CA_NAME,
+    ENCRYPTION_CONFIG,
+    ETCD_CA_NAME,
+    FRONT_PROXY_CA_NAME,
+    SERVICE_ACCOUNT,
+    WEAVE_PASSWORD,
+    PkiError,
+    write_private,
+    write_public,
+)
+
+PKI = "/var/lib/kubernetes/pki"
+# local file in the PKI folder: where a master holds it (operations/control_plane.py)
+ON_A_MASTER = {
+    **{f"{ca}.{ext}": f"{PKI}/{ca}.{ext}" for ca in (CA_NAME, ETCD_CA_NAME, FRONT_PROXY_CA_NAME)
+       for ext in ("crt", "key")},
+    f"{SERVICE_ACCOUNT}.key": f"{PKI}/{SERVICE_ACCOUNT}.key",
+    f"{SERVICE_ACCOUNT}.pub": f"{PKI}/{SERVICE_ACCOUNT}.pub",
+    ENCRYPTION_CONFIG: f"/var/lib/kubernetes/{ENCRYPTION_CONFIG}",
+}
+WEAVE_MANIFEST = "/etc/kubernetes/addons/05-weave-password.yaml"
+
+# (node, remote paths) -> {remote path: bytes}; raises PkiError
+Fetch = Callable[[Node, list[str]], dict[str, bytes]]
+
+
+def ssh_fetch(connection: dict) -> Fetch:
+    """Read files from a node with one ``sudo tar`` over SSH (pyinfra's connection data)."""
+    def fetch(node: Node, paths: list[str]) -> dict[str, bytes]:
+        cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+        if connection.get("ssh_strict_host_key_checking") == "no":
+            cmd += ["-o", "StrictHostKeyChecking=no"]
+        if connection.get("ssh_known_hosts_file"):
+            cmd += ["-o", f"UserKnownHostsFile={connection['ssh_known_hosts_file']}"]
+        if connection.get("ssh_key"):
+            cmd += ["-i", str(connection["ssh_key"])]
+        cmd += ["-p", str(connection.get("ssh_port", 22)),
+                f"{connection.get('ssh_user', 'root')}@{connection['ssh_hostname']}",
+                "sudo tar -C / -cf - " + " ".join(shlex.quote(p.lstrip("/")) for p in paths)]
+        out = subprocess.run(cmd, capture_output=True, timeout=120)
+        if out.returncode != 0:  # tar names the files it could not read; nothing secret in that
+            raise PkiError(f"reading the identity from {node.name} failed: "
+                           f"{out.stderr.decode(errors='replace').strip()[-500:]}")
+        found = {}
+        with tarfile.open(fileobj=io.BytesIO(out.stdout)) as tar:
+            for member in tar.getmembers():
+                if member.isfile():
+                    found["/" + member.name] = tar.extractfile(member).read()
+        return found
+    return fetch
+
+
+def _check(files: dict[str, bytes]) -> None:
+    """Each CA key belongs to its certificate, and the service-account key to its .pub."""
+    for ca in (CA_NAME, ETCD_CA_NAME, FRONT_PROXY_CA_NAME):
+        cert = x509.load_pem_x509_certificate(files[f"{ca}.crt"])
+        key = serialization.load_pem_private_key(files[f"{ca}.key"], password=None)
+        if cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) \
+                != key.public_key().public_bytes(serialization.Encoding.DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo):
+            raise PkiError(f"{ca}.key on the master does not belong to {ca}.crt there: not adopted")
+    sa = serialization.load_pem_private_key(files[f"{SERVICE_ACCOUNT}.key"], password=None)
+    pub = sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if serialization.load_pem_public_key(files[f"{SERVICE_ACCOUNT}.pub"]).public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo) != pub:
+        raise PkiError("service-account.key and service-account.pub on the master are not a pair: not adopted")
+
+
+def adopt(cluster: Cluster, fetch: Fetch, source: Node | None = None,
+          now: dt.datetime | None = None) -> dict[str, str]:
+    """Copy the identity of the running cluster from ``source`` (default: the first master) into
+    the local PKI folder. Returns {local file: "adopted" | "already the same"}."""
+    source = source or cluster.masters[0]
+    if not source.is_master:
+        raise PkiError(f"{source.name} is not a master: only masters hold the cluster's identity")
+    got = fetch(source, list(ON_A_MASTER.values()))
+    missing = [p for p in ON_A_MASTER.values() if p not in got]
+    if missing:
+        raise PkiError(f"{source.name} lacks {', '.join(missing)}: is it a deployed master of this cluster?")
+    files = {name: got[path] for name, path in ON_A_MASTER.items()}
+    if cluster.cni == "weave":
+        first = cluster.masters[0]  # the one that applies the add-ons
+        manifest = fetch(first, [WEAVE_MANIFEST]).get(WEAVE_MANIFEST)
+        found = re.search(rb'^\s*weave-passwd:\s*"([^"]+)"\s*$', manifest or b"", re.M)
+        if not found:
+            raise PkiError(f"no Weave password in {WEAVE_MANIFEST} on {first.name}: not adopted")
+        files[WEAVE_PASSWORD] = found.group(1) + b"\n"
+    _check(files)
+
+    pki = cluster.pki_dir
+    pki.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
+    backup = pki / f"replaced-{stamp}"
+    result = {}
+    for name, data in files.items():
+        path = pki / name
+        if path.exists() and path.read_bytes() == data:
+            result[name] = "already the same"
+            continue
+        if path.exists():
+            backup.mkdir(mode=0o700, exist_ok=True)
+            os.replace(path, backup / name)
+        secret = name.endswith(".key") or name in (ENCRYPTION_CONFIG, WEAVE_PASSWORD)
+        (write_private if secret else write_public)(path, data)
+        result[name] = "adopted" + (f" (the local one moved to {backup.name}/)" if (backup / name).exists() else "")
+    return result
+
+
+def main(cluster: Cluster, source_name: str | None = None) -> dict[str, str]:
+    """``python -m kthw pki adopt``: the first master (or ``source_name``) over the inventory's SSH."""
+    from kthw.inventory import connections
+
+    source = cluster.node(source_name) if source_name else cluster.masters[0]
+    conns = connections(cluster, limit=[n.name for n in cluster.masters])
+    if source.name not in conns:
+        raise PkiError(f"{source.name} is not reachable (not running?)")
+    by_node = {n: ssh_fetch(c) for n, c in conns.items()}
+    return adopt(cluster, lambda node, paths: by_node[node.name](node, paths), source)
