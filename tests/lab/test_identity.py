@@ -39,7 +39,8 @@ def test_a_lost_local_state_is_refused_then_adopted(lab, tmp_path):
         assert (state / "pki" / name).read_bytes() == (tmp_path / "pki" / name).read_bytes(), name
     assert lab.kubectl("get", "secret", "kthw-identity-probe", "-o", "jsonpath={.data.k}") == "YmVmb3Jl"  # "before"
     whoami = sh([str(lab.kubectl_binary), "--kubeconfig=/dev/null", "--token", token, "--server",
-                 f"https://{lab.cluster.loadbalancer.ip}:6443", "--certificate-authority", str(state / "pki" / "ca.crt"),
+                 f"https://{lab.cluster.loadbalancer.ip}:6443",
+                 "--certificate-authority", str(state / "pki" / "ca.crt"),
                  "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"], check=False).stdout
     assert whoami == "system:serviceaccount:default:default", whoami
     for m in masters(lab):
