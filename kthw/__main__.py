@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.action and args.command != "pki":
         parser.error(f"{args.command} takes no action {args.action!r}")
+    if args.source and args.action != "adopt":
+        parser.error("--from goes with `pki adopt`")
     try:
         cluster = load_cluster(args.cluster)
     except ClusterConfigError as exc:

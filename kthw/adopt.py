@@ -113,7 +113,10 @@ def adopt(cluster: Cluster, fetch: Fetch, source: Node | None = None,
     got = fetch(source, list(ON_A_MASTER.values()))
     missing = [p for p in ON_A_MASTER.values() if p not in got]
     if missing:
-        raise PkiError(f"{source.name} lacks {', '.join(missing)}: is it a deployed master of this cluster?")
+        raise PkiError(f"{source.name} lacks {', '.join(missing)}. Either it is not a deployed master of this "
+                       "cluster, or the cluster was deployed by a version that kept the etcd and front-proxy "
+                       "CA keys only on the operator machine: run the deploy once from the machine that has "
+                       "the original .kthw/ (it puts them on the masters), then adopt")
     files = {name: got[path] for name, path in ON_A_MASTER.items()}
     if cluster.cni == "weave":
         first = cluster.masters[0]  # the one that applies the add-ons
@@ -145,11 +148,29 @@ def adopt(cluster: Cluster, fetch: Fetch, source: Node | None = None,
 
 def main(cluster: Cluster, source_name: str | None = None) -> dict[str, str]:
     """``python -m kthw pki adopt``: the first master (or ``source_name``) over the inventory's SSH."""
-    from kthw.inventory import connections
+    from kthw.inventory import InventoryError, connections
 
+    names = {n.name for n in cluster.masters}
+    if source_name and source_name not in names:
+        raise PkiError(f"--from {source_name}: not a master of {cluster.source} (masters: {', '.join(sorted(names))})")
     source = cluster.node(source_name) if source_name else cluster.masters[0]
-    conns = connections(cluster, limit=[n.name for n in cluster.masters])
-    if source.name not in conns:
-        raise PkiError(f"{source.name} is not reachable (not running?)")
-    by_node = {n: ssh_fetch(c) for n, c in conns.items()}
-    return adopt(cluster, lambda node, paths: by_node[node.name](node, paths), source)
+    # only the machines read from must be up: the source, and the first master for Weave's password
+    needed = sorted({source.name, *([cluster.masters[0].name] if cluster.cni == "weave" else [])})
+    try:
+        conns = connections(cluster, limit=needed)
+    except InventoryError as exc:
+        raise PkiError(str(exc)) from None
+    missing = [n for n in needed if n not in conns]
+    if missing:
+        raise PkiError(f"{', '.join(missing)} not reachable (not running?)")
+    by_node = {n: ssh_fetch(conns[n]) for n in needed}
+
+    def fetch(node: Node, paths: list[str]) -> dict[str, bytes]:
+        try:
+            return by_node[node.name](node, paths)
+        except (OSError, subprocess.TimeoutExpired, tarfile.TarError) as exc:
+            raise PkiError(f"reading from {node.name} failed: {exc}") from None
+    try:
+        return adopt(cluster, fetch, source)
+    except ValueError as exc:  # a PEM that does not parse
+        raise PkiError(f"the identity read from {source.name} does not parse ({exc}): not adopted") from None

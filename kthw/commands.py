@@ -26,8 +26,9 @@ def etcd_members_healthy(endpoints: list[str]) -> str:
 
 
 def apiservers_ready(addresses: list[str]) -> str:
-    """Condition: every listed apiserver answers /readyz (anonymous: the health endpoints allow it)."""
-    checks = [f"curl -sf --max-time 5 --cacert /var/lib/kubernetes/pki/ca.crt https://{a}:6443/readyz >/dev/null"
+    """Condition: every listed apiserver answers /readyz (asked directly, not through the load
+    balancer; kubectl is on every master, its CA and credentials in the admin kubeconfig)."""
+    checks = [f"{KUBECTL} --server=https://{a}:6443 --request-timeout=5s get --raw /readyz >/dev/null 2>&1"
               for a in addresses]
     return " && ".join(checks) or "true"
 

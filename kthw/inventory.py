@@ -366,8 +366,16 @@ def _ask_vagrant(cluster: Cluster, vagrant_factory: Callable,
             print(f"warning: left out of this run (not running, and --limit does not need them): {said}",
                   file=sys.stderr)
             up = [n for n in names if n not in down]
-            found = parse_ssh_config(v._run_vagrant_command(["ssh-config", *up])) if up else {}
-            return {n: found[n] for n in up if n in found}
+            try:
+                found = parse_ssh_config(v._run_vagrant_command(["ssh-config", *up])) if up else {}
+            except Exception as again:
+                raise InventoryError(f"`vagrant ssh-config` failed for the running machines ({again}). "
+                                     "Fix: `vagrant reload` them.") from None
+            lacking = [n for n in up if n not in found]
+            if lacking:
+                raise InventoryError(f"`vagrant ssh-config` did not list {', '.join(lacking)}. "
+                                     "Fix: `vagrant reload` them.") from None
+            return {n: found[n] for n in up}
         if down:
             hint = "" if needed is None else " (--limit needs them)"
             raise InventoryError(f"machines not running{hint}: {said}. Fix: `vagrant up` (or `make up`) in "

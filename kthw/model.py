@@ -96,7 +96,7 @@ class VersionsSection(_Section):
 # A registry as image references name it: registry.k8s.io, docker.io, myregistry:5000
 RegistryHost = Annotated[str, StringConstraints(strict=True, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:\d{1,5})?$")]
 # A mirror endpoint: scheme, host[:port], optional path (containerd appends /v2 to it).
-MirrorUrl = Annotated[str, StringConstraints(strict=True, pattern=r"^https?://[^\s/]+(/\S*)?$")]
+MirrorUrl = Annotated[str, StringConstraints(strict=True, pattern=r"^https?://[^\s/\"]+(/[^\s\"]*)?$")]
 
 
 class ArtifactsSection(_Section):
@@ -126,7 +126,8 @@ FlagName = Annotated[str, StringConstraints(strict=True, pattern=r"^[a-z0-9][a-z
 FlagValue = Annotated[
     str,
     BeforeValidator(lambda v: str(v).lower() if isinstance(v, bool) else str(v) if isinstance(v, int | float) else v),
-    StringConstraints(pattern=r"^[^\s'\"\\]+$"),
+    # (no % or $ either: systemd would expand them in ExecStart)
+    StringConstraints(pattern=r"^[^\s'\"\\%$]+$"),
 ]
 
 
@@ -509,7 +510,8 @@ def _pattern_fix(loc: tuple, is_key: bool = False) -> tuple[str, str]:
         return "is not an http(s):// or file:// URL", "write a full URL, like https://mirror.example/kthw"
     if loc[0] == "extra_args":
         if not is_key:
-            return "is not a single word", "give the flag's value without spaces or quotes"
+            return ("is not a single word", "give the flag's value without spaces, quotes, backslashes, "
+                    "% or $ (systemd would expand those two)")
         return ("is not a flag name", "write the flag without its leading dashes, in lower case, like "
                 "audit-log-maxage")
     if loc[:2] == ("artifacts", "registry_mirrors"):

@@ -9,8 +9,6 @@ missing from the cluster (the host snapshot checks that with ``kubectl get -f``)
 
 from __future__ import annotations
 
-import dataclasses
-
 from pyinfra import host
 
 from kthw.commands import KUBECTL, wait_until
@@ -64,9 +62,8 @@ def wants(ctx: HostContext) -> Wants:
     for name in manifest_names(ctx):
         if name == "05-weave-password.yaml":  # the only secret one: 0600, never shown in --diff
             password = (ctx.cluster.pki_dir / WEAVE_PASSWORD).read_text().strip()
-            # part of the cluster's identity: another password would split the mesh
-            w.files[name] = [dataclasses.replace(ctx.template_file(
-                f"{ADDONS}/{name}", mode=0o600, secret=True, weave_password=password), identity=True)]
+            w.files[name] = [ctx.template_file(f"{ADDONS}/{name}", mode=0o600, secret=True,
+                                               weave_password=password)]
         else:
             w.files[name] = [ctx.template_file(f"{ADDONS}/{name}", **extra)]
         w.manifests.append(f"{ADDONS}/{name}")

@@ -100,4 +100,7 @@ def deploy(ctx: HostContext, w: Wants) -> None:
         service_restarted_in_turn(unit, snap, restart_on=[binaries, certs, kubeconfigs, units[unit]],
                                   inputs=dests(w.files["binaries"], w.files["certificates"], w.files["kubeconfigs"],
                                                w.files[f"{unit} unit"]),
+                                  # still running after 10 s (a refused flag exits at once, and
+                                  # systemd retries it every 5 s): the next master may go
+                                  ready=f"sleep 10 && systemctl is-active --quiet {unit}",
                                   _serial=True, name=f"control plane | {unit} restarted on change, in turn")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kthw.context import HostContext, Wants
-from kthw.ops import files_synced, service_running
+from kthw.ops import dests, files_synced, service_running
 
 
 def wants(ctx: HostContext) -> Wants:
@@ -18,4 +18,5 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     config = files_synced(w.files["config"], snap, check="haproxy -c -q -f {path}",
                           name="loadbalancer | haproxy.cfg (checked by haproxy -c)")
     # Reload, not restart: open kubectl watches through the proxy survive a config change.
-    service_running("haproxy", snap, restart_on=[config], graceful=True, name="loadbalancer | haproxy running")
+    service_running("haproxy", snap, restart_on=[config], graceful=True, inputs=dests(w.files["config"]),
+                    name="loadbalancer | haproxy running")

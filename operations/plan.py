@@ -62,7 +62,7 @@ def host_plan(host) -> tuple[HostContext, dict[ModuleType, Wants]]:
         raise PyinfraError(str(exc)) from None
     other = [f.dest for w in wants.values() for f in w.all_files()
              if f.identity and (have := ctx.snapshot.file(f.dest)) and have[0] != f.sha256]
-    if other and not host.data.get("kthw_replace_identity"):
+    if other and str(host.data.get("kthw_replace_identity", "")).lower() not in ("yes", "true", "1"):
         raise PyinfraError(
             f"{host.name} holds another cluster identity than {cluster.pki_dir}: {', '.join(other)} differ. "
             "Nothing was changed. Fix: to manage that running cluster from here, copy its identity into the "

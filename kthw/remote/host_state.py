@@ -3,12 +3,12 @@
 # Read-only: it changes nothing on the host (a fact, and so a --dry run, must not). The hash
 # cache it reads is written by the real run, in the command that places a file
 # (kthw/remote/record_hashes.py).
+import datetime
 import hashlib
 import json
 import os
 import subprocess
 import sys
-import time
 
 spec = json.loads(sys.argv[1])
 CACHE = spec.get("hash_cache", "/var/lib/kthw/hash-cache.json")
@@ -63,18 +63,22 @@ for path in spec.get("dirs", []):
         out["dirs"][path] = None
 units = spec.get("services", [])
 if units:
-    res = subprocess.run(["systemctl", "show", "--property=Id,ActiveState,UnitFileState,NeedDaemonReload,"
-                          "ExecMainStartTimestampMonotonic", "--"]
+    # When each main process started, in wall-clock time with microseconds (to compare with
+    # its inputs' mtimes).
+    res = subprocess.run(["systemctl", "show", "--timestamp=us+utc", "--property=Id,ActiveState,UnitFileState,"
+                          "NeedDaemonReload,ExecMainStartTimestamp", "--"]
                          + [u + ".service" for u in units], capture_output=True, text=True)
-    # When each main process started, as wall-clock time (to compare with its inputs' mtimes).
-    boot = time.time() - time.clock_gettime(time.CLOCK_MONOTONIC)
     blocks = [b for b in res.stdout.strip().split("\n\n")]
     for unit, block in zip(units, blocks):
         props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
         out["services"][unit] = [props.get("ActiveState", "unknown"), props.get("UnitFileState", "")]
         out["need_reload"][unit] = props.get("NeedDaemonReload") == "yes"
-        mono = int(props.get("ExecMainStartTimestampMonotonic") or 0)
-        out["started"][unit] = boot + mono / 1e6 if mono else 0
+        try:  # "Fri 2026-11-27 10:00:00.123456 UTC" (the weekday's name may be localized: skipped)
+            stamp = props.get("ExecMainStartTimestamp", "").partition(" ")[2]
+            when = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f UTC")
+            out["started"][unit] = when.replace(tzinfo=datetime.timezone.utc).timestamp()
+        except ValueError:  # never started (empty)
+            out["started"][unit] = 0
 # When the deploy last restarted, reloaded or applied something (see kthw.ops.APPLIED_DIR).
 for key in spec.get("applied", []):
     try:
