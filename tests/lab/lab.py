@@ -183,6 +183,14 @@ class Lab:
                   f"sudo sh -c {json.dumps(command)}"], check=check, timeout=timeout)
         return out.stdout
 
+    def script(self, node: str, script: str, check: bool = True, timeout: int = 120) -> str:
+        """Run a shell script as root on a node, quoted so that only the node's root shell
+        expands it (``ssh`` joins its arguments into a line for the remote login shell; with
+        :meth:`ssh` that shell already expands ``$var`` and ``$(...)``)."""
+        out = sh(["ssh", "-F", str(LAB_DIR / "ssh-config"), "-o", "BatchMode=yes", node,
+                  "sudo sh -c " + shlex.quote(script)], check=check, timeout=timeout)
+        return out.stdout
+
     def wait(self, what: str, predicate, timeout: float = 300, interval: float = 3):
         deadline = time.monotonic() + timeout
         last = None

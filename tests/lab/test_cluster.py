@@ -200,7 +200,7 @@ def test_nodeport_answers_only_on_the_node_network(lab, web):
     lb = lab.cluster.loadbalancer.name
     for worker in lab.cluster.workers:
         # the node's other NIC (eth0: the lab's management network), which the load balancer shares
-        mgmt = lab.ssh(worker.name, "ip -4 -o addr show dev eth0 | awk '{print $4}'").strip().split("/")[0]
+        mgmt = lab.ssh(worker.name, "ip -4 -o addr show dev eth0").split()[3].split("/")[0]
         assert mgmt and mgmt != str(worker.ip)
         code = lab.ssh(lb, f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 3 http://{mgmt}:{port}/",
                        check=False).strip()

@@ -80,8 +80,8 @@ def test_no_profiling_endpoints(lab):
         # controller-manager and scheduler serve on loopback; admin is allowed everything there,
         # so 404 means the endpoint is gone, not that admin was refused
         for port in (10257, 10259):
-            assert lab.ssh(m, AS_ADMIN.replace("URL", f"https://127.0.0.1:{port}/debug/pprof/")) == "404", (m, port)
-            assert lab.ssh(m, AS_ADMIN.replace("URL", f"https://127.0.0.1:{port}/healthz")) == "200", (m, port)
+            assert lab.script(m, AS_ADMIN.replace("URL", f"https://127.0.0.1:{port}/debug/pprof/")) == "404", (m, port)
+            assert lab.script(m, AS_ADMIN.replace("URL", f"https://127.0.0.1:{port}/healthz")) == "200", (m, port)
 
 
 def test_kubelet_config_is_root_only(lab):
