@@ -36,6 +36,8 @@ RUNTIME_STATE = [
 ]
 # Written by Weave Net's init container (the CNI plugin and its config), not by the deploy.
 RUNTIME_STATE += ["/etc/cni/net.d/10-weave.conflist", "/opt/cni/bin/weave-"]
+# The kubelet's own atomic writes (a temporary ".<digits>" file beside a checkpoint it replaces).
+RUNTIME_STATE += ["/var/lib/kubelet/."]
 # The deploy's own bookkeeping on a node (hashes of the files it placed), not a managed file.
 BOOKKEEPING = ["/var/lib/kthw/hash-cache.json", "/var/lib/kthw/applied"]  # (and when it last restarted what)
 
@@ -247,3 +249,14 @@ class RequestLoop:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=120)
+
+
+def reference_only(lab: Lab) -> None:
+    """Skip on the other topologies: what the test checks is the deploy's logic, the same on
+    any topology, and it costs minutes per run (CI runs all topologies in one budget)."""
+    import pytest
+
+    from kthw.model import DEFAULT_CLUSTER_FILE
+
+    if lab.source.resolve() != DEFAULT_CLUSTER_FILE.resolve():
+        pytest.skip("topology-independent deploy logic: run on the reference topology only")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.lab.lab import Lab, RequestLoop, sh
+from tests.lab.lab import Lab, RequestLoop, reference_only, sh
 
 ETCDCTL = ("ETCDCTL_API=3 etcdctl --cacert=/etc/etcd/etcd-ca.crt --cert=/etc/etcd/etcd-server.crt "
            "--key=/etc/etcd/etcd-server.key")
@@ -301,6 +301,7 @@ def test_restarting_one_apiserver_takes_seconds_and_costs_no_request(lab):
 
 
 def test_a_rolling_restart_by_the_deploy_costs_no_request(lab, tmp_path):
+    reference_only(lab)
     if len(masters(lab)) < 2:
         pytest.skip("one master: its restart is an outage")
     raw = yaml.safe_load(lab.cluster_file.read_text())
@@ -342,6 +343,7 @@ def test_a_rolling_restart_stops_at_the_first_master_that_does_not_come_back(lab
     """A flag kube-apiserver refuses: the first master restarted stays down, every other master
     is left serving (its guard refuses to restart it), the cluster serves through the load
     balancer; the fixed model converges again."""
+    reference_only(lab)
     if len(masters(lab)) < 2:
         pytest.skip("one master: a bad restart takes the only apiserver down")
 
@@ -374,6 +376,7 @@ def test_a_rolling_restart_stops_at_the_first_master_that_does_not_come_back(lab
 
 
 def test_a_stopped_worker_blocks_only_runs_that_need_it(lab):
+    reference_only(lab)
     victim = workers(lab)[-1]
     subprocess.run(["lxc-stop", "--kill", "-n", f"kthw-{victim}"], check=True)
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 import sys
 
-from tests.lab.lab import Lab, sh
+from tests.lab.lab import Lab, reference_only, sh
 from tests.lab.test_cluster import ADMIN, masters
 
 
@@ -16,6 +16,7 @@ def started(lab: Lab, m: str) -> str:
 
 
 def test_a_lost_local_state_is_refused_then_adopted(lab, tmp_path):
+    reference_only(lab)
     lab.kubectl("create", "secret", "generic", "kthw-identity-probe", "--from-literal=k=before")
     token = lab.kubectl("create", "token", "default", "--duration=1h").strip()
     before = {m: started(lab, m) for m in masters(lab)}

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from kthw.model import REPO_ROOT
-from tests.lab.lab import Lab
+from tests.lab.lab import Lab, reference_only
 from tests.lab.test_cluster import masters
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -91,5 +91,6 @@ def test_a_unit_placed_by_a_killed_run_is_reloaded_and_restarted_by_the_rerun(la
 
 @pytest.fixture(autouse=True)
 def _served_afterwards(lab):
+    reference_only(lab)
     yield
     lab.served_through_load_balancer()
