@@ -4,6 +4,9 @@
     pki        create or refresh the PKI, encryption config and kubeconfigs (idempotent)
     pki adopt  copy a running cluster's identity (CAs, service-account keys, encryption config,
                Weave password) from a master over SSH, then refresh the rest (--from NODE)
+    pki rotate-ca [begin|switch|finish]
+               rotate the CAs without downtime, a deploy after each step (README: CA rotation);
+               without a step: where the rotation stands
     diagram    print the topology as Mermaid
     pin-checksums  fetch upstream's published sha256 of every pinned release file and add
                  them to kthw/checksums/upstream-amd64.sha256 (review the diff, then commit)
@@ -22,13 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kthw", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["validate", "pki", "diagram", "pin-checksums"])
-    parser.add_argument("action", nargs="?", choices=["adopt"], help="pki adopt: see above")
+    parser.add_argument("action", nargs="?", choices=["adopt", "rotate-ca"], help="pki adopt, pki rotate-ca: see above")
+    parser.add_argument("step", nargs="?", choices=["begin", "switch", "finish"], help="pki rotate-ca: see above")
     parser.add_argument("--from", dest="source", help="pki adopt: the master to read from (default: the first)")
     parser.add_argument("--cluster", help="cluster file (default: $KTHW_CLUSTER or cluster.yaml)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only changes")
     args = parser.parse_args(argv)
     if args.action and args.command != "pki":
         parser.error(f"{args.command} takes no action {args.action!r}")
+    if args.step and args.action != "rotate-ca":
+        parser.error(f"{args.step} goes with `pki rotate-ca`")
     if args.source and args.action != "adopt":
         parser.error("--from goes with `pki adopt`")
     try:
@@ -68,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
 
                 for name, what in adopt(cluster, args.source).items():
                     print(f"  {name:36} {what}")
+            if args.action == "rotate-ca":
+                from kthw.rotation import main as rotate
+
+                print(rotate(cluster, args.step))
+                if args.step is None:
+                    return 0
             report = ensure_pki(cluster)
         except PkiError as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -26,7 +26,6 @@ import io
 import os
 import re
 import shlex
-import subprocess
 import tarfile
 from collections.abc import Callable
 
@@ -45,6 +44,7 @@ from kthw.pki import (
     write_private,
     write_public,
 )
+from kthw.ssh import SshError, ssh_run
 
 PKI = "/var/lib/kubernetes/pki"
 # local file in the PKI folder: where a master holds it (operations/control_plane.py)
@@ -61,25 +61,16 @@ WEAVE_MANIFEST = "/etc/kubernetes/addons/05-weave-password.yaml"
 Fetch = Callable[[Node, list[str]], dict[str, bytes]]
 
 
-def ssh_fetch(connection: dict) -> Fetch:
+def ssh_fetch(name: str, connection: dict) -> Fetch:
     """Read files from a node with one ``sudo tar`` over SSH (pyinfra's connection data)."""
     def fetch(node: Node, paths: list[str]) -> dict[str, bytes]:
-        cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
-        if connection.get("ssh_strict_host_key_checking") == "no":
-            cmd += ["-o", "StrictHostKeyChecking=no"]
-        if connection.get("ssh_known_hosts_file"):
-            cmd += ["-o", f"UserKnownHostsFile={connection['ssh_known_hosts_file']}"]
-        if connection.get("ssh_key"):
-            cmd += ["-i", str(connection["ssh_key"])]
-        cmd += ["-p", str(connection.get("ssh_port", 22)),
-                f"{connection.get('ssh_user', 'root')}@{connection['ssh_hostname']}",
-                "sudo tar -C / -cf - " + " ".join(shlex.quote(p.lstrip("/")) for p in paths)]
-        out = subprocess.run(cmd, capture_output=True, timeout=120)
-        if out.returncode != 0:  # tar names the files it could not read; nothing secret in that
-            raise PkiError(f"reading the identity from {node.name} failed: "
-                           f"{out.stderr.decode(errors='replace').strip()[-500:]}")
+        try:  # tar names the files it could not read; nothing secret in that
+            out = ssh_run(name, connection,
+                          "sudo tar -C / -cf - " + " ".join(shlex.quote(p.lstrip("/")) for p in paths))
+        except SshError as exc:
+            raise PkiError(f"reading the identity failed: {exc}") from None
         found = {}
-        with tarfile.open(fileobj=io.BytesIO(out.stdout)) as tar:
+        with tarfile.open(fileobj=io.BytesIO(out)) as tar:
             for member in tar.getmembers():
                 if member.isfile():
                     found["/" + member.name] = tar.extractfile(member).read()
@@ -90,6 +81,10 @@ def ssh_fetch(connection: dict) -> Fetch:
 def _check(files: dict[str, bytes]) -> None:
     """Each CA key belongs to its certificate, and the service-account key to its .pub."""
     for ca in (CA_NAME, ETCD_CA_NAME, FRONT_PROXY_CA_NAME):
+        if len(x509.load_pem_x509_certificates(files[f"{ca}.crt"])) > 1:
+            raise PkiError(f"{ca}.crt on the master holds two CAs: a CA rotation is under way (README: CA "
+                           "rotation). Not adopted. Fix: finish the rotation from the operator machine that "
+                           "began it, then adopt")
         cert = x509.load_pem_x509_certificate(files[f"{ca}.crt"])
         key = serialization.load_pem_private_key(files[f"{ca}.key"], password=None)
         if cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) \
@@ -163,12 +158,12 @@ def main(cluster: Cluster, source_name: str | None = None) -> dict[str, str]:
     missing = [n for n in needed if n not in conns]
     if missing:
         raise PkiError(f"{', '.join(missing)} not reachable (not running?)")
-    by_node = {n: ssh_fetch(conns[n]) for n in needed}
+    by_node = {n: ssh_fetch(n, conns[n]) for n in needed}
 
     def fetch(node: Node, paths: list[str]) -> dict[str, bytes]:
         try:
             return by_node[node.name](node, paths)
-        except (OSError, subprocess.TimeoutExpired, tarfile.TarError) as exc:
+        except (OSError, tarfile.TarError) as exc:
             raise PkiError(f"reading from {node.name} failed: {exc}") from None
     try:
         return adopt(cluster, fetch, source)

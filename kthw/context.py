@@ -21,7 +21,7 @@ from kthw.artifacts import ArtifactError, Cache, InstalledFile, installed_files,
 from kthw.kubeconfig import write_kubeconfigs
 from kthw.model import API_PORT, REPO_ROOT, Cluster, Node, load_cluster
 from kthw.ops import Directory, ManagedFile, Snapshot
-from kthw.pki import IDENTITY_FILES, ensure_pki
+from kthw.pki import CA_SUBJECTS, IDENTITY_FILES, ensure_pki, known_trust, trust_bundle
 
 FILES = REPO_ROOT / "files"
 # Before the host has answered, templates see these neutral values; only file *contents* may
@@ -158,12 +158,21 @@ class HostContext:
         template = template or dest.lstrip("/") + ".j2"
         return ManagedFile.text(dest, self.render(template, **extra), mode=mode, secret=secret)
 
-    def pki_file(self, name: str, dest: str, secret: bool | None = None) -> ManagedFile:
-        """A file from the local PKI folder; keys and configs are secret (0600)."""
-        data = (self.cluster.pki_dir / name).read_bytes()
+    def pki_file(self, name: str, dest: str, secret: bool | None = None, signer: bool = False) -> ManagedFile:
+        """A file from the local PKI folder; keys and configs are secret (0600).
+
+        A CA certificate (``ca.crt``, ``etcd-ca.crt``, ``front-proxy-ca.crt``) becomes the CA's
+        trust bundle (both CAs during a rotation), unless ``signer``: then the signing CA alone,
+        for a component that signs with the CA's key (the controller-manager)."""
+        pki = self.cluster.pki_dir
+        stem = name.removesuffix(".crt")
+        if stem in CA_SUBJECTS and not signer:
+            f = ManagedFile.content(dest, trust_bundle(pki, stem))
+            return dataclasses.replace(f, identity=True, accepted=frozenset(known_trust(pki, stem)))
+        data = (pki / name).read_bytes()
         secret = name.endswith(".key") or name.endswith(".yaml") if secret is None else secret
         f = ManagedFile.content(dest, data, mode=0o600 if secret else 0o644, secret=secret)
-        return dataclasses.replace(f, identity=True) if name in IDENTITY_FILES else f
+        return dataclasses.replace(f, identity=True) if name in IDENTITY_FILES and not signer else f
 
     def kubeconfig_file(self, name: str, dest: str) -> ManagedFile:
         data = (self.cluster.kubeconfig_dir / f"{name}.kubeconfig").read_bytes()

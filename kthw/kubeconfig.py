@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from kthw.model import Cluster
-from kthw.pki import CA_NAME, kubelet_cert_name, write_private
+from kthw.pki import CA_NAME, kubelet_cert_name, trust_bundle, write_private
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def write_kubeconfigs(cluster: Cluster, pki_dir: Path | None = None, out_dir: Pa
     its content would change, so reruns leave them byte-identical."""
     pki_dir = Path(pki_dir or cluster.pki_dir)
     out_dir = Path(out_dir or cluster.kubeconfig_dir)
-    ca_pem = (pki_dir / f"{CA_NAME}.crt").read_bytes()
+    ca_pem = trust_bundle(pki_dir, CA_NAME)  # both CAs during a rotation
     actions = {}
     for spec in kubeconfig_specs(cluster):
         text = render_kubeconfig(

@@ -83,6 +83,9 @@ class ManagedFile:
     owner: str = "root:root"
     secret: bool = False
     identity: bool = False  # part of the cluster's identity (kthw.pki.IDENTITY_FILES)
+    # other digests a host may hold for an identity file and still be this cluster (a CA
+    # rotation's states: kthw.pki.known_trust)
+    accepted: frozenset[str] = field(default=frozenset(), repr=False)
 
     @classmethod
     def text(cls, dest: str, text: str, mode: int = 0o644, secret: bool = False) -> ManagedFile:

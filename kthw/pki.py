@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import os
 import secrets
 import tempfile
@@ -58,6 +59,12 @@ WEAVE_PASSWORD = "weave-password"
 # kubeconfig, so the deploy refuses unless told to (README: "Cluster identity").
 IDENTITY_FILES = (f"{CA_NAME}.crt", f"{ETCD_CA_NAME}.crt", f"{FRONT_PROXY_CA_NAME}.crt", f"{SERVICE_ACCOUNT}.pub",
                   ENCRYPTION_CONFIG)
+# A CA file on the hosts (ca.crt, etcd-ca.crt, front-proxy-ca.crt) is a trust bundle: the CA that
+# signs, plus, during a rotation (kthw/rotation.py), the other one. Locally, <ca>.crt is always the
+# signing CA alone; <ca>.next.crt is the new CA not signing yet (step "trust"), <ca>.previous.crt
+# the old CA still trusted (step "switch"); retired-<time>/<ca>.crt are CAs a finished rotation
+# dropped (a host still trusting one of them belongs to this cluster all the same).
+NEXT, PREVIOUS, RETIRED = "next", "previous", "retired-"
 # Backdate certificates a little so a node whose clock lags the operator's accepts them.
 CLOCK_SKEW = dt.timedelta(minutes=5)
 
@@ -383,6 +390,65 @@ def _ensure_ca(cluster: Cluster, pki_dir: Path, now: dt.datetime, report: PkiRep
     return cert, key
 
 
+def rotation_step(pki_dir: Path) -> str:
+    """Where a CA rotation stands: "none", "trust" (new CAs trusted, old ones still sign) or
+    "switch" (new CAs sign, old ones still trusted)."""
+    has = {kind: [n for n in CA_SUBJECTS if (pki_dir / f"{n}.{kind}.crt").exists()] for kind in (NEXT, PREVIOUS)}
+    if has[NEXT] and has[PREVIOUS]:
+        raise PkiError(f"{pki_dir} holds both *.{NEXT}.crt and *.{PREVIOUS}.crt: a CA rotation is half-moved. "
+                       "Fix: restore the folder from your backup (or finish the moves by hand, README: CA rotation).")
+    for kind, names in has.items():
+        if names and len(names) != len(CA_SUBJECTS):
+            missing = sorted(set(CA_SUBJECTS) - set(names))
+            raise PkiError(f"{pki_dir}: a CA rotation is under way but {', '.join(f'{n}.{kind}.crt' for n in missing)} "
+                           "is missing. Fix: restore it from your backup (README: CA rotation).")
+    return "trust" if has[NEXT] else "switch" if has[PREVIOUS] else "none"
+
+
+def _other_ca(pki_dir: Path, name: str) -> Path | None:
+    """The rotation's second CA of this kind (next or previous), if a rotation is under way."""
+    for kind in (NEXT, PREVIOUS):
+        if (path := pki_dir / f"{name}.{kind}.crt").exists():
+            return path
+    return None
+
+
+def trust_bundle(pki_dir: Path, name: str = CA_NAME) -> bytes:
+    """What hosts and kubeconfigs trust for this CA: the signing CA alone, or during a rotation
+    both CAs, oldest first (so the bundle stays the same bytes from step "trust" to "switch")."""
+    pems = [(pki_dir / f"{name}.crt").read_bytes()]
+    if other := _other_ca(pki_dir, name):
+        pems.append(other.read_bytes())
+    certs = sorted(((x509.load_pem_x509_certificate(p), p) for p in pems),
+                   key=lambda cp: (cp[0].not_valid_before_utc, cp[0].serial_number))
+    return b"".join(p for _, p in certs)
+
+
+def known_trust(pki_dir: Path, name: str = CA_NAME) -> set[str]:
+    """sha256 of every CA file a host of this cluster may hold: any one or two of the signing CA,
+    the rotation's other CA and the CAs earlier rotations retired, in either order."""
+    pems = [(pki_dir / f"{name}.crt").read_bytes()]
+    if other := _other_ca(pki_dir, name):
+        pems.append(other.read_bytes())
+    pems += [p.read_bytes() for p in sorted(pki_dir.glob(f"{RETIRED}*/{name}.crt"))]
+    combos = [*pems, *(a + b for a in pems for b in pems if a != b)]
+    return {hashlib.sha256(c).hexdigest() for c in combos}
+
+
+def _check_rotation_ca(pki_dir: Path, name: str, now: dt.datetime) -> None:
+    """The rotation's other CA must be whole and valid, like the signing one."""
+    if (crt_path := _other_ca(pki_dir, name)) is None:
+        return
+    key_path = crt_path.with_suffix(".key")
+    cert, key = _load_cert(crt_path), _load_key(key_path)
+    if cert is None or key is None or not _same_public_key(key, cert):
+        raise PkiError(f"{crt_path.name} and {key_path.name} in {pki_dir} are not a CA and its key. "
+                       "Fix: restore both from your backup (README: CA rotation).")
+    if cert.not_valid_after_utc <= now:
+        raise PkiError(f"{crt_path} expired on {cert.not_valid_after_utc:%Y-%m-%d}. Fix: finish the rotation "
+                       "or restore the folder from your backup (README: CA rotation).")
+
+
 def ensure_pki(cluster: Cluster, pki_dir: Path | None = None, now: dt.datetime | None = None
                ) -> PkiReport:
     """Make ``pki_dir`` hold a correct CA, every leaf, the service-account key pair and the
@@ -393,6 +459,9 @@ def ensure_pki(cluster: Cluster, pki_dir: Path | None = None, now: dt.datetime |
     os.chmod(pki_dir, 0o700)
     report = PkiReport()
     cas = {name: _ensure_ca(cluster, pki_dir, now, report, name) for name in CA_SUBJECTS}
+    rotation_step(pki_dir)  # a half-moved rotation is an error
+    for name in CA_SUBJECTS:
+        _check_rotation_ca(pki_dir, name, now)
     renew_before = dt.timedelta(days=cluster.pki.renew_before_days)
     key_type = cluster.pki.key_type
 

@@ -9,14 +9,22 @@ missing from the cluster (the host snapshot checks that with ``kubectl get -f``)
 
 from __future__ import annotations
 
+import hashlib
+
 from pyinfra import host
 
 from kthw.commands import KUBECTL, wait_until
 from kthw.context import DeployRefused, HostContext, Wants
 from kthw.ops import Directory, command_when, directories_present, files_synced, mark_applied
-from kthw.pki import WEAVE_PASSWORD
+from kthw.pki import CA_NAME, WEAVE_PASSWORD, trust_bundle
 
 ADDONS = "/etc/kubernetes/addons"
+# the add-ons whose pods use the API with the in-cluster CA bundle (annotated with its digest)
+API_CLIENTS = ("10-weave.yaml", "20-coredns.yaml")
+TRUST_PUBLISHED = wait_until(
+    f"{KUBECTL} -n kube-system get configmap kube-root-ca.crt -o jsonpath='{{.data.ca\\.crt}}' 2>/dev/null "
+    "| cmp -s - /var/lib/kubernetes/pki/ca.crt",
+    "kube-root-ca.crt (the controller-manager publishing the cluster's CA bundle)", tries=60)
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
 
 
@@ -58,7 +66,8 @@ def wants(ctx: HostContext) -> Wants:
         w.queries.append("weave_range")
         refuse_pod_network_change(ctx)
     extra = {**_images(ctx), "coredns_replicas": min(2, len(ctx.cluster.workers)),
-             "weave_peer_count": len(ctx.cluster.kubelet_nodes)}
+             "weave_peer_count": len(ctx.cluster.kubelet_nodes),
+             "trust_bundle_sha256": hashlib.sha256(trust_bundle(ctx.cluster.pki_dir, CA_NAME)).hexdigest()}
     for name in manifest_names(ctx):
         if name == "05-weave-password.yaml":  # the only secret one: 0600, never shown in --diff
             password = (ctx.cluster.pki_dir / WEAVE_PASSWORD).read_text().strip()
@@ -79,7 +88,11 @@ def deploy(ctx: HostContext, w: Wants) -> None:
         # Applied when it changed, when the cluster lacks it, or when an interrupted run placed it
         # and never applied it.
         owed = not snap.manifest_present(path) or snap.pending(addon_key(name), [path])
-        command_when(f"{KUBECTL} apply -f {path} && {mark_applied(addon_key(name))}", when=[changed],
+        # Pods that talk to the API get the CA bundle the controller-manager publishes in each
+        # namespace (kube-root-ca.crt): after a CA change, wait until it is the new one before
+        # these pods restart with it.
+        wait = f"({TRUST_PUBLISHED}) && " if name in API_CLIENTS else ""
+        command_when(f"{wait}{KUBECTL} apply -f {path} && {mark_applied(addon_key(name))}", when=[changed],
                      always=owed, name=f"addons | {name} applied")
     unlabelled = [m.name for m in ctx.cluster.masters if m.name not in snap.query("control_plane_labelled")]
     command_when(label_control_plane(unlabelled), when=[], always=bool(unlabelled),

@@ -50,6 +50,9 @@ def wants(ctx: HostContext) -> Wants:
              # `python -m kthw pki adopt` can copy the whole identity from one
              "etcd-ca.key", "front-proxy-ca.key"]
     w.files["certificates"] = [ctx.pki_file(n, f"{PKI}/{n}") for n in names]
+    # The controller-manager signs approved CSRs with the cluster CA: its certificate alone (ca.crt
+    # is the trust bundle, two CAs during a rotation, and the signer takes exactly one).
+    w.files["certificates"].append(ctx.pki_file("ca.crt", f"{PKI}/ca-signing.crt", signer=True))
     w.files["encryption config"] = [
         ctx.pki_file("encryption-config.yaml", "/var/lib/kubernetes/encryption-config.yaml")
     ]

@@ -61,7 +61,8 @@ def host_plan(host) -> tuple[HostContext, dict[ModuleType, Wants]]:
     except (ClusterConfigError, PkiError, ArtifactError, DeployRefused) as exc:
         raise PyinfraError(str(exc)) from None
     other = [f.dest for w in wants.values() for f in w.all_files()
-             if f.identity and (have := ctx.snapshot.file(f.dest)) and have[0] != f.sha256]
+             if f.identity and (have := ctx.snapshot.file(f.dest)) and have[0] != f.sha256
+             and have[0] not in f.accepted]
     if other and str(host.data.get("kthw_replace_identity", "")).lower() not in ("yes", "true", "1"):
         raise PyinfraError(
             f"{host.name} holds another cluster identity than {cluster.pki_dir}: {', '.join(other)} differ. "

@@ -1,0 +1,291 @@
+"""Rotating the cluster's CAs without downtime: ``python -m kthw pki rotate-ca <step>``.
+
+A CA is trusted everywhere (every component, every kubeconfig, every pod's ``ca.crt``), so it
+cannot be swapped in one go: a client that does not trust the new CA yet would refuse every
+certificate it signed. The rotation takes three steps, each followed by an ordinary deploy:
+
+1. ``begin``   new CAs (cluster, etcd, front proxy) are made and trusted beside the old ones;
+               the old ones still sign. The deploy hands out the two-CA bundles and restarts
+               what reads them; the add-on pods restart once the controller-manager published
+               the bundle (kube-root-ca.crt), so their API clients trust the new CA too.
+2. ``switch``  the new CAs sign: every leaf certificate and kubeconfig is re-issued; the old CAs
+               are still trusted, so old and new certificates work side by side meanwhile.
+3. ``finish``  the old CAs are dropped from every bundle (kept in ``<pki>/retired-<time>/``).
+
+``switch`` and ``finish`` first read every node over SSH and refuse, naming the node and file,
+unless the previous step's deploy reached it: the new CAs trusted everywhere before they sign,
+every certificate re-issued and every service restarted with it before the old CAs go. The
+service-account key and the encryption key are not CAs and stay (tokens and Secrets keep
+working). Without a step, the command says where the rotation stands and what comes next.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+import re
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+
+from kthw.commands import ADMIN_KUBECONFIG
+from kthw.model import Cluster
+from kthw.pki import (
+    CA_NAME,
+    CA_SUBJECTS,
+    NEXT,
+    PREVIOUS,
+    RETIRED,
+    PkiError,
+    _issue_ca,
+    _key_pem,
+    _new_key,
+    rotation_step,
+    write_private,
+    write_public,
+)
+
+# The CA files on a host, by CA (their bundles must trust what the rotation needs).
+TRUST_FILES = {"ca.crt": CA_NAME, "etcd-ca.crt": "etcd-ca", "front-proxy-ca.crt": "front-proxy-ca"}
+SIGNER_FILE = "ca-signing.crt"  # the controller-manager's signing CA (operations/control_plane.py)
+KUBECONFIGS = ("/var/lib/kubernetes/*.kubeconfig", ADMIN_KUBECONFIG, "/var/lib/kubelet/kubeconfig",
+               "/var/lib/kube-proxy/kubeconfig")
+CERT_GLOBS = ("/var/lib/kubernetes/pki/*.crt", "/etc/etcd/*.crt", "/var/lib/kubelet/pki/*.crt")
+# Which files each service reads its certificates from (a file newer than the service's start
+# means the restart that makes it use the file is still owed).
+READS = {
+    "etcd": ("/etc/etcd/",),
+    "kube-apiserver": ("/var/lib/kubernetes/pki/",),
+    "kube-controller-manager": ("/var/lib/kubernetes/pki/", "/var/lib/kubernetes/kube-controller-manager.kubeconfig"),
+    "kube-scheduler": ("/var/lib/kubernetes/kube-scheduler.kubeconfig",),
+    "kubelet": ("/var/lib/kubelet/pki/", "/var/lib/kubelet/kubeconfig", "/var/lib/kubernetes/pki/ca.crt"),
+    "kube-proxy": ("/var/lib/kube-proxy/kubeconfig",),
+}
+
+# One command per node: every certificate and kubeconfig certificate with its mtime, each
+# service's start time, and (where kubectl can ask) the CA bundle published to pods.
+_READ = f"""
+for f in {' '.join(CERT_GLOBS + KUBECONFIGS)}; do
+  [ -f "$f" ] || continue
+  echo "==> file $f $(stat -c %Y "$f")"
+  case "$f" in
+    *.crt) cat "$f";;
+    *) grep -E '^ *(certificate-authority-data|client-certificate-data):' "$f" || true;;
+  esac
+done
+for u in {' '.join(READS)}; do
+  t=$(systemctl show -p ExecMainStartTimestamp --value "$u" 2>/dev/null)
+  [ -n "$t" ] && echo "==> unit $u $(date -d "$t" +%s)"
+done
+if [ -f {ADMIN_KUBECONFIG} ]; then
+  echo "==> configmap kube-system/kube-root-ca.crt"
+  kubectl --kubeconfig {ADMIN_KUBECONFIG} -n kube-system get configmap kube-root-ca.crt \\
+    -o jsonpath='{{.data.ca\\.crt}}' 2>/dev/null || true
+fi
+"""
+READ_COMMAND = "sudo sh -c " + shlex.quote(_READ)
+
+
+@dataclass
+class HostCerts:
+    """What one node holds: {path: certificates}, {path: mtime}, {unit: start time}."""
+
+    trust: dict[str, list[x509.Certificate]] = field(default_factory=dict)  # CA bundles
+    leaves: dict[str, x509.Certificate] = field(default_factory=dict)  # certificates it presents
+    mtimes: dict[str, int] = field(default_factory=dict)
+    started: dict[str, int] = field(default_factory=dict)
+
+
+def parse_host(text: str) -> HostCerts:
+    """Read the output of :data:`READ_COMMAND`."""
+    host = HostCerts()
+    for header, body in re.findall(r"^==> (.*)\n((?:(?!==> ).*\n?)*)", text, re.M):
+        kind, _, rest = header.partition(" ")
+        if kind == "unit":
+            unit, _, started = rest.partition(" ")
+            host.started[unit] = int(started)
+        elif kind == "configmap":
+            if "BEGIN CERTIFICATE" in body:
+                host.trust[rest] = x509.load_pem_x509_certificates(body.encode())
+        elif kind == "file":
+            path, _, mtime = rest.rpartition(" ")
+            host.mtimes[path] = int(mtime)
+            name = os.path.basename(path)
+            if path.endswith(".crt"):
+                certs = x509.load_pem_x509_certificates(body.encode())
+                if name in TRUST_FILES:
+                    host.trust[path] = certs
+                else:
+                    host.leaves[path] = certs[0]
+            else:
+                for line in body.splitlines():
+                    key, _, value = line.strip().partition(":")
+                    pem = base64.b64decode(value.strip())
+                    if key == "certificate-authority-data":
+                        host.trust[path] = x509.load_pem_x509_certificates(pem)
+                    elif key == "client-certificate-data":
+                        host.leaves[path] = x509.load_pem_x509_certificates(pem)[0]
+    return host
+
+
+def _ca_of(path: str) -> str:
+    """Which CA a trust entry is for: by file name, kubeconfigs and the configmap are the cluster CA's."""
+    return TRUST_FILES.get(os.path.basename(path), CA_NAME)
+
+
+def _load(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def owed_restarts(host: HostCerts) -> list[str]:
+    """Services that started before a certificate file they read was last written."""
+    owed = []
+    for unit, prefixes in READS.items():
+        if unit not in host.started:
+            continue
+        newer = [p for p, m in host.mtimes.items() if p.startswith(prefixes) and m > host.started[unit]]
+        if newer:
+            owed.append(f"{unit} has not restarted since {newer[0]} changed")
+    return owed
+
+
+def problems_before_switch(pki_dir: Path, hosts: dict[str, HostCerts]) -> list[str]:
+    """Everything must trust the new CAs before they sign anything."""
+    new = {name: _load(pki_dir / f"{name}.{NEXT}.crt") for name in CA_SUBJECTS}
+    out = []
+    for node, host in sorted(hosts.items()):
+        for path, certs in sorted(host.trust.items()):
+            if new[_ca_of(path)] not in certs:
+                out.append(f"{node}: {path} does not trust the new {_ca_of(path)} yet")
+        out += [f"{node}: {o}" for o in owed_restarts(host)]
+    return out
+
+
+def problems_before_finish(pki_dir: Path, hosts: dict[str, HostCerts]) -> list[str]:
+    """Every certificate in use must come from the new CAs before the old ones are dropped."""
+    signers = [_load(pki_dir / f"{name}.crt") for name in CA_SUBJECTS]
+
+    def signed_by_new(cert: x509.Certificate) -> bool:
+        for ca in signers:
+            if cert == ca:
+                return True
+            try:
+                cert.verify_directly_issued_by(ca)
+                return True
+            except (InvalidSignature, ValueError, TypeError):
+                continue
+        return False
+
+    out = []
+    for node, host in sorted(hosts.items()):
+        out += [f"{node}: {path} is still from the old CA" for path, cert in sorted(host.leaves.items())
+                if not signed_by_new(cert)]
+        out += [f"{node}: {o}" for o in owed_restarts(host)]
+    return out
+
+
+Reader = Callable[[], dict[str, HostCerts]]
+
+
+def ssh_reader(cluster: Cluster) -> Reader:
+    """Read every node that holds certificates (the masters and workers), all of them up."""
+    from kthw.inventory import InventoryError, connections
+    from kthw.ssh import SshError, ssh_run
+
+    def read() -> dict[str, HostCerts]:
+        names = [n.name for n in cluster.nodes if n.role != "loadbalancer"]
+        try:
+            conns = connections(cluster, limit=names)
+        except InventoryError as exc:
+            raise PkiError(str(exc)) from None
+        if missing := [n for n in names if n not in conns]:
+            raise PkiError(f"{', '.join(missing)} not reachable: every node must be checked before the rotation "
+                           "goes on. Fix: start it, or remove it from the cluster file first.")
+        try:
+            return {n: parse_host(ssh_run(n, conns[n], READ_COMMAND).decode()) for n in names}
+        except SshError as exc:
+            raise PkiError(f"reading certificates failed: {exc}") from None
+    return read
+
+
+NEXT_STEP = {
+    "none": "no CA rotation under way. Start one: python -m kthw pki rotate-ca begin",
+    "trust": "step 1 of 3 (new CAs trusted, old ones still sign). After a deploy that completed: "
+             "python -m kthw pki rotate-ca switch",
+    "switch": "step 2 of 3 (new CAs sign, old ones still trusted). After a deploy that completed: "
+              "python -m kthw pki rotate-ca finish",
+}
+
+
+def _require(pki_dir: Path, step: str, command: str) -> None:
+    if (now := rotation_step(pki_dir)) != step:
+        raise PkiError(f"`rotate-ca {command}` needs the rotation at step {step!r}, it is at {now!r}: {NEXT_STEP[now]}")
+
+
+def begin(cluster: Cluster, now: dt.datetime | None = None) -> list[str]:
+    """Make the new CAs (``<ca>.next.crt``/``.key``); nothing signs with them yet."""
+    pki = cluster.pki_dir
+    _require(pki, "none", "begin")
+    now = now or dt.datetime.now(dt.UTC)
+    made = []
+    for name in CA_SUBJECTS:
+        key = _new_key(cluster.pki.key_type)
+        write_private(pki / f"{name}.{NEXT}.key", _key_pem(key))
+        cert = _issue_ca(cluster, key, now, name)
+        write_public(pki / f"{name}.{NEXT}.crt", cert.public_bytes(serialization.Encoding.PEM))
+        made.append(f"{name}.{NEXT}.crt")
+    return made
+
+
+def switch(cluster: Cluster, read: Reader) -> list[str]:
+    """The new CAs sign from now on; the old ones become ``<ca>.previous``."""
+    pki = cluster.pki_dir
+    _require(pki, "trust", "switch")
+    if problems := problems_before_switch(pki, read()):
+        raise PkiError("not switching: the deploy after `rotate-ca begin` has not reached every node:\n  "
+                       + "\n  ".join(problems) + "\nNothing was changed. Fix: rerun the deploy until it "
+                       "completes, then switch again.")
+    for name in CA_SUBJECTS:
+        for ext in ("crt", "key"):
+            os.replace(pki / f"{name}.{ext}", pki / f"{name}.{PREVIOUS}.{ext}")
+            os.replace(pki / f"{name}.{NEXT}.{ext}", pki / f"{name}.{ext}")
+    return [f"{name}.crt" for name in CA_SUBJECTS]
+
+
+def finish(cluster: Cluster, read: Reader, now: dt.datetime | None = None) -> list[str]:
+    """Drop the old CAs from every bundle; keep them aside in ``retired-<time>/``."""
+    pki = cluster.pki_dir
+    _require(pki, "switch", "finish")
+    if problems := problems_before_finish(pki, read()):
+        raise PkiError("not finishing: the deploy after `rotate-ca switch` has not reached every node:\n  "
+                       + "\n  ".join(problems) + "\nNothing was changed. Fix: rerun the deploy until it "
+                       "completes, then finish again.")
+    retired = pki / f"{RETIRED}{(now or dt.datetime.now(dt.UTC)):%Y%m%dT%H%M%SZ}"
+    retired.mkdir(mode=0o700)
+    for name in CA_SUBJECTS:
+        for ext in ("crt", "key"):
+            os.replace(pki / f"{name}.{PREVIOUS}.{ext}", retired / f"{name}.{ext}")
+    return [str(retired / f"{name}.crt") for name in CA_SUBJECTS]
+
+
+def main(cluster: Cluster, step: str | None) -> str:
+    """``python -m kthw pki rotate-ca [begin|switch|finish]``; returns what to tell the operator."""
+    if step is None:
+        return NEXT_STEP[rotation_step(cluster.pki_dir)]
+    if step == "begin":
+        done = begin(cluster)
+        return f"new CAs made ({', '.join(done)}). Next: pyinfra inventory.py deploy.py (then rotate-ca switch)"
+    if step == "switch":
+        switch(cluster, ssh_reader(cluster))
+        return ("the new CAs sign now; every certificate is re-issued below. Next: pyinfra inventory.py deploy.py "
+                "(then rotate-ca finish)")
+    retired = finish(cluster, ssh_reader(cluster))
+    return (f"the old CAs are retired ({os.path.dirname(retired[0])}). Next: pyinfra inventory.py deploy.py; "
+            "kubeconfigs from before the rotation stop working then")
+
