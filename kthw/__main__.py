@@ -7,6 +7,8 @@
     pki rotate-ca [begin|switch|finish]
                rotate the CAs without downtime, a deploy after each step (README: CA rotation);
                without a step: where the rotation stands
+    certs      every certificate on every master and worker (over SSH) with its days left; exits 1
+               when one expires within pki.renew_before_days (or --within DAYS): for cron
     diagram    print the topology as Mermaid
     pin-checksums  fetch upstream's published sha256 of every pinned release file and add
                  them to kthw/checksums/upstream-amd64.sha256 (review the diff, then commit)
@@ -24,10 +26,12 @@ from kthw.pki import PkiError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kthw", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["validate", "pki", "diagram", "pin-checksums"])
+    parser.add_argument("command", choices=["validate", "pki", "certs", "diagram", "pin-checksums"])
     parser.add_argument("action", nargs="?", choices=["adopt", "rotate-ca"], help="pki adopt, pki rotate-ca: see above")
     parser.add_argument("step", nargs="?", choices=["begin", "switch", "finish"], help="pki rotate-ca: see above")
     parser.add_argument("--from", dest="source", help="pki adopt: the master to read from (default: the first)")
+    parser.add_argument("--within", type=int, metavar="DAYS",
+                        help="certs: the warning window (default: pki.renew_before_days)")
     parser.add_argument("--cluster", help="cluster file (default: $KTHW_CLUSTER or cluster.yaml)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only changes")
     args = parser.parse_args(argv)
@@ -60,6 +64,21 @@ def main(argv: list[str] | None = None) -> int:
         for n in cluster.nodes:
             extra = f" pods {n.pod_cidr}" if n.pod_cidr else ""
             print(f"  {n.role:12} {n.name:16} {n.ip}{extra}")
+    elif args.command == "certs":
+        import datetime as dt
+
+        from kthw.certs import report, rows
+        from kthw.hostcerts import ssh_reader
+
+        try:
+            hosts = ssh_reader(cluster)()
+        except PkiError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        text, code = report(rows(hosts, dt.datetime.now(dt.UTC)),
+                            cluster.pki.renew_before_days if args.within is None else args.within)
+        print(text)
+        return code
     elif args.command == "diagram":
         from kthw.diagram import mermaid
 

@@ -21,20 +21,15 @@ working). Without a step, the command says where the rotation stands and what co
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import os
-import re
-import shlex
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from kthw.commands import ADMIN_KUBECONFIG
+from kthw.hostcerts import TRUST_FILES, HostCerts, Reader, owed_restarts, ssh_reader
 from kthw.model import Cluster
 from kthw.pki import (
     CA_NAME,
@@ -51,88 +46,6 @@ from kthw.pki import (
     write_public,
 )
 
-# The CA files on a host, by CA (their bundles must trust what the rotation needs).
-TRUST_FILES = {"ca.crt": CA_NAME, "etcd-ca.crt": "etcd-ca", "front-proxy-ca.crt": "front-proxy-ca"}
-SIGNER_FILE = "ca-signing.crt"  # the controller-manager's signing CA (operations/control_plane.py)
-KUBECONFIGS = ("/var/lib/kubernetes/*.kubeconfig", ADMIN_KUBECONFIG, "/var/lib/kubelet/kubeconfig",
-               "/var/lib/kube-proxy/kubeconfig")
-CERT_GLOBS = ("/var/lib/kubernetes/pki/*.crt", "/etc/etcd/*.crt", "/var/lib/kubelet/pki/*.crt")
-# Which files each service reads its certificates from (a file newer than the service's start
-# means the restart that makes it use the file is still owed).
-READS = {
-    "etcd": ("/etc/etcd/",),
-    "kube-apiserver": ("/var/lib/kubernetes/pki/",),
-    "kube-controller-manager": ("/var/lib/kubernetes/pki/", "/var/lib/kubernetes/kube-controller-manager.kubeconfig"),
-    "kube-scheduler": ("/var/lib/kubernetes/kube-scheduler.kubeconfig",),
-    "kubelet": ("/var/lib/kubelet/pki/", "/var/lib/kubelet/kubeconfig", "/var/lib/kubernetes/pki/ca.crt"),
-    "kube-proxy": ("/var/lib/kube-proxy/kubeconfig",),
-}
-
-# One command per node: every certificate and kubeconfig certificate with its mtime, each
-# service's start time, and (where kubectl can ask) the CA bundle published to pods.
-_READ = f"""
-for f in {' '.join(CERT_GLOBS + KUBECONFIGS)}; do
-  [ -f "$f" ] || continue
-  echo "==> file $f $(stat -c %Y "$f")"
-  case "$f" in
-    *.crt) cat "$f";;
-    *) grep -E '^ *(certificate-authority-data|client-certificate-data):' "$f" || true;;
-  esac
-done
-for u in {' '.join(READS)}; do
-  t=$(systemctl show -p ExecMainStartTimestamp --value "$u" 2>/dev/null)
-  [ -n "$t" ] && echo "==> unit $u $(date -d "$t" +%s)"
-done
-if [ -f {ADMIN_KUBECONFIG} ]; then
-  echo "==> configmap kube-system/kube-root-ca.crt"
-  kubectl --kubeconfig {ADMIN_KUBECONFIG} -n kube-system get configmap kube-root-ca.crt \\
-    -o jsonpath='{{.data.ca\\.crt}}' 2>/dev/null || true
-fi
-"""
-READ_COMMAND = "sudo sh -c " + shlex.quote(_READ)
-
-
-@dataclass
-class HostCerts:
-    """What one node holds: {path: certificates}, {path: mtime}, {unit: start time}."""
-
-    trust: dict[str, list[x509.Certificate]] = field(default_factory=dict)  # CA bundles
-    leaves: dict[str, x509.Certificate] = field(default_factory=dict)  # certificates it presents
-    mtimes: dict[str, int] = field(default_factory=dict)
-    started: dict[str, int] = field(default_factory=dict)
-
-
-def parse_host(text: str) -> HostCerts:
-    """Read the output of :data:`READ_COMMAND`."""
-    host = HostCerts()
-    for header, body in re.findall(r"^==> (.*)\n((?:(?!==> ).*\n?)*)", text, re.M):
-        kind, _, rest = header.partition(" ")
-        if kind == "unit":
-            unit, _, started = rest.partition(" ")
-            host.started[unit] = int(started)
-        elif kind == "configmap":
-            if "BEGIN CERTIFICATE" in body:
-                host.trust[rest] = x509.load_pem_x509_certificates(body.encode())
-        elif kind == "file":
-            path, _, mtime = rest.rpartition(" ")
-            host.mtimes[path] = int(mtime)
-            name = os.path.basename(path)
-            if path.endswith(".crt"):
-                certs = x509.load_pem_x509_certificates(body.encode())
-                if name in TRUST_FILES:
-                    host.trust[path] = certs
-                else:
-                    host.leaves[path] = certs[0]
-            else:
-                for line in body.splitlines():
-                    key, _, value = line.strip().partition(":")
-                    pem = base64.b64decode(value.strip())
-                    if key == "certificate-authority-data":
-                        host.trust[path] = x509.load_pem_x509_certificates(pem)
-                    elif key == "client-certificate-data":
-                        host.leaves[path] = x509.load_pem_x509_certificates(pem)[0]
-    return host
-
 
 def _ca_of(path: str) -> str:
     """Which CA a trust entry is for: by file name, kubeconfigs and the configmap are the cluster CA's."""
@@ -141,18 +54,6 @@ def _ca_of(path: str) -> str:
 
 def _load(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
-
-
-def owed_restarts(host: HostCerts) -> list[str]:
-    """Services that started before a certificate file they read was last written."""
-    owed = []
-    for unit, prefixes in READS.items():
-        if unit not in host.started:
-            continue
-        newer = [p for p, m in host.mtimes.items() if p.startswith(prefixes) and m > host.started[unit]]
-        if newer:
-            owed.append(f"{unit} has not restarted since {newer[0]} changed")
-    return owed
 
 
 def problems_before_switch(pki_dir: Path, hosts: dict[str, HostCerts]) -> list[str]:
@@ -188,30 +89,6 @@ def problems_before_finish(pki_dir: Path, hosts: dict[str, HostCerts]) -> list[s
                 if not signed_by_new(cert)]
         out += [f"{node}: {o}" for o in owed_restarts(host)]
     return out
-
-
-Reader = Callable[[], dict[str, HostCerts]]
-
-
-def ssh_reader(cluster: Cluster) -> Reader:
-    """Read every node that holds certificates (the masters and workers), all of them up."""
-    from kthw.inventory import InventoryError, connections
-    from kthw.ssh import SshError, ssh_run
-
-    def read() -> dict[str, HostCerts]:
-        names = [n.name for n in cluster.nodes if n.role != "loadbalancer"]
-        try:
-            conns = connections(cluster, limit=names)
-        except InventoryError as exc:
-            raise PkiError(str(exc)) from None
-        if missing := [n for n in names if n not in conns]:
-            raise PkiError(f"{', '.join(missing)} not reachable: every node must be checked before the rotation "
-                           "goes on. Fix: start it, or remove it from the cluster file first.")
-        try:
-            return {n: parse_host(ssh_run(n, conns[n], READ_COMMAND).decode()) for n in names}
-        except SshError as exc:
-            raise PkiError(f"reading certificates failed: {exc}") from None
-    return read
 
 
 NEXT_STEP = {

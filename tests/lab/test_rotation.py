@@ -84,7 +84,7 @@ def test_the_cas_rotate_in_three_steps_without_a_failed_request(lab, tmp_path):
                             "jsonpath={.data.ca\\.crt}")
     assert x509.load_pem_x509_certificates(published.encode()) == [new_ca]
     lab.kubectl("-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=120s")
-    lab.kubectl("-n", "kube-system", "rollout", "status", "daemonset/weave-net", "--timeout=300s")
+    lab.kubectl("-n", "kube-system", "rollout", "status", "daemonset/weave-net", "--timeout=300s", timeout=330)
     ready = lab.kubectl("get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}")
     assert set(ready.split()) == {"True"}, ready
     # the controller-manager signs with the new CA

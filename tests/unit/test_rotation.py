@@ -11,7 +11,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from kthw import rotation
+from kthw import hostcerts, rotation
 from kthw.adopt import ON_A_MASTER, adopt
 from kthw.kubeconfig import write_kubeconfigs
 from kthw.model import DEFAULT_CLUSTER_FILE
@@ -31,11 +31,11 @@ def certs(data: bytes) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(data)
 
 
-def deployed(c, started: int = 200, mtime: int = 100) -> dict[str, rotation.HostCerts]:
+def deployed(c, started: int = 200, mtime: int = 100) -> dict[str, hostcerts.HostCerts]:
     """What a completed deploy leaves on two nodes: the bundles, the leaves, services started after."""
     pki = c.pki_dir
     bundle = certs(trust_bundle(pki))
-    master = rotation.HostCerts(
+    master = hostcerts.HostCerts(
         trust={"/var/lib/kubernetes/pki/ca.crt": bundle,
                "/etc/etcd/etcd-ca.crt": certs(trust_bundle(pki, "etcd-ca")),
                "/var/lib/kubernetes/pki/front-proxy-ca.crt": certs(trust_bundle(pki, "front-proxy-ca")),
@@ -45,7 +45,7 @@ def deployed(c, started: int = 200, mtime: int = 100) -> dict[str, rotation.Host
                 "/var/lib/kubernetes/pki/ca-signing.crt": certs((pki / "ca.crt").read_bytes())[0]},
         mtimes={"/var/lib/kubernetes/pki/ca.crt": mtime, "/etc/etcd/etcd-server.crt": mtime},
         started={"etcd": started, "kube-apiserver": started, "kubelet": started})
-    worker = rotation.HostCerts(
+    worker = hostcerts.HostCerts(
         trust={"/var/lib/kubernetes/pki/ca.crt": bundle, "/var/lib/kubelet/kubeconfig": bundle},
         leaves={"/var/lib/kubelet/pki/kubelet.crt": certs((pki / "kubelet-worker-1.crt").read_bytes())[0]},
         mtimes={"/var/lib/kubelet/pki/kubelet.crt": mtime}, started={"kubelet": started})
@@ -158,7 +158,7 @@ def test_the_hosts_answer_is_parsed(cluster):
             + "==> file /var/lib/kubelet/pki/kubelet.crt 101\n" + (pki / "kubelet-worker-1.crt").read_text()
             + "==> file /var/lib/kubelet/kubeconfig 102\n" + "\n".join(lines) + "\n"
             + "==> unit kubelet 150\n==> configmap kube-system/kube-root-ca.crt\n" + (pki / "ca.crt").read_text())
-    host = rotation.parse_host(text)
+    host = hostcerts.parse_host(text)
     ca = certs((pki / "ca.crt").read_bytes())
     assert host.trust == {"/var/lib/kubernetes/pki/ca.crt": ca, "/var/lib/kubelet/kubeconfig": ca,
                           "kube-system/kube-root-ca.crt": ca}
