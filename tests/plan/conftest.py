@@ -16,12 +16,12 @@ from tests.conftest import cluster_file
 SECRET_MARKERS = ("PRIVATE KEY", "client-key-data")
 
 
-def run_pyinfra(cluster: Path, *args: str, state: str = "fresh", check: bool = True, env: dict | None = None
-                ) -> subprocess.CompletedProcess:
+def run_pyinfra(cluster: Path, *args: str, state: str = "fresh", check: bool = True, env: dict | None = None,
+                deploy: str = "deploy.py") -> subprocess.CompletedProcess:
     env = {**os.environ, "KTHW_CLUSTER": str(cluster), "KTHW_FAKE_STATE": state, "PYINFRA_FAKE_DELAY": "0",
            **(env or {})}
     out = subprocess.run(
-        [sys.executable, "-m", "pyinfra", "tests/plan/fake_inventory.py", "deploy.py", *args],
+        [sys.executable, "-m", "pyinfra", "tests/plan/fake_inventory.py", deploy, *args],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     if check and out.returncode != 0:

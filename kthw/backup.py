@@ -1,0 +1,165 @@
+"""etcd backups on the operator machine: what ``backup.py`` writes and ``restore.py`` checks.
+
+A backup is four files in ``.kthw/<cluster>/backups/`` (folder 0700, files 0600)::
+
+    etcd-20261127T140000Z.db                        the snapshot (etcdctl snapshot save)
+    etcd-20261127T140000Z.db.sha256                 its sha256, as `sha256sum -c` reads it
+    etcd-20261127T140000Z.json                      where and when it was taken, etcd's own status of it
+    etcd-20261127T140000Z.encryption-config.yaml    the key its Secrets are encrypted with
+
+The snapshot's Secrets are sealed with the cluster's encryption key, so a snapshot without that
+key restores Secrets nobody can read: the config is kept beside it, and a restore refuses a
+cluster whose encryption config does not hold the same keys.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from kthw.artifacts import sha256_file
+from kthw.model import Cluster, Node
+from kthw.pki import ENCRYPTION_CONFIG, write_private
+
+# On the master: etcdctl writes the snapshot here (root, 0700) ...
+REMOTE_DIR = "/var/lib/kthw/backup"
+REMOTE_DB = f"{REMOTE_DIR}/snapshot.db"
+# ... and hands a copy to the SSH user for the download (their 0700 upload folder, never /tmp).
+FETCH_NAME = "etcd-snapshot.db"
+
+
+class BackupError(Exception):
+    """A backup or restore request that cannot be carried out (the message says how to fix it)."""
+
+
+@dataclass(frozen=True)
+class Backup:
+    db: Path
+
+    @property
+    def name(self) -> str:
+        return self.db.name.removesuffix(".db")
+
+    @property
+    def sha_file(self) -> Path:
+        return self.db.with_name(self.db.name + ".sha256")
+
+    @property
+    def meta_file(self) -> Path:
+        return self.db.with_name(self.name + ".json")
+
+    @property
+    def encryption_config(self) -> Path:
+        return self.db.with_name(f"{self.name}.{ENCRYPTION_CONFIG}")
+
+
+def backups_dir(cluster: Cluster) -> Path:
+    return cluster.state_dir / "backups"
+
+
+@cache
+def run_stamp() -> str:
+    """One UTC time per run: every host of the run names the same backup (or kept-aside folder)."""
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def new_backup(cluster: Cluster) -> Backup:
+    folder = backups_dir(cluster)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(folder, 0o700)
+    return Backup(folder / f"etcd-{run_stamp()}.db")
+
+
+def source_master(cluster: Cluster, wanted: str | None) -> Node:
+    """The master to take the snapshot on: ``--data backup_from=NAME``, else the first."""
+    if not wanted:
+        return cluster.masters[0]
+    names = [m.name for m in cluster.masters]
+    if wanted not in names:
+        raise BackupError(f"backup_from={wanted!r} is not a master of {cluster.source} (masters: {', '.join(names)}). "
+                          "Fix: name one of them, or leave backup_from out to use the first.")
+    return cluster.node(wanted)
+
+
+def snapshot_command(etcdctl: str) -> str:
+    """On the master, as root: the snapshot, etcd's status of it (JSON), then its sha256."""
+    return (f"umask 077 && mkdir -p {REMOTE_DIR} && {etcdctl} snapshot save {REMOTE_DB} >/dev/null && "
+            f"etcdutl snapshot status {REMOTE_DB} -w json && sha256sum {REMOTE_DB}")
+
+
+def record(cluster: Cluster, backup: Backup, node: str, output: str) -> None:
+    """After the download: check it against the master's sha256, then write the sha256 file, the
+    metadata and the encryption config beside it (all 0600). A copy that does not match is deleted."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    remote_sha = lines[-1].split()[0]
+    status = json.loads(lines[-2])
+    backup.db.chmod(0o600)
+    local_sha = sha256_file(backup.db)
+    if local_sha != remote_sha:
+        backup.db.unlink()
+        raise BackupError(f"the downloaded snapshot's sha256 is {local_sha}, {node} computed {remote_sha}: "
+                          "deleted. Fix: run the backup again.")
+    write_private(backup.sha_file, f"{local_sha}  {backup.db.name}\n".encode())
+    write_private(backup.encryption_config, (cluster.pki_dir / ENCRYPTION_CONFIG).read_bytes())
+    meta = {"cluster": cluster.name, "taken_on": node, "time": backup.name.removeprefix("etcd-"),
+            "sha256": local_sha, "etcd": cluster.versions.etcd, "kubernetes": cluster.versions.kubernetes,
+            "etcd_status": status}
+    write_private(backup.meta_file, (json.dumps(meta, indent=2) + "\n").encode())
+
+
+def _keys(config: bytes) -> list[str]:
+    """The secrets of every key an EncryptionConfiguration holds (what decrypting needs)."""
+    import yaml
+
+    doc = yaml.safe_load(config) or {}
+    return [key["secret"] for res in doc.get("resources", []) for provider in res.get("providers", [])
+            for kind in provider.values() if isinstance(kind, dict) for key in kind.get("keys", [])]
+
+
+def check_backup(cluster: Cluster, snapshot: str | None) -> Backup:
+    """Before a restore touches any host: the snapshot named, whole (sha256), of this cluster,
+    and its Secrets readable with the cluster's encryption config."""
+    if not snapshot:
+        raise BackupError("restore.py needs the snapshot named: --data snapshot=.kthw/<cluster>/backups/etcd-<time>.db "
+                          f"(backups of this cluster: {', '.join(p.name for p in available(cluster)) or 'none'})")
+    backup = Backup(Path(os.path.expanduser(snapshot)).resolve())
+    for path in (backup.db, backup.sha_file, backup.meta_file, backup.encryption_config):
+        if not path.is_file():
+            raise BackupError(f"{path} is missing: a backup is the snapshot with its .sha256, .json and "
+                              "encryption config beside it (backup.py writes all four). Fix: name a whole backup.")
+    recorded = backup.sha_file.read_text().split()[0]
+    if (actual := sha256_file(backup.db)) != recorded:
+        raise BackupError(f"{backup.db} does not match its recorded sha256 (recorded {recorded}, file {actual}): "
+                          "it was changed or damaged. Nothing was touched. Fix: restore another backup.")
+    meta = json.loads(backup.meta_file.read_text())
+    if meta.get("cluster") != cluster.name:
+        raise BackupError(f"{backup.db} is a backup of cluster {meta.get('cluster')!r}, not {cluster.name!r}. "
+                          "Fix: name a backup of this cluster.")
+    ours = _keys((cluster.pki_dir / ENCRYPTION_CONFIG).read_bytes())
+    if missing := [k for k in _keys(backup.encryption_config.read_bytes()) if k not in ours]:
+        raise BackupError(f"the snapshot's Secrets are encrypted with {len(missing)} key(s) that "
+                          f"{cluster.pki_dir / ENCRYPTION_CONFIG} does not hold: restored, they could not be read. "
+                          f"Nothing was touched. Fix: put {backup.encryption_config} in its place "
+                          "(then deploy, then restore), or adopt the identity of the cluster the backup came from.")
+    return backup
+
+
+def available(cluster: Cluster) -> list[Path]:
+    return sorted(backups_dir(cluster).glob("etcd-*.db"))
+
+
+def restore_command(cluster: Cluster, node: Node, stamp: str) -> str:
+    """On one master, etcd stopped: keep the old data aside, then a new data dir from the
+    snapshot for this member, as etcd documents it. The revision jumps ahead and everything
+    older is marked compacted, so clients watching from before the restore start over instead
+    of seeing time run backwards (Kubernetes' advice for restoring a cluster it uses)."""
+    return (f"if [ -e /var/lib/etcd ]; then mv /var/lib/etcd /var/lib/etcd.before-restore-{stamp}; fi && "
+            f"etcdutl snapshot restore {REMOTE_DB} --name {node.name} "
+            f"--initial-cluster {cluster.etcd_initial_cluster} --initial-cluster-token {cluster.name} "
+            f"--initial-advertise-peer-urls https://{node.ip}:2380 --data-dir /var/lib/etcd "
+            "--bump-revision 1000000000 --mark-compacted >/dev/null && chmod 700 /var/lib/etcd")
+

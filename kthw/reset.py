@@ -1,0 +1,119 @@
+"""What ``reset.py`` removes from a machine: everything the deploy put there, by role.
+
+One shell script per machine, built here from the same lists the deploy uses (the artifact
+catalogue for binaries, the components' units and folders), so a newcomer can read exactly what
+goes. Each thing it removes is reported on a ``removed: ...`` line. The order matters:
+
+1. the kubelet stops first (it would restart the pods), then every pod is removed through the
+   container runtime, then the services stop and are disabled;
+2. what the pods left mounted under the kubelet's and containerd's folders is unmounted;
+3. files, folders and data dirs go; then the pod network's interfaces, iptables rules (kube-proxy,
+   Weave Net, the CNI plugins, our NAT rule) and routes.
+
+Left in place, on purpose: the OS packages (they may have been there before), ``/etc/hosts``
+and the hostname, and the live sysctl values (their file goes; a reboot drops them).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from kthw.artifacts import CATALOGUE
+from kthw.model import Cluster, Node
+
+UNITS = {
+    "loadbalancer": ["haproxy"],
+    "master": ["kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"],
+    "node": ["kube-proxy", "kthw-pod-network", "containerd"],  # the kubelet goes first, see below
+}
+# the units the deploy writes (haproxy's is the package's own)
+OUR_UNITS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy",
+             "containerd", "kthw-pod-network"]
+PATHS = {
+    "loadbalancer": ["/etc/haproxy/haproxy.cfg"],
+    "master": ["/etc/etcd", "/var/lib/etcd", "/var/lib/etcd.before-restore-*", "/etc/kubernetes",
+               "/var/log/kubernetes"],
+    "node": ["/etc/containerd", "/var/lib/containerd", "/run/containerd", "/etc/crictl.yaml", "/opt/cni", "/etc/cni",
+             "/var/lib/cni", "/var/lib/kubelet", "/var/lib/kube-proxy", "/var/lib/kubernetes", "/var/lib/weave",
+             "/etc/modules-load.d/kubernetes.conf", "/etc/sysctl.d/90-kubernetes.conf"],
+    "all": ["/var/lib/kthw"],
+}
+# Interfaces Weave Net and the bridge CNI create; deleting one end of a veth pair deletes both.
+LINKS = ("weave", "vethwe-datapath", "vethwe-bridge", "datapath", "vxlan-6784", "cni0")
+# iptables lines that belong to kube-proxy (KUBE-), Weave Net (WEAVE), the CNI plugins (CNI-) and
+# our NAT rule: the dump without them, restored, is the machine's own rules.
+RULES = "KUBE-|WEAVE|CNI-|kthw-pod-network"
+MOUNTS = "/var/lib/kubelet|/run/containerd|/var/lib/containerd|/run/netns|/var/run/netns"
+# reset.py's hosts share this process: the local state is moved aside once per run
+LOCAL_STATE_MOVED: list[bool] = []
+
+
+def roles(node: Node) -> list[str]:
+    return {"loadbalancer": ["loadbalancer"], "master": ["master", "node"], "worker": ["node"]}[node.role]
+
+
+def binaries(node: Node) -> list[str]:
+    """Every binary the deploy installs on this node (kthw/artifacts.py CATALOGUE)."""
+    return sorted({dest for a in CATALOGUE if node.role in a.roles for _, dest in a.installs})
+
+
+def reset_script(cluster: Cluster, node: Node) -> str:
+    """The script that takes ``node`` back to before the deploy (idempotent: a second run
+    finds nothing and says so)."""
+    rs = roles(node)
+    units = [u for r in rs for u in UNITS[r]]
+    paths = [p for r in [*rs, "all"] for p in PATHS[r]]
+    paths += binaries(node)
+    ours = [u for u in [*units, *(["kubelet"] if "node" in rs else [])] if u in OUR_UNITS]
+    paths += [f"/etc/systemd/system/{u}.service" for u in ours]
+    lines = ["set -u", 'say() { echo "removed: $*"; }']
+    if "node" in rs:
+        lines += [
+            "if systemctl is-active -q kubelet; then systemctl stop kubelet; fi",
+            # every pod, through the runtime, while it still runs (it unmounts and frees their netns)
+            "if systemctl is-active -q containerd && command -v crictl >/dev/null; then "
+            "n=$(crictl -r unix:///run/containerd/containerd.sock pods -q 2>/dev/null | wc -l); "
+            "crictl -r unix:///run/containerd/containerd.sock rmp -af >/dev/null 2>&1 || true; "
+            '[ "$n" -gt 0 ] && say "$n pods"; fi',
+            "units='kubelet'",
+        ]
+    else:
+        lines.append("units=''")
+    lines += [
+        f"for u in $units {' '.join(units)}; do",
+        '  if [ -n "$(systemctl list-unit-files --no-legend "$u.service" 2>/dev/null)" ]; then',
+        '    systemctl disable --now "$u" >/dev/null 2>&1 || true; say "service $u (stopped, disabled)"',
+        "  fi",
+        "done",
+    ]
+    if "node" in rs:
+        lines += [
+            # containerd leaves its shims (KillMode=process); they hold the containers' mounts
+            "pkill -f containerd-shim-runc-v2 >/dev/null 2>&1 || true",
+            f"findmnt -rn -o TARGET | grep -E '^({MOUNTS})(/|$)' | sort -r | while read -r m; do "
+            'umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done',
+        ]
+    lines += [
+        f"for p in {' '.join(paths)}; do",
+        '  if [ -e "$p" ] || [ -L "$p" ]; then rm -rf "$p" && say "$p"; fi',
+        "done",
+    ]
+    if "node" in rs:
+        cidrs = sorted({str(n.pod_cidr) for n in cluster.nodes if n.pod_cidr} | {str(cluster.pod_network)})
+        lines += [
+            f"for l in {' '.join(LINKS)}; do",
+            '  if ip link show "$l" >/dev/null 2>&1; then ip link delete "$l" 2>/dev/null && say "interface $l"; fi',
+            "done",
+            "for t in iptables iptables-legacy iptables-nft ip6tables ip6tables-legacy ip6tables-nft; do",
+            '  command -v "$t-save" >/dev/null || continue',
+            f"  if \"$t-save\" 2>/dev/null | grep -q -E {shlex.quote(RULES)}; then",
+            f"    \"$t-save\" | grep -v -E {shlex.quote(RULES)} | \"$t-restore\" && say \"$t rules of kube-proxy, "
+            'the pod network and the CNI plugins"',
+            "  fi",
+            "done",
+            f"for r in {' '.join(cidrs)}; do",
+            '  while ip route del "$r" 2>/dev/null; do say "route to $r"; done',
+            "done",
+        ]
+    lines += ["systemctl daemon-reload", "systemctl reset-failed >/dev/null 2>&1 || true"]
+    return "\n".join(lines) + "\n"

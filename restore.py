@@ -1,0 +1,64 @@
+"""Restore etcd from a backup:  pyinfra inventory.py restore.py --data snapshot=.kthw/<cluster>/backups/etcd-<time>.db
+
+Every master's etcd starts over from the snapshot, the way etcd documents it, and the control
+plane comes back. Before any host is touched, the backup is checked (kthw/backup.py): whole
+(sha256), of this cluster, its Secrets readable with the cluster's encryption config. It runs on
+every node at once, so it refuses --limit.
+
+    1. masters  the snapshot uploaded (0600)
+    2. masters  kube-scheduler, kube-controller-manager and kube-apiserver stopped, then etcd
+    3. masters  the old data dir kept aside (/var/lib/etcd.before-restore-<time>), a new one
+                restored from the snapshot for each member (etcdutl snapshot restore)
+    4. masters  etcd started on all at once (a member waits for its peers), healthy
+    5. masters  kube-apiserver started and ready, then the controller-manager and scheduler;
+                the snapshot removed
+    -- barrier --
+    6. nodes    kubelet and kube-proxy restarted, so none keeps state from after the snapshot
+"""
+
+import sys
+
+from pyinfra import host
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.operations import server
+
+from kthw.backup import REMOTE_DB, BackupError, check_backup, restore_command, run_stamp
+from kthw.commands import APISERVER_READY, ETCD_HEALTHY, KUBECTL, wait_until
+from kthw.inventory import limit_patterns
+from kthw.model import load_cluster
+from kthw.ops import ManagedFile, Snapshot, files_synced
+
+cluster = load_cluster(host.data.kthw_cluster)
+if limit_patterns(sys.argv):
+    raise PyinfraError("restore.py works on every node at once: run it without --limit. Nothing was touched.")
+try:
+    backup = check_backup(cluster, host.data.get("snapshot"))
+except BackupError as exc:
+    raise PyinfraError(str(exc)) from None
+node = cluster.node(host.data.kthw_node)
+stamp = run_stamp()
+
+if node.is_master:
+    # Always uploaded (every restore removes it at the end): no need to ask the host first.
+    snap = Snapshot({"files": {REMOTE_DB: None}}, {"files": [REMOTE_DB]})
+    upload = ManagedFile(REMOTE_DB, backup.sha_file.read_text().split()[0], local=backup.db, mode=0o600,
+                         secret=True)
+    server.shell(name="restore | backup folder (0700)", commands=[f"mkdir -p -m 700 {REMOTE_DB.rsplit('/', 1)[0]}"])
+    files_synced([upload], snap, name=f"restore | {backup.db.name} uploaded to every master")
+    server.shell(name="restore | control plane stopped on every master",
+                 commands=["systemctl stop kube-scheduler kube-controller-manager kube-apiserver"])
+    server.shell(name="restore | etcd stopped on every master", commands=["systemctl stop etcd"])
+    server.shell(name=f"restore | etcd data restored from the snapshot (old: /var/lib/etcd.before-restore-{stamp})",
+                 commands=[restore_command(cluster, node, stamp)])
+    server.shell(name="restore | etcd started on every master and healthy",
+                 commands=["systemctl start --no-block etcd", wait_until(ETCD_HEALTHY, "etcd")])
+    server.shell(name="restore | kube-apiserver started and ready, then the controller-manager and scheduler",
+                 commands=["systemctl start kube-apiserver",
+                           wait_until(APISERVER_READY, "kube-apiserver",
+                                      on_failure=f"{KUBECTL} get --raw '/readyz?verbose'"),
+                           "systemctl start kube-controller-manager kube-scheduler", f"rm -f {REMOTE_DB}"])
+
+server.shell(name="--- barrier: control plane restored ---", commands=[])
+
+if node.role in ("master", "worker"):
+    server.shell(name="restore | kubelet and kube-proxy restarted", commands=["systemctl restart kubelet kube-proxy"])

@@ -1,0 +1,83 @@
+"""Plan tests for the day-two deploy files (backup.py, restore.py) on @fake hosts."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from kthw.artifacts import sha256_file
+from kthw.backup import new_backup, record
+from kthw.model import load_cluster
+from kthw.pki import ensure_pki
+from tests.plan.conftest import SECRET_MARKERS, run_pyinfra
+
+
+def changed_hosts(out) -> dict[str, list[str]]:
+    return {p["name"]: p["hosts_with_change"] for p in json.loads(out.stdout)["plan"] if p["hosts_with_change"]}
+
+
+def test_a_backup_runs_on_one_master_only(default_cluster):
+    ops = changed_hosts(run_pyinfra(default_cluster, "--dry", "--json", state="converged", deploy="backup.py"))
+    assert ops and all(hosts == ["@fake/master-1"] for hosts in ops.values()), ops
+    assert "backup | etcd snapshot taken on master-1" in ops
+    ops = changed_hosts(run_pyinfra(default_cluster, "--dry", "--json", "--data", "backup_from=master-2",
+                                    state="converged", deploy="backup.py"))
+    assert all(hosts == ["@fake/master-2"] for hosts in ops.values()), ops
+    out = run_pyinfra(default_cluster, "--dry", "--data", "backup_from=worker-1", state="converged",
+                      deploy="backup.py", check=False)
+    assert out.returncode != 0 and "'worker-1' is not a master" in out.stdout + out.stderr
+
+
+def a_backup(cluster_file) -> str:
+    cluster = load_cluster(cluster_file)
+    ensure_pki(cluster)
+    backup = new_backup(cluster)
+    backup.db.write_bytes(os.urandom(4096))
+    record(cluster, backup, "master-1", f'{{"revision": 1}}\n{sha256_file(backup.db)}  x\n')
+    return str(backup.db)
+
+
+def test_a_restore_stops_the_control_plane_restores_every_member_and_restarts_the_nodes(default_cluster):
+    snapshot = a_backup(default_cluster)
+    out = run_pyinfra(default_cluster, "--dry", "--json", "--data", f"snapshot={snapshot}", state="converged",
+                      deploy="restore.py")
+    ops = changed_hosts(out)
+    masters, nodes = ["@fake/master-1", "@fake/master-2"], ["@fake/master-1", "@fake/master-2",
+                                                             "@fake/worker-1", "@fake/worker-2"]
+    names = list(ops)
+    assert names.index("restore | control plane stopped on every master") < names.index(
+        "restore | etcd stopped on every master") < names.index("restore | etcd started on every master and healthy")
+    assert ops["restore | etcd stopped on every master"] == masters
+    assert ops["restore | kubelet and kube-proxy restarted"] == nodes
+    # the snapshot is secret: --diff names it, never prints it
+    out = run_pyinfra(default_cluster, "--dry", "--diff", "--data", f"snapshot={snapshot}", state="converged",
+                      deploy="restore.py")
+    text = out.stdout + out.stderr
+    assert "/var/lib/kthw/backup/snapshot.db" in text and "secret, content not shown" in text
+    assert not any(marker in text for marker in SECRET_MARKERS)
+
+
+def test_a_restore_refuses_before_touching_any_host(default_cluster, tmp_path):
+    snapshot = a_backup(default_cluster)
+    for args, why in (((), "needs the snapshot named"),
+                      (("--data", f"snapshot={snapshot}", "--limit", "masters"), "without --limit")):
+        out = run_pyinfra(default_cluster, "-y", "-vv", *args, state="converged", deploy="restore.py", check=False)
+        assert out.returncode != 0 and why in out.stdout + out.stderr, (why, out.stdout[-2000:], out.stderr[-2000:])
+        assert "systemctl" not in out.stderr  # no command reached a host
+    with open(snapshot, "r+b") as fh:  # one byte changed
+        fh.seek(100)
+        fh.write(b"\0" if fh.read(1) != b"\0" else b"\1")
+    out = run_pyinfra(default_cluster, "-y", "--data", f"snapshot={snapshot}", state="converged",
+                      deploy="restore.py", check=False)
+    assert out.returncode != 0 and "does not match its recorded sha256" in out.stdout + out.stderr
+
+
+def test_a_reset_touches_every_machine_and_keeps_the_local_state(default_cluster):
+    out = run_pyinfra(default_cluster, "--dry", "--json", state="converged", deploy="reset.py")
+    ops = changed_hosts(out)
+    assert len(ops["reset | services, pods, files, data, network state removed"]) == 5
+    assert "reset | local PKI and kubeconfigs moved aside" not in ops
+    ops = changed_hosts(run_pyinfra(default_cluster, "--dry", "--json", "--data", "reset_local_state=yes",
+                                    state="converged", deploy="reset.py"))
+    assert len(ops["reset | local PKI and kubeconfigs moved aside"]) == 5  # (moved once, by the first to run)
+    assert (load_cluster(default_cluster).pki_dir / "ca.key").exists()  # --dry moved nothing
