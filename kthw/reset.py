@@ -89,7 +89,8 @@ def reset_script(cluster: Cluster, node: Node) -> str:
     if "node" in rs:
         lines += [
             # containerd leaves its shims (KillMode=process); they hold the containers' mounts
-            "pkill -f containerd-shim-runc-v2 >/dev/null 2>&1 || true",
+            # (anchored at the binary's path: this script's own command line holds the name too)
+            "pkill -f '^/usr/local/bin/containerd-shim-runc-v2 ' >/dev/null 2>&1 || true",
             f"findmnt -rn -o TARGET | grep -E '^({MOUNTS})(/|$)' | sort -r | while read -r m; do "
             'umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done',
         ]
