@@ -19,7 +19,7 @@ import jinja2
 
 from kthw.artifacts import ArtifactError, Cache, InstalledFile, installed_files, sha256_file
 from kthw.kubeconfig import write_kubeconfigs
-from kthw.model import API_PORT, REPO_ROOT, Cluster, Node, load_cluster
+from kthw.model import API_PORT, REPO_ROOT, Cluster, Node, load_cluster, record_pod_subnets
 from kthw.ops import Directory, ManagedFile, Snapshot
 from kthw.pki import CA_SUBJECTS, IDENTITY_FILES, ensure_pki, known_trust, trust_bundle
 
@@ -80,6 +80,7 @@ def _prepared(cluster_source: str) -> Cluster:
     cluster = load_cluster(cluster_source)
     ensure_pki(cluster)
     write_kubeconfigs(cluster)
+    record_pod_subnets(cluster)  # kept where they are when nodes come or go
     return cluster
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
@@ -350,14 +351,15 @@ def parse_cluster(raw: Any, source: Path | str = "cluster.yaml") -> Cluster:
     except ValidationError as exc:
         raise ClusterConfigError(str(source), _schema_problems(exc, raw)) from None
 
-    problems, warnings = _semantic_checks(spec)
-    if problems:
-        raise ClusterConfigError(str(source), problems)
-
     state_dir = Path(os.path.expanduser(os.environ.get("KTHW_STATE_DIR") or spec.state_dir))
     if not state_dir.is_absolute():
         state_dir = Path(os.path.normpath(source.resolve().parent / state_dir))
-    auto = _pod_cidrs(spec)
+    recorded = recorded_pod_subnets(state_dir / spec.cluster.name)
+    problems, warnings = _semantic_checks(spec, recorded)
+    if problems:
+        raise ClusterConfigError(str(source), problems)
+
+    auto = _pod_cidrs(spec, recorded)
     nodes = []
     for n, default in zip(spec.nodes, auto, strict=True):
         pod_cidr = n.pod_cidr or default
@@ -382,26 +384,60 @@ def parse_cluster(raw: Any, source: Path | str = "cluster.yaml") -> Cluster:
     )
 
 
-def _pod_cidrs(spec: ClusterFile) -> list[IPv4Network | None]:
-    """Each Kubernetes node's default pod subnet: workers take the slots of network.pods from
-    the first on, by position; masters take them from the last one down. So adding a worker
-    (or a master) never moves another node's subnet."""
+def _pod_cidrs(spec: ClusterFile, recorded: Mapping[str, IPv4Network] | None = None) -> list[IPv4Network | None]:
+    """Each Kubernetes node's default pod subnet. A subnet the deploy recorded for the node
+    (:func:`record_pod_subnets`) stays with it; any other node takes the first free slot of
+    network.pods: workers from the first one up, masters from the last one down. So adding or
+    removing a node never moves another node's subnet (its routes and running pods keep working)."""
     net = spec.network
     size = 2 ** (32 - net.pod_subnet_prefix)
     count = 2 ** (net.pod_subnet_prefix - net.pods.prefixlen)
     base = int(net.pods.network_address)
     slot = lambda i: IPv4Network((base + i * size, net.pod_subnet_prefix))  # noqa: E731
+    kube = [n for n in spec.nodes if n.role in ("worker", "master")]
+    # a record from another network.pods or prefix no longer fits: those nodes start over
+    kept = {n.name: recorded[n.name] for n in kube if n.name in (recorded or {})
+            and recorded[n.name].subnet_of(net.pods) and recorded[n.name].prefixlen == net.pod_subnet_prefix}
+    taken = set(kept.values()) | {n.pod_cidr for n in kube if n.pod_cidr}
+    free = {"worker": (slot(i) for i in range(count)), "master": (slot(i) for i in reversed(range(count)))}
     out: list[IPv4Network | None] = []
-    seen = {"worker": 0, "master": 0}
-    for n in spec.nodes:  # by position in nodes[], not by name (names are checked elsewhere)
-        if n.role == "worker":
-            out.append(slot(seen["worker"]))
-        elif n.role == "master":
-            out.append(slot(count - 1 - seen["master"]))
-        else:
+    for n in spec.nodes:  # by position in nodes[] for newcomers (names are checked elsewhere)
+        if n.role not in free:
             out.append(None)
-        seen[n.role] = seen.get(n.role, 0) + 1
+        elif n.name in kept:
+            out.append(kept[n.name])
+        else:
+            choice = next((s for s in free[n.role] if s not in taken), slot(0))  # full: the count check says so
+            taken.add(choice)
+            out.append(choice)
     return out
+
+
+POD_SUBNETS = "pod-subnets.yaml"
+
+
+def recorded_pod_subnets(state_dir: Path) -> dict[str, IPv4Network]:
+    """{node: pod subnet} as the last deploy recorded them (empty before the first)."""
+    try:
+        raw = yaml.safe_load((state_dir / POD_SUBNETS).read_text()) or {}
+        return {str(k): IPv4Network(v) for k, v in raw.items()}
+    except (OSError, yaml.YAMLError, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def record_pod_subnets(cluster: Cluster) -> None:
+    """Remember every Kubernetes node's pod subnet (the deploy calls this), so the next model
+    keeps them where they are whatever nodes come or go. Nodes gone from the file are dropped:
+    their subnets are free again."""
+    now = {n.name: str(n.pod_cidr) for n in cluster.kubelet_nodes if n.pod_cidr}
+    path = cluster.state_dir / POD_SUBNETS
+    if {k: str(v) for k, v in recorded_pod_subnets(cluster.state_dir).items()} == now:
+        return
+    cluster.state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{POD_SUBNETS}.tmp")
+    tmp.write_text("# Pod subnet of each node, kept by the deploy (kthw/model.py record_pod_subnets).\n"
+                   + yaml.safe_dump(now, sort_keys=True))
+    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- schema errors
@@ -528,7 +564,8 @@ def _pattern_fix(loc: tuple, is_key: bool = False) -> tuple[str, str]:
 _SOURCE_OF = {"mirror_url": "mirror", "directory": "directory", "checksums": "mirror or directory"}
 
 
-def _semantic_checks(spec: ClusterFile) -> tuple[list[Problem], list[str]]:
+def _semantic_checks(spec: ClusterFile, recorded: Mapping[str, IPv4Network] | None = None
+                     ) -> tuple[list[Problem], list[str]]:
     p: list[Problem] = []
     warnings: list[str] = []
     net = spec.network
@@ -617,7 +654,7 @@ def _semantic_checks(spec: ClusterFile) -> tuple[list[Problem], list[str]]:
                              "widen network.pods or lengthen pod_subnet_prefix"))
         else:
             taken = Counter()
-            auto = _pod_cidrs(spec)
+            auto = _pod_cidrs(spec, recorded)
             for n, default in zip(spec.nodes, auto, strict=True):
                 if n.role in ("master", "worker"):
                     taken[str(n.pod_cidr or default)] += 1

@@ -61,12 +61,14 @@ def refuse_pod_network_change(ctx: HostContext) -> None:
 
 
 def wants(ctx: HostContext) -> Wants:
-    w = Wants(dirs=[Directory(ADDONS)], queries=["control_plane_labelled"])
+    w = Wants(dirs=[Directory(ADDONS)], queries=["control_plane_labelled", "node_names"])
     if ctx.cluster.cni == "weave":
-        w.queries.append("weave_range")
+        w.queries += ["weave_range", "weave_init"]
         refuse_pod_network_change(ctx)
-    extra = {**_images(ctx), "coredns_replicas": min(2, len(ctx.cluster.workers)),
-             "weave_peer_count": len(ctx.cluster.kubelet_nodes),
+    # Weave Net's first peers wait for each other before they share out the address range; a
+    # running one keeps the value it started with (nodes coming or going must not roll its pods).
+    weave_init = ctx.facts.get("weave_init") or f"consensus={len(ctx.cluster.kubelet_nodes)}"
+    extra = {**_images(ctx), "coredns_replicas": min(2, len(ctx.cluster.workers)), "weave_init": weave_init,
              "trust_bundle_sha256": hashlib.sha256(trust_bundle(ctx.cluster.pki_dir, CA_NAME)).hexdigest()}
     for name in manifest_names(ctx):
         if name == "05-weave-password.yaml":  # the only secret one: 0600, never shown in --diff
@@ -94,9 +96,20 @@ def deploy(ctx: HostContext, w: Wants) -> None:
         wait = f"({TRUST_PUBLISHED}) && " if name in API_CLIENTS else ""
         command_when(f"{wait}{KUBECTL} apply -f {path} && {mark_applied(addon_key(name))}", when=[changed],
                      always=owed, name=f"addons | {name} applied")
+    # Nodes gone from the cluster file (their machines may still run): drained, then deleted.
+    gone = sorted(set(snap.query("node_names") or ()) - {n.name for n in ctx.cluster.kubelet_nodes})
+    command_when(" && ".join(remove_node(n) for n in gone) or "true", always=bool(gone),
+                 name="addons | nodes no longer in the cluster file drained and deleted")
     unlabelled = [m.name for m in ctx.cluster.masters if m.name not in snap.query("control_plane_labelled")]
     command_when(label_control_plane(unlabelled), when=[], always=bool(unlabelled),
                  name="addons | masters labelled node-role control-plane")
+
+
+def remove_node(name: str, kubectl: str = KUBECTL) -> str:
+    """Drain a node (its pods rescheduled elsewhere; DaemonSet pods stay until the node goes),
+    then delete its Node object."""
+    return (f"{kubectl} drain {name} --ignore-daemonsets --delete-emptydir-data --force --timeout=180s >/dev/null "
+            f"&& {kubectl} delete node {name} >/dev/null")
 
 
 def addon_key(name: str) -> str:

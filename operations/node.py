@@ -13,6 +13,7 @@ authenticated, apiserver-authorized requests (webhook), never anonymous ones.
 from __future__ import annotations
 
 import shlex
+from ipaddress import IPv4Network
 
 from kthw.context import HostContext, Wants
 from kthw.ops import (
@@ -35,6 +36,13 @@ CERTS_D = "/etc/containerd/certs.d"
 # DaemonSet, kube-system's own) land there. The label is set by the addons (a kubelet may not
 # label itself node-role.kubernetes.io/*).
 CONTROL_PLANE_TAINT = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
+
+
+def _in_pod_network(c, route: str) -> bool:
+    try:
+        return IPv4Network(route).subnet_of(c.pod_network)
+    except ValueError:
+        return False
 
 
 def _peers(ctx: HostContext):
@@ -99,6 +107,7 @@ def wants(ctx: HostContext) -> Wants:
         w.files["bridge cni"] = [ctx.template_file("/etc/cni/net.d/10-bridge.conflist"),
                                  ctx.template_file("/etc/cni/net.d/99-loopback.conf")]
         w.services.append("kthw-pod-network")
+        w.queries.append("pod_routes")
         masquerade = (f"-s {ctx.node.pod_cidr} ! -d {c.pod_network} -j MASQUERADE "
                       "-m comment --comment kthw-pod-network")
         w.files["pod network unit"] = [ctx.template_file(
@@ -137,6 +146,11 @@ def deploy(ctx: HostContext, w: Wants) -> None:
         service_running("kthw-pod-network", snap, restart_on=[routes], reload_on=[routes],
                         inputs=dests(w.files["pod network unit"]),
                         name="node | pod network active")
+        # A route to a node no longer in the cluster (the unit only knows today's peers).
+        wanted = {str(p.pod_cidr) for p in _peers(ctx)} | {str(ctx.node.pod_cidr)}
+        stale = sorted(r for r in snap.query("pod_routes") or () if r not in wanted and _in_pod_network(c, r))
+        command_when(" && ".join(f"ip route del {shlex.quote(r)}" for r in stale) or "true", always=bool(stale),
+                     name="node | routes to pods of nodes no longer in the cluster removed")
     k8s = files_synced(w.files["kubernetes binaries"], snap, name="node | kubelet and kube-proxy binaries")
     creds = files_synced(w.files["kubelet credentials"], snap, name="node | kubelet credentials")
     kconf = files_synced(w.files["kubelet config"], snap, name="node | kubelet config")

@@ -143,6 +143,30 @@ if spec.get("weave_range") and kubectl and os.path.exists(kubectl["binary"]):
                           'jsonpath={.spec.template.spec.containers[0].env[?(@.name=="IPALLOC_RANGE")].value}'],
                          capture_output=True, text=True)
     out["weave_range"] = res.stdout.strip() if res.returncode == 0 else ""
+# The IPALLOC_INIT a running Weave Net was started with: kept, so a node added or removed does
+# not roll every weave-net pod (the value only matters when the IPAM ring is first made).
+out["weave_init"] = ""
+if spec.get("weave_init") and kubectl and os.path.exists(kubectl["binary"]):
+    res = subprocess.run([kubectl["binary"], "--kubeconfig", kubectl["kubeconfig"], "-n", "kube-system", "get",
+                          "daemonset", "weave-net", "--ignore-not-found", "--request-timeout=5s", "-o",
+                          'jsonpath={.spec.template.spec.containers[0].env[?(@.name=="IPALLOC_INIT")].value}'],
+                         capture_output=True, text=True)
+    out["weave_init"] = res.stdout.strip() if res.returncode == 0 else ""
+# Every Node object's name (a node gone from the cluster file is drained and deleted).
+out["node_names"] = []
+if spec.get("node_names") and kubectl and os.path.exists(kubectl["binary"]):
+    res = subprocess.run([kubectl["binary"], "--kubeconfig", kubectl["kubeconfig"], "get", "nodes", "-o", "name",
+                          "--request-timeout=5s"], capture_output=True, text=True)
+    if res.returncode == 0:
+        out["node_names"] = [n.split("/", 1)[1] for n in res.stdout.split()]
+# Routes to pod subnets through another node (bridge CNI): one to a node no longer in the
+# cluster is removed.
+out["pod_routes"] = []
+if spec.get("pod_routes"):
+    res = subprocess.run(["ip", "-4", "-o", "route", "show"], capture_output=True, text=True)
+    if res.returncode == 0:
+        out["pod_routes"] = [line.split()[0] for line in res.stdout.splitlines() if " via " in line
+                             and not line.startswith("default")]
 # Which nodes already carry the control-plane role label (masters get it from the addons).
 out["control_plane_labelled"] = []
 if spec.get("control_plane_labelled") and kubectl and os.path.exists(kubectl["binary"]):

@@ -21,7 +21,9 @@ def test_reset_removes_the_cluster_and_a_fresh_deploy_works(lab):
     units = " ".join(f"{u}.service" for u in OUR_UNITS)
     for n in lab.cluster.nodes:
         left = lab.script(n.name, f"""
-            systemctl list-unit-files --no-legend {units} haproxy.service | grep enabled || true
+            for u in {units} haproxy.service; do
+                [ "$(systemctl is-enabled "$u" 2>/dev/null)" = enabled ] && echo "$u enabled"
+            done
             ls -d /etc/etcd /var/lib/etcd /var/lib/kubelet /var/lib/kubernetes /var/lib/containerd /opt/cni \\
                   /var/lib/weave /var/lib/kthw /usr/local/bin/kubelet /usr/local/bin/etcd 2>/dev/null || true
             iptables-save 2>/dev/null | grep -E 'KUBE-|WEAVE|CNI-' | head -3 || true

@@ -8,6 +8,9 @@ KTHW_FAKE_STATE picks what every host's HostState snapshot reports:
   interrupted converged files, but a run placed some and stopped before the restarts and the
              apply they call for (states.INTERRUPTED)
 KTHW_FAKE_WEAVE_RANGE: the pod range the running Weave Net reports (default: none running).
+KTHW_FAKE_WEAVE_INIT: the IPALLOC_INIT the running Weave Net reports (default: none running).
+KTHW_FAKE_NODE_NAMES: comma-separated Node objects the cluster reports (default: none).
+KTHW_FAKE_POD_ROUTES: comma-separated routes through other nodes every node reports (default: none).
 KTHW_FAKE_STATE_CLUSTER: the cluster file the state was converged for (default: the deployed
   one, KTHW_CLUSTER), to plan a change of cluster.yaml on a running cluster.
 KTHW_FAKE_OTHER_IDENTITY: the masters hold another cluster's CA certificate and encryption config.
@@ -33,14 +36,20 @@ _was = load_cluster(os.environ["KTHW_FAKE_STATE_CLUSTER"]) if os.environ.get("KT
 
 for _hosts in _groups.values():
     for _name, _data in _hosts:
-        _node = _was.node(_data["kthw_node"])
-        if _mode == "drifted":
+        if _data["kthw_node"] not in {n.name for n in _was.nodes}:  # a node new in this model
+            _node = _cluster.node(_data["kthw_node"])
+            _state = fresh_state(_cluster, _node)
+        elif _mode == "drifted":
+            _node = _was.node(_data["kthw_node"])
             _state = drifted_state(_was, _node)
         elif _mode == "interrupted":
+            _node = _was.node(_data["kthw_node"])
             _state = interrupted_state(_was, _node)
         elif _mode in ("converged", "renewed"):
+            _node = _was.node(_data["kthw_node"])
             _state = converged_state(_was, _node)
         else:
+            _node = _was.node(_data["kthw_node"])
             _state = fresh_state(_was, _node)
         if _was is not _cluster:  # what the new model asks about and the old state lacks: absent
             _new = fresh_state(_cluster, _cluster.node(_data["kthw_node"]))
@@ -54,6 +63,9 @@ for _hosts in _groups.values():
             for _path in ("/var/lib/kubernetes/pki/ca.crt", "/var/lib/kubernetes/encryption-config.yaml"):
                 _state["files"][_path][0] = "1" * 64
         _state["weave_range"] = os.environ.get("KTHW_FAKE_WEAVE_RANGE", "")
+        _state["weave_init"] = os.environ.get("KTHW_FAKE_WEAVE_INIT", "")
+        _state["node_names"] = [n for n in os.environ.get("KTHW_FAKE_NODE_NAMES", "").split(",") if n]
+        _state["pod_routes"] = [r for r in os.environ.get("KTHW_FAKE_POD_ROUTES", "").split(",") if r]
         if "KTHW_FAKE_REGISTRY_HOSTS" in os.environ and _node.runs_kubelet:
             _state["managed_registry_hosts"] = [r for r in os.environ["KTHW_FAKE_REGISTRY_HOSTS"].split(",") if r]
         _data["fake_delay"] = 0

@@ -81,3 +81,61 @@ def test_a_reset_touches_every_machine_and_keeps_the_local_state(default_cluster
                                     state="converged", deploy="reset.py"))
     assert len(ops["reset | local PKI and kubeconfigs moved aside"]) == 5  # (moved once, by the first to run)
     assert (load_cluster(default_cluster).pki_dir / "ca.key").exists()  # --dry moved nothing
+
+
+def with_nodes(tmp_path, base, change) -> os.PathLike:
+    import yaml
+
+    raw = yaml.safe_load(base.read_text())
+    change(raw["nodes"])
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_adding_a_worker_touches_nothing_else_that_runs(tmp_path, default_cluster):
+    grown = with_nodes(tmp_path, default_cluster, lambda nodes: nodes.append(
+        {"name": "worker-3", "role": "worker", "ip": "192.168.56.23", "cpus": 1, "memory": 1024}))
+    out = run_pyinfra(grown, "--dry", "--json", state="converged",
+                      env={"KTHW_FAKE_STATE_CLUSTER": str(default_cluster), "KTHW_FAKE_WEAVE_INIT": "consensus=4"})
+    others = {p["name"]: sorted(set(p["hosts_with_change"]) - {"@fake/worker-3"})
+              for p in json.loads(out.stdout)["plan"]}
+    # the others only learn the new name (/etc/hosts); no restart, no add-on change (Weave Net keeps
+    # the consensus it started with, so its pods do not roll)
+    assert {name: hosts for name, hosts in others.items() if hosts} == {
+        "base | /etc/hosts lists every node": ["@fake/loadbalancer", "@fake/master-1", "@fake/master-2",
+                                               "@fake/worker-1", "@fake/worker-2"]}
+    changed = {p["name"] for p in json.loads(out.stdout)["plan"] if "@fake/worker-3" in p["hosts_with_change"]}
+    assert "node | kubelet running" in changed
+
+
+def test_a_worker_removed_from_the_file_is_drained_and_deleted(tmp_path, default_cluster):
+    shrunk = with_nodes(tmp_path, default_cluster, lambda nodes: nodes.remove(
+        next(n for n in nodes if n["name"] == "worker-1")))
+    out = run_pyinfra(shrunk, "--dry", "--json", state="converged",
+                      env={"KTHW_FAKE_STATE_CLUSTER": str(default_cluster), "KTHW_FAKE_WEAVE_INIT": "consensus=4",
+                           "KTHW_FAKE_NODE_NAMES": "master-1,master-2,worker-1,worker-2"})
+    changed = {p["name"]: p["hosts_with_change"] for p in json.loads(out.stdout)["plan"] if p["hosts_with_change"]}
+    assert changed["addons | nodes no longer in the cluster file drained and deleted"] == ["@fake/master-1"]
+    out = run_pyinfra(shrunk, "-y", "-vv", state="converged",
+                      env={"KTHW_FAKE_STATE_CLUSTER": str(default_cluster), "KTHW_FAKE_WEAVE_INIT": "consensus=4",
+                           "KTHW_FAKE_NODE_NAMES": "master-1,master-2,worker-1,worker-2"})
+    assert "drain worker-1 --ignore-daemonsets --delete-emptydir-data" in out.stderr
+    assert "delete node worker-1" in out.stderr
+
+
+def test_with_the_bridge_cni_a_route_to_a_removed_node_goes(tmp_path):
+    import yaml
+
+    from kthw.model import DEFAULT_CLUSTER_FILE
+    from tests.conftest import cluster_file
+
+    raw = yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text())
+    raw["cni"] = "bridge"
+    path = cluster_file(tmp_path, raw)
+    # every node still routes to 10.244.2.0/24, the subnet of a worker no longer in the file
+    routes = "10.244.0.0/24,10.244.1.0/24,10.244.254.0/24,10.244.255.0/24,10.244.2.0/24,192.168.99.0/24"
+    out = run_pyinfra(path, "-y", "-vv", state="converged", env={"KTHW_FAKE_POD_ROUTES": routes})
+    removed = [line for line in out.stderr.splitlines() if "ip route del" in line]
+    assert len(removed) == 4 and all("ip route del 10.244.2.0/24" in line for line in removed), removed
+    assert not any("10.244.1.0/24" in line or "192.168.99.0/24" in line for line in removed)

@@ -295,3 +295,30 @@ def test_extra_args_become_flags(raw_cluster):
 def test_bad_extra_args(raw_cluster, given, expected):
     raw_cluster["extra_args"] = given
     assert only_problem(raw_cluster).startswith(expected)
+
+
+def test_pod_subnets_stay_with_their_node_when_others_come_and_go(tmp_path):
+    """Assigned by name and kept (the deploy records them): removing worker-1 leaves worker-2's
+    subnet where it was, and a newcomer takes a free one."""
+    import yaml as _yaml
+
+    from kthw.model import DEFAULT_CLUSTER_FILE, load_cluster, record_pod_subnets
+    from tests.conftest import scaled
+
+    raw = scaled(2, 3, _yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text()))
+    raw["state_dir"] = str(tmp_path / "state")
+    path = tmp_path / "cluster.yaml"
+    path.write_text(_yaml.safe_dump(raw))
+    first = {n.name: n.pod_cidr for n in load_cluster(path).kubelet_nodes}
+    record_pod_subnets(load_cluster(path))
+    raw["nodes"] = [n for n in raw["nodes"] if n["name"] != "worker-1"]
+    path.write_text(_yaml.safe_dump(raw))
+    after = {n.name: n.pod_cidr for n in load_cluster(path).kubelet_nodes}
+    assert after == {k: v for k, v in first.items() if k != "worker-1"}
+    record_pod_subnets(load_cluster(path))
+    raw["nodes"].append({"name": "worker-9", "role": "worker", "ip": "192.168.56.109", "cpus": 1, "memory": 1024})
+    path.write_text(_yaml.safe_dump(raw))
+    grown = {n.name: n.pod_cidr for n in load_cluster(path).kubelet_nodes}
+    assert {k: v for k, v in grown.items() if k != "worker-9"} == after
+    assert grown["worker-9"] == first["worker-1"]  # the freed subnet, the first free slot
+    assert len(set(grown.values())) == len(grown)
