@@ -54,9 +54,9 @@ def test_a_worker_joins_and_leaves_without_disturbing_the_others(lab):
     try:
         sh(["lab/up"], env={"KTHW_CLUSTER": str(grown)}, timeout=900)
         deploy(grown, "deploy with worker-3 added", lab)
-        ready = lab.kubectl("get", "node", "worker-3", "-o",
-                            "jsonpath={.status.conditions[?(@.type=='Ready')].status}")
-        assert ready == "True"
+        # Ready once its Weave Net pod has set up the pod network there
+        lab.wait("worker-3 Ready", lambda: lab.kubectl("get", "node", "worker-3", "-o",
+                 "jsonpath={.status.conditions[?(@.type=='Ready')].status}") == "True", timeout=180)
         # a pod on the newcomer reaches the pods on the other workers
         web_ip = lab.kubectl("get", "pods", "-l", "app=kthw-scale-web", "-o", "jsonpath={.items[0].status.podIP}")
         overrides = json.dumps({"spec": {"nodeName": "worker-3"}})
@@ -73,7 +73,8 @@ def test_a_worker_joins_and_leaves_without_disturbing_the_others(lab):
         nodes = lab.kubectl("get", "nodes", "-o", "name").split()
         assert "node/worker-3" not in nodes and len(nodes) == len(lab.cluster.kubelet_nodes)
         assert started(lab) == before_units
-        assert pods(lab) == before_pods
+        # its DaemonSet pods go with the Node object (the pod garbage collector, within seconds)
+        lab.wait("worker-3's pods gone", lambda: pods(lab) == before_pods, timeout=120, interval=2)
         assert not [name for name, p in lab.plan().items() if p["hosts_with_change"]]
     finally:
         sh("lxc-stop --kill -n kthw-worker-3 >/dev/null 2>&1; lxc-destroy -n kthw-worker-3 >/dev/null 2>&1; true")
