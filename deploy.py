@@ -11,6 +11,8 @@ from the same line) closes each stage that another group waits on.
     3. masters       kube-apiserver, kube-controller-manager, kube-scheduler
        loadbalancer  HAProxy in front of every apiserver
     -- barrier --
+       first master  etcd members of masters gone from the cluster file removed (HAProxy no
+                     longer sends requests to them)
     4. masters and   containerd, runc, CNI plugins, kubelet, kube-proxy (+ bridge CNI routes);
        workers       masters register tainted: only the CNI and kube-system pods run there
     -- barrier --
@@ -37,6 +39,9 @@ if loadbalancer in wants:
     loadbalancer.deploy(ctx, wants[loadbalancer])
 
 server.shell(name="--- barrier: control plane is up ---", commands=[])
+
+if etcd in wants and ctx.is_first_master:
+    etcd.departed_members_removed(ctx)
 
 if node in wants:
     node.deploy(ctx, wants[node])

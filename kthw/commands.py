@@ -25,6 +25,25 @@ def etcd_members_healthy(endpoints: list[str]) -> str:
         " endpoint health >/dev/null 2>&1")
 
 
+def etcd_join(name: str, peer_url: str, endpoints: list[str]) -> str:
+    """On a master whose etcd has no data yet: if the other members answer, a cluster runs, so
+    this member is added to it (``etcdctl member add``, from here, with this member's
+    certificate) and starts as ``existing``; if none answers, the cluster is new and nothing is
+    done. A member listed already but never started (an interrupted join) is simply started; one
+    that did start once has lost its data (a replaced disk): it is removed and added again, as
+    etcd documents for replacing a failed member."""
+    ctl = ETCDCTL.replace("--endpoints=https://127.0.0.1:2379", f"--endpoints={','.join(endpoints)}") + (
+        " --dial-timeout=3s --command-timeout=10s")
+    peer = shlex.quote(f", {peer_url},")
+    state = f"{ETCD_DIR}/initial-cluster-state.env"
+    return (f"if members=$({ctl} member list 2>/dev/null); then "
+            f"line=$(echo \"$members\" | grep -F {peer} || true); "
+            f"case \"$line\" in *', started,'*) {ctl} member remove \"${{line%%,*}}\" >/dev/null || exit 1; "
+            "line='';; esac; "
+            f"[ -n \"$line\" ] || {ctl} member add {shlex.quote(name)} --peer-urls={shlex.quote(peer_url)} "
+            f">/dev/null || exit 1; echo ETCD_INITIAL_CLUSTER_STATE=existing > {state}; fi")
+
+
 def apiservers_ready(addresses: list[str]) -> str:
     """Condition: every listed apiserver answers /readyz (asked directly, not through the load
     balancer; kubectl is on every master, its CA and credentials in the admin kubeconfig)."""

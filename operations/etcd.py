@@ -5,11 +5,24 @@ certificate from etcd's own CA (the only CA it trusts), valid for its own addres
 peers must present one of these (CN etcd-server), never another etcd-CA client certificate;
 initial cluster from the model. Health is checked after every (re)start, before the control
 plane is touched.
+
+Masters come and go with the cluster file: a new master's etcd joins the running cluster
+(``etcdctl member add``, then it starts as ``existing``); a master taken out of the file is
+removed from etcd by the first master (``etcdctl member remove``) once HAProxy no longer sends
+it requests (deploy.py calls :func:`departed_members_removed` after the control-plane stage).
 """
 
 from __future__ import annotations
 
-from kthw.commands import ETCD_DIR, ETCD_HEALTHY, ETCDCTL, etcd_members_healthy, only_if_peers_healthy, wait_until
+from kthw.commands import (
+    ETCD_DIR,
+    ETCD_HEALTHY,
+    ETCDCTL,
+    etcd_join,
+    etcd_members_healthy,
+    only_if_peers_healthy,
+    wait_until,
+)
 from kthw.context import HostContext, Wants
 from kthw.ops import (
     Directory,
@@ -24,7 +37,7 @@ from kthw.pki import ETCD_MEMBER_CN, etcd_member_cert_name
 
 
 def wants(ctx: HostContext) -> Wants:
-    w = Wants(services=["etcd"])
+    w = Wants(services=["etcd"], queries=["etcd_data", *(["etcd_members"] if ctx.is_first_master else [])])
     w.dirs = [Directory(ETCD_DIR, 0o700), Directory("/var/lib/etcd", 0o700)]
     w.files["binaries"] = ctx.binaries({"etcd"})
     w.files["certificates"] = [
@@ -42,6 +55,11 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     binaries = files_synced(w.files["binaries"], snap, name="etcd | binaries")
     certs = files_synced(w.files["certificates"], snap, name="etcd | certificates")
     unit = files_synced(w.files["unit"], snap, name="etcd | systemd unit")
+    # A master without etcd data joins the running cluster, if there is one (else all start new).
+    others = [f"https://{m.ip}:2379" for m in ctx.cluster.masters if m != ctx.node]
+    command_when(etcd_join(ctx.node.name, f"https://{ctx.node.ip}:2380", others),
+                 always=bool(others) and not snap.query("etcd_data"),
+                 name="etcd | joins the running cluster if there is one (member add)")
     # A new cluster's members start together (a member waits for quorum before it is ready)...
     started = service_running("etcd", snap, reload_on=[unit], name="etcd | running")
     # ...a running one restarts member by member, each healthy again before the next goes.
@@ -56,3 +74,15 @@ def deploy(ctx: HostContext, w: Wants) -> None:
         wait_until(ETCD_HEALTHY, "etcd", on_failure=f"{ETCDCTL} endpoint health"),
         when=[started, restarted, dirs], name="etcd | healthy (after any restart)",
     )
+
+
+def departed_members_removed(ctx: HostContext) -> None:
+    """On the first master: etcd members whose master left the cluster file are removed, one
+    ``etcdctl member remove`` each (the removed member's etcd then stops by itself)."""
+    peers = {f"https://{m.ip}:2380" for m in ctx.cluster.masters}
+    gone = [(mid, name) for mid, name, urls in ctx.snapshot.query("etcd_members") or ()
+            if not peers.intersection(urls)]
+    command_when(" && ".join(f"{ETCDCTL} member remove {mid} >/dev/null" for mid, _ in gone) or "true",
+                 always=bool(gone),
+                 name="etcd | members of masters no longer in the cluster file removed"
+                 + (f" ({', '.join(n or mid for mid, n in gone)})" if gone else ""))

@@ -11,7 +11,7 @@ from types import ModuleType
 from pyinfra.api.exceptions import PyinfraError
 
 from kthw.artifacts import ArtifactError
-from kthw.commands import ADMIN_KUBECONFIG
+from kthw.commands import ADMIN_KUBECONFIG, ETCDCTL
 from kthw.context import NEUTRAL_FACTS, DeployRefused, HostContext, Wants, prepared_cluster
 from kthw.facts import HostState
 from kthw.model import ClusterConfigError
@@ -40,6 +40,8 @@ def snapshot_spec(wants: dict[ModuleType, Wants]) -> dict:
         spec.update(dict.fromkeys(w.queries, True))
     # When each service and add-on was last restarted or applied by the deploy (kthw.ops.APPLIED_DIR).
     spec["applied"] = spec["services"] + [f"addon-{posixpath.basename(m)}" for m in spec["manifests"]]
+    if "etcd_members" in spec:
+        spec["etcdctl"] = ETCDCTL
     if spec["manifests"]:
         spec["kubectl"] = {"binary": "/usr/local/bin/kubectl", "kubeconfig": ADMIN_KUBECONFIG}
     return {k: (sorted(set(v)) if isinstance(v, list) else v) for k, v in spec.items()}

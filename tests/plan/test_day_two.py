@@ -139,3 +139,22 @@ def test_with_the_bridge_cni_a_route_to_a_removed_node_goes(tmp_path):
     removed = [line for line in out.stderr.splitlines() if "ip route del" in line]
     assert len(removed) == 4 and all("ip route del 10.244.2.0/24" in line for line in removed), removed
     assert not any("10.244.1.0/24" in line or "192.168.99.0/24" in line for line in removed)
+
+
+def test_a_new_master_joins_etcd_and_a_departed_one_is_removed(tmp_path, default_cluster):
+    grown = with_nodes(tmp_path, default_cluster, lambda nodes: nodes.append(
+        {"name": "master-3", "role": "master", "ip": "192.168.56.13", "cpus": 2, "memory": 2048}))
+    env = {"KTHW_FAKE_STATE_CLUSTER": str(default_cluster), "KTHW_FAKE_WEAVE_INIT": "consensus=4"}
+    out = run_pyinfra(grown, "--dry", "--json", state="converged", env=env)
+    changed = {p["name"]: p["hosts_with_change"] for p in json.loads(out.stdout)["plan"] if p["hosts_with_change"]}
+    assert changed["etcd | joins the running cluster if there is one (member add)"] == ["@fake/master-3"]
+    assert changed["loadbalancer | haproxy.cfg (checked by haproxy -c)"] == ["@fake/loadbalancer"]
+    # the apiserver certificate gains the new address: every apiserver restarts, one at a time
+    assert set(changed["control plane | kube-apiserver restarted on change, one master at a time"]) == {
+        "@fake/master-1", "@fake/master-2"}
+    # and back: the first master removes master-3 from etcd once HAProxy has let go of it
+    out = run_pyinfra(default_cluster, "-y", "-vv", state="converged",
+                      env={"KTHW_FAKE_STATE_CLUSTER": str(grown), "KTHW_FAKE_WEAVE_INIT": "consensus=5"})
+    removed = [line for line in out.stderr.splitlines() if "member remove" in line]
+    assert len(removed) == 1 and "member remove 3 " in removed[0], removed
+    assert "members of masters no longer in the cluster file removed (master-3)" in out.stderr
