@@ -44,6 +44,17 @@ def etcd_join(name: str, peer_url: str, endpoints: list[str]) -> str:
             f">/dev/null || exit 1; echo ETCD_INITIAL_CLUSTER_STATE=existing > {state}; fi")
 
 
+def etcd_lead_moved(endpoint: str, to_member: str) -> str:
+    """If the member at ``endpoint`` leads the etcd cluster, hand the lead to ``to_member`` (hex
+    id); if it does not lead or does not answer, do nothing."""
+    ctl = ETCDCTL.replace("--endpoints=https://127.0.0.1:2379", f"--endpoints={endpoint}") + (
+        " --dial-timeout=3s --command-timeout=10s")
+    leads = ("import json, sys; s = json.load(sys.stdin)[0]['Status']; "
+             "sys.exit(0 if s['header']['member_id'] == s['leader'] else 1)")
+    return (f"if {ctl} endpoint status -w json 2>/dev/null | python3 -c {shlex.quote(leads)}; then "
+            f"{ctl} move-leader {to_member} >/dev/null; fi")
+
+
 def apiservers_ready(addresses: list[str]) -> str:
     """Condition: every listed apiserver answers /readyz (asked directly, not through the load
     balancer; kubectl is on every master, its CA and credentials in the admin kubeconfig)."""

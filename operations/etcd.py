@@ -19,6 +19,7 @@ from kthw.commands import (
     ETCD_HEALTHY,
     ETCDCTL,
     etcd_join,
+    etcd_lead_moved,
     etcd_members_healthy,
     only_if_peers_healthy,
     wait_until,
@@ -78,11 +79,18 @@ def deploy(ctx: HostContext, w: Wants) -> None:
 
 def departed_members_removed(ctx: HostContext) -> None:
     """On the first master: etcd members whose master left the cluster file are removed, one
-    ``etcdctl member remove`` each (the removed member's etcd then stops by itself)."""
+    ``etcdctl member remove`` each (the removed member's etcd then stops by itself). A departing
+    member that leads hands the lead to this master first: removing the leader itself would
+    cost an election, and the writes in flight fail with "request timed out"."""
+    members = ctx.snapshot.query("etcd_members") or ()
     peers = {f"https://{m.ip}:2380" for m in ctx.cluster.masters}
-    gone = [(mid, name) for mid, name, urls in ctx.snapshot.query("etcd_members") or ()
-            if not peers.intersection(urls)]
-    command_when(" && ".join(f"{ETCDCTL} member remove {mid} >/dev/null" for mid, _ in gone) or "true",
-                 always=bool(gone),
+    me = next((mid for mid, _, urls, _ in members if f"https://{ctx.node.ip}:2380" in urls), "")
+    gone = [(mid, name, clients) for mid, name, urls, clients in members if not peers.intersection(urls)]
+    steps = []
+    for mid, _, clients in gone:
+        if me and clients:
+            steps.append(f"{{ {etcd_lead_moved(clients[0], me)}; }}")
+        steps.append(f"{ETCDCTL} member remove {mid} >/dev/null")
+    command_when(" && ".join(steps) or "true", always=bool(gone),
                  name="etcd | members of masters no longer in the cluster file removed"
-                 + (f" ({', '.join(n or mid for mid, n in gone)})" if gone else ""))
+                 + (f" ({', '.join(n or mid for mid, n, _ in gone)})" if gone else ""))

@@ -169,12 +169,12 @@ if spec.get("pod_routes"):
                              and not line.startswith("default")]
 # Whether this master's etcd holds data (a master without is new, or joins a running cluster).
 out["etcd_data"] = os.path.isdir("/var/lib/etcd/member") if spec.get("etcd_data") else False
-# The etcd cluster's members, as this master's etcd lists them: [[hex id, name, peer URLs]].
+# The etcd cluster's members, as this master's etcd lists them: [[hex id, name, peer URLs, client URLs]].
 out["etcd_members"] = []
 if spec.get("etcd_members") and spec.get("etcdctl"):
     res = subprocess.run(["sh", "-c", spec["etcdctl"] + " member list -w json"], capture_output=True, text=True)
     if res.returncode == 0:
-        out["etcd_members"] = [[format(m["ID"], "x"), m.get("name", ""), m.get("peerURLs", [])]
+        out["etcd_members"] = [[format(m["ID"], "x"), m.get("name", ""), m.get("peerURLs", []), m.get("clientURLs", [])]
                                for m in json.loads(res.stdout).get("members", [])]
 # Which nodes already carry the control-plane role label (masters get it from the addons).
 out["control_plane_labelled"] = []

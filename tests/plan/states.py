@@ -59,7 +59,8 @@ def converged_state(cluster: Cluster, node: Node) -> dict:
         state["manifests"].update({m: "present" for m in w.manifests})
         state["images"] += w.images
     state["etcd_data"] = node.is_master  # every member has joined and holds data
-    state["etcd_members"] = [[f"{i + 1:x}", m.name, [f"https://{m.ip}:2380"]] for i, m in enumerate(cluster.masters)]
+    state["etcd_members"] = [[f"{i + 1:x}", m.name, [f"https://{m.ip}:2380"], [f"https://{m.ip}:2379"]]
+                             for i, m in enumerate(cluster.masters)]
     return state
 
 

@@ -157,4 +157,6 @@ def test_a_new_master_joins_etcd_and_a_departed_one_is_removed(tmp_path, default
                       env={"KTHW_FAKE_STATE_CLUSTER": str(grown), "KTHW_FAKE_WEAVE_INIT": "consensus=5"})
     removed = [line for line in out.stderr.splitlines() if "member remove" in line]
     assert len(removed) == 1 and "member remove 3 " in removed[0], removed
+    # handing the lead to the first master first, if master-3 leads
+    assert "--endpoints=https://192.168.56.13:2379" in removed[0] and "move-leader 1 " in removed[0]
     assert "members of masters no longer in the cluster file removed (master-3)" in out.stderr
