@@ -404,8 +404,8 @@ def _pod_cidrs(spec: ClusterFile, recorded: Mapping[str, IPv4Network] | None = N
     for n in spec.nodes:  # by position in nodes[] for newcomers (names are checked elsewhere)
         if n.role not in free:
             out.append(None)
-        elif n.name in kept:
-            out.append(kept[n.name])
+        elif n.name in kept:  # (a name given twice, an error reported elsewhere, keeps it once)
+            out.append(kept.pop(n.name))
         else:
             choice = next((s for s in free[n.role] if s not in taken), slot(0))  # full: the count check says so
             taken.add(choice)
