@@ -105,6 +105,13 @@ def _require(pki_dir: Path, step: str, command: str) -> None:
         raise PkiError(f"`rotate-ca {command}` needs the rotation at step {step!r}, it is at {now!r}: {NEXT_STEP[now]}")
 
 
+def _refuse_unless_reached(problems: list[str], step: str, previous: str) -> None:
+    if problems:
+        raise PkiError(f"not going on to `{step}`: the deploy after `rotate-ca {previous}` has not reached every "
+                       "node:\n  " + "\n  ".join(problems) + "\nNothing was changed. Fix: rerun the deploy until "
+                       f"it completes, then `rotate-ca {step}` again.")
+
+
 def begin(cluster: Cluster, now: dt.datetime | None = None) -> list[str]:
     """Make the new CAs (``<ca>.next.crt``/``.key``); nothing signs with them yet."""
     pki = cluster.pki_dir
@@ -124,10 +131,7 @@ def switch(cluster: Cluster, read: Reader) -> list[str]:
     """The new CAs sign from now on; the old ones become ``<ca>.previous``."""
     pki = cluster.pki_dir
     _require(pki, "trust", "switch")
-    if problems := problems_before_switch(pki, read()):
-        raise PkiError("not switching: the deploy after `rotate-ca begin` has not reached every node:\n  "
-                       + "\n  ".join(problems) + "\nNothing was changed. Fix: rerun the deploy until it "
-                       "completes, then switch again.")
+    _refuse_unless_reached(problems_before_switch(pki, read()), "switch", "begin")
     for name in CA_SUBJECTS:
         for ext in ("crt", "key"):
             os.replace(pki / f"{name}.{ext}", pki / f"{name}.{PREVIOUS}.{ext}")
@@ -139,10 +143,7 @@ def finish(cluster: Cluster, read: Reader, now: dt.datetime | None = None) -> li
     """Drop the old CAs from every bundle; keep them aside in ``retired-<time>/``."""
     pki = cluster.pki_dir
     _require(pki, "switch", "finish")
-    if problems := problems_before_finish(pki, read()):
-        raise PkiError("not finishing: the deploy after `rotate-ca switch` has not reached every node:\n  "
-                       + "\n  ".join(problems) + "\nNothing was changed. Fix: rerun the deploy until it "
-                       "completes, then finish again.")
+    _refuse_unless_reached(problems_before_finish(pki, read()), "finish", "switch")
     retired = pki / f"{RETIRED}{(now or dt.datetime.now(dt.UTC)):%Y%m%dT%H%M%SZ}"
     retired.mkdir(mode=0o700)
     for name in CA_SUBJECTS:

@@ -38,6 +38,16 @@ CERTS_D = "/etc/containerd/certs.d"
 CONTROL_PLANE_TAINT = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
 
 
+def forget_weave_peers(addresses: list[str]) -> str:
+    """POST /forget to the local Weave Net router (what `weave forget` does), with python3: the
+    node has no weave script and maybe no curl."""
+    if not addresses:
+        return "true"
+    post = ("import sys, urllib.parse, urllib.request; urllib.request.urlopen('http://127.0.0.1:6784/forget', "
+            "urllib.parse.urlencode([('peer', a) for a in sys.argv[1:]]).encode(), timeout=10)")
+    return f"python3 -c {shlex.quote(post)} " + " ".join(shlex.quote(a) for a in addresses)
+
+
 def _in_pod_network(c, route: str) -> bool:
     try:
         return IPv4Network(route).subnet_of(c.pod_network)
@@ -52,6 +62,8 @@ def _peers(ctx: HostContext):
 def wants(ctx: HostContext) -> Wants:
     c, facts = ctx.cluster, ctx.facts
     w = Wants(services=["containerd", "kubelet", "kube-proxy"], queries=["managed_registry_hosts"])
+    if c.cni == "weave":
+        w.queries.append("weave_targets")
     w.dirs = [
         Directory("/etc/containerd"), Directory(CERTS_D), Directory("/opt/cni"), Directory("/opt/cni/bin"),
         Directory("/etc/cni"), Directory("/etc/cni/net.d"),
@@ -151,6 +163,13 @@ def deploy(ctx: HostContext, w: Wants) -> None:
         stale = sorted(r for r in snap.query("pod_routes") or () if r not in wanted and _in_pod_network(c, r))
         command_when(" && ".join(f"ip route del {shlex.quote(r)}" for r in stale) or "true", always=bool(stale),
                      name="node | routes to pods of nodes no longer in the cluster removed")
+    if c.cni == "weave":
+        # Weave Net's router retries every address it ever connected to: a node gone from the
+        # cluster is forgotten (its IP range is reclaimed by Weave's own daemon once the Node goes).
+        known = {str(n.ip) for n in c.kubelet_nodes}
+        gone = sorted(t for t in snap.query("weave_targets") or () if t not in known)
+        command_when(forget_weave_peers(gone), always=bool(gone),
+                     name="node | Weave Net peers no longer in the cluster forgotten")
     k8s = files_synced(w.files["kubernetes binaries"], snap, name="node | kubelet and kube-proxy binaries")
     creds = files_synced(w.files["kubelet credentials"], snap, name="node | kubelet credentials")
     kconf = files_synced(w.files["kubelet config"], snap, name="node | kubelet config")

@@ -176,6 +176,16 @@ if spec.get("etcd_members") and spec.get("etcdctl"):
     if res.returncode == 0:
         out["etcd_members"] = [[format(m["ID"], "x"), m.get("name", ""), m.get("peerURLs", []), m.get("clientURLs", [])]
                                for m in json.loads(res.stdout).get("members", [])]
+# The addresses this node's Weave Net router keeps connecting to (a node gone from the cluster
+# is forgotten, or the router retries it for ever).
+out["weave_targets"] = []
+if spec.get("weave_targets"):
+    try:
+        import urllib.request
+        with urllib.request.urlopen("http://127.0.0.1:6784/status/targets", timeout=5) as res:
+            out["weave_targets"] = [t.rsplit(":", 1)[0] for t in res.read().decode().split()]
+    except (OSError, ValueError):
+        pass
 # Which nodes already carry the control-plane role label (masters get it from the addons).
 out["control_plane_labelled"] = []
 if spec.get("control_plane_labelled") and kubectl and os.path.exists(kubectl["binary"]):

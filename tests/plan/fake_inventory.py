@@ -11,6 +11,7 @@ KTHW_FAKE_WEAVE_RANGE: the pod range the running Weave Net reports (default: non
 KTHW_FAKE_WEAVE_INIT: the IPALLOC_INIT the running Weave Net reports (default: none running).
 KTHW_FAKE_NODE_NAMES: comma-separated Node objects the cluster reports (default: none).
 KTHW_FAKE_POD_ROUTES: comma-separated routes through other nodes every node reports (default: none).
+KTHW_FAKE_WEAVE_TARGETS: comma-separated addresses every node's Weave router connects to (default: none).
 KTHW_FAKE_STATE_CLUSTER: the cluster file the state was converged for (default: the deployed
   one, KTHW_CLUSTER), to plan a change of cluster.yaml on a running cluster.
 KTHW_FAKE_OTHER_IDENTITY: the masters hold another cluster's CA certificate and encryption config.
@@ -66,6 +67,7 @@ for _hosts in _groups.values():
         _state["weave_init"] = os.environ.get("KTHW_FAKE_WEAVE_INIT", "")
         _state["node_names"] = [n for n in os.environ.get("KTHW_FAKE_NODE_NAMES", "").split(",") if n]
         _state["pod_routes"] = [r for r in os.environ.get("KTHW_FAKE_POD_ROUTES", "").split(",") if r]
+        _state["weave_targets"] = [t for t in os.environ.get("KTHW_FAKE_WEAVE_TARGETS", "").split(",") if t]
         if "KTHW_FAKE_REGISTRY_HOSTS" in os.environ and _node.runs_kubelet:
             _state["managed_registry_hosts"] = [r for r in os.environ["KTHW_FAKE_REGISTRY_HOSTS"].split(",") if r]
         _data["fake_delay"] = 0

@@ -160,3 +160,10 @@ def test_a_new_master_joins_etcd_and_a_departed_one_is_removed(tmp_path, default
     # handing the lead to the first master first, if master-3 leads
     assert "--endpoints=https://192.168.56.13:2379" in removed[0] and "move-leader 1 " in removed[0]
     assert "members of masters no longer in the cluster file removed (master-3)" in out.stderr
+
+
+def test_weave_routers_forget_a_node_no_longer_in_the_cluster(default_cluster):
+    targets = "192.168.56.11,192.168.56.12,192.168.56.21,192.168.56.22,192.168.56.13"
+    out = run_pyinfra(default_cluster, "-y", "-vv", state="converged", env={"KTHW_FAKE_WEAVE_TARGETS": targets})
+    forgot = [line for line in out.stderr.splitlines() if "6784/forget" in line]
+    assert len(forgot) == 4 and all(line.rstrip().endswith("192.168.56.13") for line in forgot), forgot
