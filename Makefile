@@ -2,10 +2,11 @@
 #   make up      bring the machines up and deploy the cluster (LXC lab where there is no VirtualBox)
 #   make test    everything: lint, unit and plan tests, then the lab end to end (slow, needs root)
 #   make check   the fast part of `make test` (no lab)
+#   make lab-test-day-two  the slow day-two lab tests (CA rotation, nodes added and removed)
 #   make conformance  Kubernetes' own conformance suite, all of it, on the lab's reference cluster
 PY := .venv/bin/python
 
-.PHONY: setup up down test check lint unit plan lab-test conformance pki validate diagram bench bench-lab
+.PHONY: setup up down test check lint unit plan lab-test lab-test-day-two conformance pki validate diagram bench bench-lab
 
 setup:
 	@scripts/setup
@@ -36,7 +37,13 @@ plan: setup
 
 lab-test: setup
 	@scripts/setup --lab
-	$(PY) -m pytest -s tests/lab
+	$(PY) -m pytest -s tests/lab -m "not day_two"
+
+# The slow day-two lab tests (CA rotation, a worker and a master added and removed, about
+# 15 min with the lab's cold deploy), on the reference topology; kept out of `make test`.
+lab-test-day-two: setup
+	@scripts/setup --lab
+	$(PY) -m pytest -s tests/lab -m day_two -k reference
 
 # Every [Conformance] test of the cluster's Kubernetes version, offline, on the reference
 # cluster (brought up and deployed first; a few hours). Results: .kthw/conformance/full/.

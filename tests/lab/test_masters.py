@@ -9,6 +9,7 @@ import json
 import sys
 import time
 
+import pytest
 import yaml
 
 from tests.lab.lab import LAB_DIR, VAGRANT_ENV, Lab, RequestLoop, reference_only, sh
@@ -30,6 +31,7 @@ def members(lab: Lab) -> list[str]:
     return sorted(m.get("name", "") for m in listed)
 
 
+@pytest.mark.day_two
 def test_a_master_joins_and_leaves_while_the_cluster_serves(lab):
     reference_only(lab)
     raw = yaml.safe_load(lab.cluster_file.read_text())
@@ -53,6 +55,9 @@ def test_a_master_joins_and_leaves_while_the_cluster_serves(lab):
             assert "192.168.56.13" not in lab.ssh("loadbalancer", "cat /etc/haproxy/haproxy.cfg")
             lab.wait("master-3's Node object gone", lambda: "node/master-3" not in lab.kubectl(
                 "get", "nodes", "-o", "name"), timeout=60)
+            # its DaemonSet pods go with the Node object (the pod garbage collector, within a minute)
+            lab.wait("master-3's pods gone", lambda: "master-3" not in lab.kubectl(
+                "get", "pods", "-A", "-o", "jsonpath={.items[*].spec.nodeName}"), timeout=120, interval=2)
         print(f"\nmaster-3 added and removed: {loop.requests} requests through the load balancer, "
               f"{len(loop.failures)} failed")
         assert loop.failures == [], loop.failures

@@ -9,6 +9,7 @@ import ssl
 import sys
 import time
 
+import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -47,6 +48,7 @@ def rotate(lab: Lab, step: str) -> str:
     return sh([sys.executable, "-m", "kthw", "pki", "rotate-ca", step], env=lab.env).stdout
 
 
+@pytest.mark.day_two
 def test_the_cas_rotate_in_three_steps_without_a_failed_request(lab, tmp_path):
     reference_only(lab)
     old_ca = ca(lab)

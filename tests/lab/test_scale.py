@@ -8,6 +8,7 @@ import json
 import sys
 import time
 
+import pytest
 import yaml
 
 from tests.lab.lab import LAB_DIR, VAGRANT_ENV, Lab, reference_only, sh
@@ -41,6 +42,7 @@ def deploy(cluster_file, label: str, lab: Lab) -> None:
     lab.timings[label] = time.monotonic() - start
 
 
+@pytest.mark.day_two
 def test_a_worker_joins_and_leaves_without_disturbing_the_others(lab):
     reference_only(lab)
     raw = yaml.safe_load(lab.cluster_file.read_text())
