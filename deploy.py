@@ -15,6 +15,9 @@ from the same line) closes each stage that another group waits on.
                      longer sends requests to them)
     4. masters and   containerd, runc, CNI plugins, kubelet, kube-proxy (+ bridge CNI routes);
        workers       masters register tainted: only the CNI and kube-system pods run there
+       each node,    a node whose binaries change (an upgrade) restarts only in its turn: the
+       in turn       first master drains it before, waits until it is Ready and uncordons it
+                     after (two barriers per node)
     -- barrier --
     5. first master  RBAC for apiserver -> kubelet, the CNI add-on, CoreDNS
 """
@@ -22,7 +25,7 @@ from the same line) closes each stage that another group waits on.
 from pyinfra import host
 from pyinfra.operations import server
 
-from operations import addons, base, control_plane, etcd, loadbalancer, node
+from operations import addons, base, control_plane, etcd, loadbalancer, node, upgrade
 from operations.plan import host_plan
 
 ctx, wants = host_plan(host)
@@ -44,7 +47,8 @@ if etcd in wants and ctx.is_first_master:
     etcd.departed_members_removed(ctx)
 
 if node in wants:
-    node.deploy(ctx, wants[node])
+    owed = node.deploy(ctx, wants[node])
+    upgrade.deploy(ctx, owed)
 
 server.shell(name="--- barrier: nodes are up ---", commands=[])
 

@@ -61,7 +61,7 @@ def refuse_pod_network_change(ctx: HostContext) -> None:
 
 
 def wants(ctx: HostContext) -> Wants:
-    w = Wants(dirs=[Directory(ADDONS)], queries=["control_plane_labelled", "node_names"])
+    w = Wants(dirs=[Directory(ADDONS)], queries=["control_plane_labelled", "node_names", "node_status"])
     if ctx.cluster.cni == "weave":
         w.queries += ["weave_range", "weave_init"]
         refuse_pod_network_change(ctx)

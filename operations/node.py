@@ -12,8 +12,12 @@ authenticated, apiserver-authorized requests (webhook), never anonymous ones.
 
 from __future__ import annotations
 
+import posixpath
 import shlex
+from dataclasses import dataclass
 from ipaddress import IPv4Network
+
+from pyinfra import host
 
 from kthw.context import HostContext, Wants
 from kthw.ops import (
@@ -57,6 +61,31 @@ def _in_pod_network(c, route: str) -> bool:
 
 def _peers(ctx: HostContext):
     return [n for n in ctx.cluster.kubelet_nodes if n.name != ctx.node.name]
+
+
+@dataclass
+class Restart:
+    """A service restart a node owes, made in its upgrade turn (operations/upgrade.py)."""
+
+    unit: str
+    restart_on: list
+    reload_on: list
+    inputs: list[str]
+
+
+def upgrading(ctx: HostContext, w: Wants) -> list[str]:
+    """The binaries (kubelet, kube-proxy, containerd, runc...) that change on a node that runs
+    already, or the services still owed a restart on binaries an interrupted run placed: then the
+    node is upgraded in its turn, drained first. Empty for a new node and for config changes."""
+    snap = ctx.snapshot
+    if snap.service("kubelet")[0] != "active":
+        return []
+    binaries = w.files["runtime binaries"] + w.files["kubernetes binaries"]
+    changed = [posixpath.basename(f.dest) for f in binaries if (snap.file(f.dest) or ("",))[0] != f.sha256]
+    owed = [u for u, group in (("containerd", "runtime binaries"), ("kubelet", "kubernetes binaries"),
+                               ("kube-proxy", "kubernetes binaries"))
+            if snap.service(u)[0] == "active" and snap.pending(u, dests(w.files[group]))]
+    return changed or [f"{u} (restart owed)" for u in owed]
 
 
 def wants(ctx: HostContext) -> Wants:
@@ -127,15 +156,27 @@ def wants(ctx: HostContext) -> Wants:
     return w
 
 
-def deploy(ctx: HostContext, w: Wants) -> None:
+def deploy(ctx: HostContext, w: Wants) -> list[Restart]:
+    """The node's operations; returns the restarts it owes in its upgrade turn (none unless
+    :func:`upgrading`): an upgraded node's services start on their new binaries only once the
+    first master has drained it."""
     c, snap = ctx.cluster, ctx.snapshot
+    in_turn = bool(upgrading(ctx, w))
+    owed: list[Restart] = []
+
+    def running(unit: str, restart_on: list, reload_on: list, inputs: list[str], name: str) -> None:
+        if in_turn:
+            owed.append(Restart(unit, restart_on, reload_on, inputs))
+            restart_on, inputs = [], []  # started if it is not running; restarted in its turn
+        service_running(unit, snap, restart_on=restart_on, reload_on=reload_on, inputs=inputs, name=name)
+
     directories_present(w.dirs, snap, name="node | directories")
     runtime = files_synced(w.files["runtime binaries"], snap, name="node | containerd, runc, CNI, crictl")
     config = files_synced(w.files["containerd config"], snap, name="node | containerd config")
     unit = files_synced(w.files["containerd unit"], snap, name="node | containerd unit")
-    service_running("containerd", snap, restart_on=[runtime, config, unit], reload_on=[unit],
-                    inputs=dests(w.files["runtime binaries"], w.files["containerd config"], w.files["containerd unit"]),
-                    name="node | containerd running")
+    running("containerd", restart_on=[runtime, config, unit], reload_on=[unit],
+            inputs=dests(w.files["runtime binaries"], w.files["containerd config"], w.files["containerd unit"]),
+            name="node | containerd running")
     files_synced(w.files["registry mirrors"], snap, name="node | registry mirrors")
     # A registry dropped from artifacts.registry_mirrors: remove the hosts.toml we wrote for it.
     dropped = sorted(set(snap.query("managed_registry_hosts") or ()) - set(c.artifacts.registry_mirrors))
@@ -174,13 +215,21 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     creds = files_synced(w.files["kubelet credentials"], snap, name="node | kubelet credentials")
     kconf = files_synced(w.files["kubelet config"], snap, name="node | kubelet config")
     kunit = files_synced(w.files["kubelet unit"], snap, name="node | kubelet unit")
-    service_running("kubelet", snap, restart_on=[k8s, creds, kconf, kunit], reload_on=[kunit],
-                    inputs=dests(w.files["kubernetes binaries"], w.files["kubelet credentials"],
-                                 w.files["kubelet config"], w.files["kubelet unit"]),
-                    name="node | kubelet running")
+    running("kubelet", restart_on=[k8s, creds, kconf, kunit], reload_on=[kunit],
+            inputs=dests(w.files["kubernetes binaries"], w.files["kubelet credentials"],
+                         w.files["kubelet config"], w.files["kubelet unit"]),
+            name="node | kubelet running")
     pconf = files_synced(w.files["kube-proxy config"], snap, name="node | kube-proxy config")
     punit = files_synced(w.files["kube-proxy unit"], snap, name="node | kube-proxy unit")
-    service_running("kube-proxy", snap, restart_on=[k8s, pconf, punit], reload_on=[punit],
-                    inputs=dests(w.files["kubernetes binaries"], w.files["kube-proxy config"],
-                                 w.files["kube-proxy unit"]),
-                    name="node | kube-proxy running")
+    running("kube-proxy", restart_on=[k8s, pconf, punit], reload_on=[punit],
+            inputs=dests(w.files["kubernetes binaries"], w.files["kube-proxy config"], w.files["kube-proxy unit"]),
+            name="node | kube-proxy running")
+    return owed
+
+
+def restarted_in_turn(ctx: HostContext, owed: list[Restart]) -> None:
+    """This node's turn of a rolling upgrade (drained by now): its services restart on their new
+    binaries; the first master then waits until it is Ready and uncordons it."""
+    for r in host.loop(owed):
+        service_running(r.unit, ctx.snapshot, restart_on=r.restart_on, reload_on=r.reload_on, inputs=r.inputs,
+                        name=f"node | {r.unit} restarted on its new binaries, in this node's turn")

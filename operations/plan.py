@@ -8,6 +8,7 @@ import sys
 import time
 from types import ModuleType
 
+from pyinfra import state
 from pyinfra.api.exceptions import PyinfraError
 
 from kthw.artifacts import ArtifactError
@@ -17,7 +18,8 @@ from kthw.facts import HostState
 from kthw.model import ClusterConfigError
 from kthw.ops import Snapshot
 from kthw.pki import PkiError
-from operations import components_for
+from kthw.upgrade import VERSIONED, limit_refusal, skew_refusal
+from operations import components_for, node
 
 
 def collect(ctx: HostContext) -> dict[ModuleType, Wants]:
@@ -40,6 +42,8 @@ def snapshot_spec(wants: dict[ModuleType, Wants]) -> dict:
         spec.update(dict.fromkeys(w.queries, True))
     # When each service and add-on was last restarted or applied by the deploy (kthw.ops.APPLIED_DIR).
     spec["applied"] = spec["services"] + [f"addon-{posixpath.basename(m)}" for m in spec["manifests"]]
+    # A binary's running version is asked only if it is about to be replaced (version-skew check).
+    spec["versions"] = {f.dest: f.sha256 for w in wants.values() for f in w.all_files() if f.dest in VERSIONED}
     if "etcd_members" in spec:
         spec["etcdctl"] = ETCDCTL
     if spec["manifests"]:
@@ -72,6 +76,21 @@ def host_plan(host) -> tuple[HostContext, dict[ModuleType, Wants]]:
             "local state first (`python -m kthw pki adopt`); to replace it on purpose (CA rotation, every "
             "token, Secret and kubeconfig of the old identity stops working), rerun with "
             "--data kthw_replace_identity=yes (README: Cluster identity).")
+    refuse_version_skew(host, ctx, wants)
     if snapshot_spec(wants)["files"] != spec["files"]:
         raise PyinfraError(f"{host.name}: the managed files depend on host facts; fix the component")
     return ctx, wants
+
+
+def refuse_version_skew(host, ctx: HostContext, wants: dict[ModuleType, Wants]) -> None:
+    """Refuse, before any host is touched, a version change the skew policy forbids on this host
+    (kthw.upgrade), and a node upgrade without the masters in the run."""
+    versions = ctx.cluster.versions.model_dump()
+    for path, running in sorted((ctx.snapshot.raw.get("versions") or {}).items()):
+        if why := skew_refusal(host.name, path, running, str(versions[VERSIONED[path]])):
+            raise PyinfraError(why)
+    if node in wants:
+        active = {h.data.get("kthw_node", h.name) for h in state.inventory if state.is_host_in_limit(h)}
+        if why := limit_refusal(host.name, node.upgrading(ctx, wants[node]), [m.name for m in ctx.cluster.masters],
+                                active):
+            raise PyinfraError(why)

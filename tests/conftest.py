@@ -59,8 +59,9 @@ def make_fake_artifacts(root: Path, versions: dict) -> None:
             else:
                 with tarfile.open(path, "w:gz") as tar:
                     for member, _ in art.installs:
-                        data = f"#!/bin/sh\necho fake {member}\n".encode()
-                        info = tarfile.TarInfo(member.format(v=v, n=v.lstrip("v")))
+                        name = member.format(v=v, n=v.lstrip("v"))
+                        data = f"#!/bin/sh\necho fake {name} {v}\n".encode()  # differs per version
+                        info = tarfile.TarInfo(name)
                         info.size, info.mode = len(data), 0o755
                         tar.addfile(info, io.BytesIO(data))
         sums.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {rel}")

@@ -55,6 +55,17 @@ for path in spec.get("files", []):
         out["mtimes"][path] = st.st_mtime
     except OSError:
         out["files"][path] = None
+# The version a binary about to be replaced runs, asked (`--version`) only when its content
+# differs from the wanted one: the deploy checks the version-skew policy before any change.
+out["versions"] = {}
+for path, want in (spec.get("versions") or {}).items():
+    have = out["files"].get(path)
+    if have and have[0] != want:
+        try:
+            res = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+            out["versions"][path] = res.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            out["versions"][path] = ""
 for path in spec.get("dirs", []):
     try:
         st = os.stat(path)
@@ -152,13 +163,27 @@ if spec.get("weave_init") and kubectl and os.path.exists(kubectl["binary"]):
                           'jsonpath={.spec.template.spec.containers[0].env[?(@.name=="IPALLOC_INIT")].value}'],
                          capture_output=True, text=True)
     out["weave_init"] = res.stdout.strip() if res.returncode == 0 else ""
-# Every Node object's name (a node gone from the cluster file is drained and deleted).
-out["node_names"] = []
-if spec.get("node_names") and kubectl and os.path.exists(kubectl["binary"]):
-    res = subprocess.run([kubectl["binary"], "--kubeconfig", kubectl["kubeconfig"], "get", "nodes", "-o", "name",
+# The Node objects, read once: every name (a node gone from the cluster file is drained and
+# deleted), which carry the control-plane role label (masters get it from the addons), and what
+# each kubelet reports (versions, Ready, cordoned, the deploy's drain mark) for rolling upgrades.
+out["node_names"], out["control_plane_labelled"], out["node_status"] = [], [], {}
+if ((spec.get("node_names") or spec.get("control_plane_labelled") or spec.get("node_status"))
+        and kubectl and os.path.exists(kubectl["binary"])):
+    res = subprocess.run([kubectl["binary"], "--kubeconfig", kubectl["kubeconfig"], "get", "nodes", "-o", "json",
                           "--request-timeout=5s"], capture_output=True, text=True)
-    if res.returncode == 0:
-        out["node_names"] = [n.split("/", 1)[1] for n in res.stdout.split()]
+    for item in json.loads(res.stdout).get("items", []) if res.returncode == 0 else []:
+        meta, status = item["metadata"], item.get("status", {})
+        name = meta["name"]
+        out["node_names"].append(name)
+        if "node-role.kubernetes.io/control-plane" in meta.get("labels", {}):
+            out["control_plane_labelled"].append(name)
+        info = status.get("nodeInfo", {})
+        out["node_status"][name] = {
+            "kubelet": info.get("kubeletVersion", ""), "runtime": info.get("containerRuntimeVersion", ""),
+            "ready": any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", [])),
+            "unschedulable": bool(item.get("spec", {}).get("unschedulable")),
+            "drained": "kthw.io/drained-for-upgrade" in meta.get("annotations", {}),
+        }
 # Routes to pod subnets through another node (bridge CNI): one to a node no longer in the
 # cluster is removed.
 out["pod_routes"] = []
@@ -186,14 +211,6 @@ if spec.get("weave_targets"):
             out["weave_targets"] = [t.rsplit(":", 1)[0] for t in res.read().decode().split()]
     except (OSError, ValueError):
         pass
-# Which nodes already carry the control-plane role label (masters get it from the addons).
-out["control_plane_labelled"] = []
-if spec.get("control_plane_labelled") and kubectl and os.path.exists(kubectl["binary"]):
-    res = subprocess.run([kubectl["binary"], "--kubeconfig", kubectl["kubeconfig"], "get", "nodes", "-l",
-                          "node-role.kubernetes.io/control-plane", "-o", "name", "--request-timeout=5s"],
-                         capture_output=True, text=True)
-    if res.returncode == 0:
-        out["control_plane_labelled"] = [n.split("/", 1)[1] for n in res.stdout.split()]
 # Registries whose containerd hosts.toml the deploy wrote (its first line marks it), so one no
 # longer configured can be removed; hand-made ones are left alone.
 out["managed_registry_hosts"] = []

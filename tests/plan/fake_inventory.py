@@ -15,6 +15,9 @@ KTHW_FAKE_WEAVE_TARGETS: comma-separated addresses every node's Weave router con
 KTHW_FAKE_STATE_CLUSTER: the cluster file the state was converged for (default: the deployed
   one, KTHW_CLUSTER), to plan a change of cluster.yaml on a running cluster.
 KTHW_FAKE_OTHER_IDENTITY: the masters hold another cluster's CA certificate and encryption config.
+KTHW_FAKE_NODE_STATUS_DRAINED: comma-separated Nodes left cordoned by an interrupted upgrade.
+KTHW_FAKE_RUNNING: what the binaries the deploy replaces report as their version, e.g.
+  "kubernetes=Kubernetes v1.35.4,etcd=etcd Version: 3.6.16" (default: nothing asked).
 KTHW_FAKE_REGISTRY_HOSTS: comma-separated registries whose deploy-written hosts.toml every
   Kubernetes node reports (default: as the state implies).
 """
@@ -28,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from kthw.inventory import groups  # noqa: E402
 from kthw.model import load_cluster  # noqa: E402
+from kthw.upgrade import VERSIONED  # noqa: E402
 from tests.plan.states import converged_state, drifted_state, fresh_state, interrupted_state  # noqa: E402
 
 _cluster = load_cluster()
@@ -68,6 +72,12 @@ for _hosts in _groups.values():
         _state["node_names"] = [n for n in os.environ.get("KTHW_FAKE_NODE_NAMES", "").split(",") if n]
         _state["pod_routes"] = [r for r in os.environ.get("KTHW_FAKE_POD_ROUTES", "").split(",") if r]
         _state["weave_targets"] = [t for t in os.environ.get("KTHW_FAKE_WEAVE_TARGETS", "").split(",") if t]
+        _running = dict(kv.split("=", 1) for kv in os.environ.get("KTHW_FAKE_RUNNING", "").split(",") if kv)
+        _state["versions"] = {p: _running[k] for p, k in VERSIONED.items()
+                              if k in _running and _state["files"].get(p)}
+        for _name in os.environ.get("KTHW_FAKE_NODE_STATUS_DRAINED", "").split(","):
+            if _name in _state.get("node_status", {}):
+                _state["node_status"][_name].update(drained=True, unschedulable=True)
         if "KTHW_FAKE_REGISTRY_HOSTS" in os.environ and _node.runs_kubelet:
             _state["managed_registry_hosts"] = [r for r in os.environ["KTHW_FAKE_REGISTRY_HOSTS"].split(",") if r]
         _data["fake_delay"] = 0

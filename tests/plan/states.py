@@ -58,6 +58,11 @@ def converged_state(cluster: Cluster, node: Node) -> dict:
         state["packages"].update({p: True for p in w.packages})
         state["manifests"].update({m: "present" for m in w.manifests})
         state["images"] += w.images
+    # every kubelet registered and Ready, on the versions this model pins
+    state["node_status"] = {n.name: {"kubelet": str(cluster.versions.kubernetes),
+                                     "runtime": "containerd://" + str(cluster.versions.containerd).lstrip("v"),
+                                     "ready": True, "unschedulable": False, "drained": False}
+                            for n in cluster.kubelet_nodes}
     state["etcd_data"] = node.is_master  # every member has joined and holds data
     state["etcd_members"] = [[f"{i + 1:x}", m.name, [f"https://{m.ip}:2380"], [f"https://{m.ip}:2379"]]
                              for i, m in enumerate(cluster.masters)]

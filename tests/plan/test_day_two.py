@@ -167,3 +167,89 @@ def test_weave_routers_forget_a_node_no_longer_in_the_cluster(default_cluster):
     out = run_pyinfra(default_cluster, "-y", "-vv", state="converged", env={"KTHW_FAKE_WEAVE_TARGETS": targets})
     forgot = [line for line in out.stderr.splitlines() if "6784/forget" in line]
     assert len(forgot) == 4 and all(line.rstrip().endswith("192.168.56.13") for line in forgot), forgot
+
+
+def upgraded_to(tmp_path, base, **versions) -> os.PathLike:
+    """The cluster of ``base`` (same state and PKI) with other versions and their (fake) artifacts."""
+    import yaml
+
+    from tests.conftest import make_fake_artifacts
+
+    raw = yaml.safe_load(base.read_text())
+    raw["versions"].update(versions)
+    art = tmp_path / "artifacts"
+    make_fake_artifacts(art, raw["versions"])
+    raw["artifacts"]["directory"] = str(art)
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_an_upgrade_goes_etcd_then_apiservers_then_one_drained_node_at_a_time(tmp_path, default_cluster):
+    newer = upgraded_to(tmp_path, default_cluster, kubernetes="v1.37.2", etcd="v3.6.17", containerd="v2.2.10")
+    env = {"KTHW_FAKE_STATE_CLUSTER": str(default_cluster), "KTHW_FAKE_WEAVE_INIT": "consensus=4",
+           "KTHW_FAKE_RUNNING": "kubernetes=Kubernetes v1.36.3,etcd=etcd Version: 3.6.16"}
+    out = run_pyinfra(newer, "--dry", "--json", state="converged", env=env)
+    steps = [(p["name"], h.removeprefix("@fake/")) for p in json.loads(out.stdout)["plan"]
+             for h in p["hosts_with_change"]]
+    names = [name for name, _ in steps]
+    # etcd member by member, then each apiserver in turn, then the controller-manager and scheduler
+    assert [h for n, h in steps if n == "etcd | restarted on change, one member at a time"] == ["master-1", "master-2"]
+    last_etcd = max(i for i, n in enumerate(names) if n.startswith("etcd | restarted"))
+    first_apiserver = names.index("control plane | kube-apiserver restarted on change, one master at a time")
+    assert last_etcd < first_apiserver
+    # no node restarts in the parallel stage: each waits for its turn ...
+    assert not [s for s in steps if s[0] in ("node | kubelet running", "node | kube-proxy running",
+                                             "node | containerd running")]
+    # ... drained by the first master before, Ready and uncordoned after, one node after the other
+    turns = [s for s in steps if s[0].startswith("upgrade | ") or "in this node's turn" in s[0]]
+    expected = []
+    for node in ("master-1", "master-2", "worker-1", "worker-2"):
+        expected += [(f"upgrade | {node} drained", "master-1")]
+        expected += [(f"node | {u} restarted on its new binaries, in this node's turn", node)
+                     for u in ("containerd", "kubelet", "kube-proxy")]
+        expected += [(f"upgrade | {node} Ready on v1.37.2 and uncordoned", "master-1")]
+    assert turns == expected, turns
+    assert names.index("control plane | kube-scheduler restarted on change, in turn") < names.index(
+        "upgrade | master-1 drained")
+    # and the commands: drain marks the node first; uncordon waits for Ready on the new version
+    out = run_pyinfra(newer, "-y", "-vv", state="converged", env=env)
+    assert "annotate node worker-1 kthw.io/drained-for-upgrade=true --overwrite" in out.stderr
+    assert "drain worker-1 --ignore-daemonsets --delete-emptydir-data --timeout=300s" in out.stderr
+    assert "True v1.37.2" in out.stderr and "uncordon worker-1" in out.stderr
+
+
+def test_a_converged_cluster_walks_the_turns_without_a_command(default_cluster):
+    plan = {p["name"]: p for p in json.loads(run_pyinfra(default_cluster, "--dry", "--json",
+                                                         state="converged").stdout)["plan"]}
+    turns = [n for n in plan if n.startswith("upgrade | ") or n.startswith("--- barrier: worker-1")]
+    assert len(turns) == 4 * 2 + 2, turns
+    assert not [n for n in turns if plan[n]["hosts_with_change"]]
+
+
+def test_a_node_left_drained_by_an_interrupted_upgrade_is_uncordoned(tmp_path, default_cluster):
+    # worker-2 runs the new kubelet already, but the run stopped before its uncordon
+    newer = upgraded_to(tmp_path, default_cluster, kubernetes="v1.37.2")
+    env = {"KTHW_FAKE_STATE_CLUSTER": str(newer), "KTHW_FAKE_WEAVE_INIT": "consensus=4",
+           "KTHW_FAKE_NODE_STATUS_DRAINED": "worker-2"}
+    changed = changed_hosts(run_pyinfra(newer, "--dry", "--json", state="converged", env=env))
+    assert {n: h for n, h in changed.items() if n.startswith("upgrade | ")} == {
+        "upgrade | worker-2 Ready on v1.37.2 and uncordoned": ["@fake/master-1"]}
+
+
+def test_a_version_skew_the_policy_forbids_is_refused_before_any_host_is_touched(tmp_path, default_cluster):
+    newer = upgraded_to(tmp_path / "skip", default_cluster, kubernetes="v1.38.0")
+    env = {"KTHW_FAKE_STATE_CLUSTER": str(default_cluster), "KTHW_FAKE_RUNNING": "kubernetes=Kubernetes v1.36.3"}
+    out = run_pyinfra(newer, "--dry", state="converged", env=env, check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "two minor versions at once" in text and "Nothing was changed" in text
+    assert "Fix: set versions.kubernetes to the newest v1.37 patch release" in text
+    older = upgraded_to(tmp_path / "down", default_cluster, kubernetes="v1.35.4")
+    out = run_pyinfra(older, "-y", state="converged", env=env, check=False)
+    assert out.returncode != 0 and "an older minor version" in out.stdout + out.stderr
+    assert "Starting operation" not in out.stdout + out.stderr  # refused while planning
+    # a node upgrade needs the masters in the run (control plane first, drained from master-1)
+    newer = upgraded_to(tmp_path / "limit", default_cluster, kubernetes="v1.37.2")
+    out = run_pyinfra(newer, "--dry", "--limit", "@fake/worker-1", state="converged", env=env, check=False)
+    assert out.returncode != 0
+    assert "master-1, master-2 are not in this run (--limit)" in out.stdout + out.stderr
