@@ -207,7 +207,42 @@ class Lab:
         raise AssertionError(f"timed out waiting for {what}; last: {str(last)[-3000:]}")
 
 
-class RequestLoop:
+class Probe:
+    """Requests made one round after the other, every ``interval`` s, in a thread, while the
+    ``with`` block runs; each failure kept with its time. Subclasses say what a round is."""
+
+    def __init__(self, interval: float):
+        import threading
+
+        self.interval = interval
+        self.requests = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def round(self, i: int) -> None:
+        raise NotImplementedError
+
+    def failed(self, what: str) -> None:
+        self.failures.append(f"{time.strftime('%T')} {what}")
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            i += 1
+            self.round(i)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+
+class RequestLoop(Probe):
     """Reads and writes through the load balancer, one after the other every ``interval`` s,
     each a fresh kubectl (a new connection, as most clients make), while the block runs::
 
@@ -217,13 +252,8 @@ class RequestLoop:
     """
 
     def __init__(self, lab: Lab, interval: float = 0.5, name: str = "kthw-failover-probe"):
-        import threading
-
-        self.lab, self.interval, self.name = lab, interval, name
-        self.requests = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(interval)
+        self.lab, self.name = lab, name
 
     def _one(self, *args: str) -> None:
         self.requests += 1
@@ -231,24 +261,12 @@ class RequestLoop:
         out = sh([str(self.lab.kubectl_binary), "--kubeconfig", str(kubeconfig), "--request-timeout=20s", *args],
                  check=False, timeout=60)
         if out.returncode != 0:
-            self.failures.append(f"{time.strftime('%T')} kubectl {' '.join(args)}: {out.stderr.strip()[-300:]}")
+            self.failed(f"kubectl {' '.join(args)}: {out.stderr.strip()[-300:]}")
 
-    def _run(self) -> None:
-        i = 0
-        while not self._stop.is_set():
-            i += 1
-            self._one("get", "nodes", "-o", "name")
-            self._one("create", "configmap", f"{self.name}-{i}", "--from-literal=n=1")
-            self._one("delete", "configmap", f"{self.name}-{i}", "--wait=false")
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> RequestLoop:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=120)
+    def round(self, i: int) -> None:
+        self._one("get", "nodes", "-o", "name")
+        self._one("create", "configmap", f"{self.name}-{i}", "--from-literal=n=1")
+        self._one("delete", "configmap", f"{self.name}-{i}", "--wait=false")
 
 
 def reference_only(lab: Lab) -> None:

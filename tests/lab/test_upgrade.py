@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 import urllib.request
 
@@ -15,7 +14,7 @@ import pytest
 import yaml
 
 from kthw.model import load_cluster
-from tests.lab.lab import Lab, RequestLoop, reference_only, sh
+from tests.lab.lab import Lab, Probe, RequestLoop, reference_only, sh
 from tests.lab.test_cluster import ADMIN, SERVE, smoke_image
 
 NEW = "v1.37.2"
@@ -65,35 +64,23 @@ spec:
 """
 
 
-class NodePortLoop:
-    """GET http://<worker>:<nodePort>/ on every worker in turn, every ``interval`` s, each a new
-    connection, while the block runs."""
+class NodePortLoop(Probe):
+    """GET http://<worker>:<nodePort>/ on every worker, each a new connection, ``interval`` s
+    apart, while the block runs."""
 
     def __init__(self, urls: list[str], interval: float = 0.25):
-        self.urls, self.interval = urls, interval
-        self.requests = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(0)
+        self.urls, self.pause = urls, interval
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for url in self.urls:
-                self.requests += 1
-                try:
-                    with urllib.request.urlopen(url, timeout=5) as res:
-                        res.read()
-                except OSError as exc:
-                    self.failures.append(f"{time.strftime('%T')} {url}: {exc}")
-                self._stop.wait(self.interval)
-
-    def __enter__(self) -> NodePortLoop:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
+    def round(self, i: int) -> None:
+        for url in self.urls:
+            self.requests += 1
+            try:
+                with urllib.request.urlopen(url, timeout=5) as res:
+                    res.read()
+            except OSError as exc:
+                self.failed(f"{url}: {exc}")
+            self._stop.wait(self.pause)
 
 
 def answers(url: str) -> bool:
