@@ -44,12 +44,27 @@ def test_a_master_joins_and_leaves_while_the_cluster_serves(lab):
         pytest.skip("masters come and go on the Weave Net topologies (reference: 2 -> 3, three-masters: 3 -> 4)")
     new, first, lb = new_master(lab), lab.cluster.masters[0].name, lab.cluster.loadbalancer.name
     name, was = new["name"], sorted(m.name for m in lab.cluster.masters)
-    raw = yaml.safe_load(lab.cluster_file.read_text())
     assert new["ip"] not in {str(n.ip) for n in lab.cluster.nodes}
+    # Every lab node uses this machine's inotify instances (fs.inotify.max_user_instances: 128,
+    # which the lab must not raise; lab/README.md). A fourth master beside three workers passes
+    # that: its kubelet and containerd fail with "too many open files". So with more than two
+    # workers, the last one makes room first (taken out of the file, so drained and its Node
+    # deleted, then reset and stopped) and joins again at the end.
+    room = lab.cluster.workers[-1].name if len(lab.cluster.workers) > 2 else None
+    raw = yaml.safe_load(lab.cluster_file.read_text())
+    raw["nodes"] = [n for n in raw["nodes"] if n["name"] != room]
+    base = lab.cluster_file
+    if room:
+        base = lab.cluster_file.with_name(lab.cluster_file.stem + f"-without-{room}.yaml")
+        base.write_text(yaml.safe_dump(raw, sort_keys=False))
     raw["nodes"].append(new)
-    grown = lab.cluster_file.with_name(lab.cluster_file.stem + "-three-masters.yaml")
+    grown = lab.cluster_file.with_name(lab.cluster_file.stem + f"-with-{name}.yaml")
     grown.write_text(yaml.safe_dump(raw, sort_keys=False))
     try:
+        if room:
+            deploy(base, f"deploy with {room} out", lab)
+            sh([sys.executable, "-m", "pyinfra", "-y", "inventory.py", "reset.py", "--limit", room], env=lab.env)
+            sh(["lxc-stop", "-n", f"kthw-{room}"])
         sh(["lab/up"], env={"KTHW_CLUSTER": str(grown)}, timeout=900)
         with RequestLoop(lab) as loop:
             deploy(grown, f"deploy with {name} added", lab)
@@ -61,7 +76,7 @@ def test_a_master_joins_and_leaves_while_the_cluster_serves(lab):
             for unit in ("kube-controller-manager", "kube-scheduler"):
                 assert lab.ssh(name, f"systemctl is-active {unit}").strip() == "active"
 
-            deploy(lab.cluster_file, f"deploy with {name} removed", lab)
+            deploy(base, f"deploy with {name} removed", lab)
             assert members(lab) == was
             assert new["ip"] not in lab.ssh(lb, "cat /etc/haproxy/haproxy.cfg")
             lab.wait(f"{name}'s Node object gone", lambda: f"node/{name}" not in lab.kubectl(
@@ -73,9 +88,17 @@ def test_a_master_joins_and_leaves_while_the_cluster_serves(lab):
               f"{loop.requests} requests through the load balancer, "
               f"{len(loop.failures)} failed")
         assert loop.failures == [], loop.failures
-        assert not [name for name, p in lab.plan().items() if p["hosts_with_change"]]
+        plan = sh([sys.executable, "-m", "pyinfra", "inventory.py", "deploy.py", "--dry", "--json"],
+                  env={"KTHW_CLUSTER": str(base)})
+        assert not [p["name"] for p in json.loads(plan.stdout)["plan"] if p["hosts_with_change"]]
     finally:
         sh(f"lxc-stop --kill -n kthw-{name} >/dev/null 2>&1; lxc-destroy -n kthw-{name} >/dev/null 2>&1; true")
         sh(["vagrant", "destroy", "-f", name], env={"KTHW_CLUSTER": str(grown), **VAGRANT_ENV}, check=False)
+        if room:  # back, as a new worker
+            sh(["lxc-start", "-n", f"kthw-{room}"], check=False)
+            lab.refresh_ssh_config(room)
+            deploy(lab.cluster_file, f"deploy with {room} back", lab)
+            lab.wait(f"{room} Ready", lambda: lab.kubectl("get", "node", room, "-o",
+                     "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False) == "True", timeout=180)
         config = sh(["vagrant", "ssh-config"], env={**lab.env, **VAGRANT_ENV})
         (LAB_DIR / "ssh-config").write_text(config.stdout)
