@@ -58,8 +58,9 @@ def converged_state(cluster: Cluster, node: Node) -> dict:
         state["packages"].update({p: True for p in w.packages})
         state["manifests"].update({m: "present" for m in w.manifests})
         state["images"] += w.images
-    # every kubelet registered and Ready, on the versions this model pins
-    state["node_status"] = {n.name: {"kubelet": str(cluster.versions.kubernetes),
+    # every kubelet registered and Ready, on the versions this model pins (only the first master
+    # asks: the real snapshot reports {} elsewhere)
+    state["node_status"] = {} if node != cluster.masters[0] else {n.name: {"kubelet": str(cluster.versions.kubernetes),
                                      "runtime": "containerd://" + str(cluster.versions.containerd).lstrip("v"),
                                      "ready": True, "unschedulable": False, "drained": False}
                             for n in cluster.kubelet_nodes}
