@@ -43,6 +43,12 @@ NodeName = Annotated[
 ]
 
 
+# A DNS name (the cluster domain): dot-separated DNS-1123 labels, no empty label.
+DnsName = Annotated[str, StringConstraints(
+    strict=True, max_length=253,
+    pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")]
+
+
 class _Section(BaseModel):
     # extra="forbid" turns every typo into an error instead of a silently ignored key.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -50,9 +56,7 @@ class _Section(BaseModel):
 
 class ClusterSection(_Section):
     name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
-    domain: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")] = (
-        "cluster.local"
-    )
+    domain: DnsName = "cluster.local"
 
 
 class NetworkSection(_Section):
@@ -64,11 +68,13 @@ class NetworkSection(_Section):
 
 
 class SshSection(_Section):
-    """How to reach a node that Vagrant did not make (static inventory)."""
+    """How to reach a node that Vagrant did not make (static inventory). Host and user reach an
+    ``ssh`` command line and a remote shell: a value starting with "-" (an ssh option such as
+    -oProxyCommand=...) or holding a space, quote or shell character is refused."""
 
-    host: str
+    host: Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,252}[A-Za-z0-9])?$")]
     port: Annotated[int, Field(ge=1, le=65535)] = 22
-    user: str = "root"
+    user: Annotated[str, StringConstraints(strict=True, pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "root"
     key: str | None = None
 
 
@@ -555,6 +561,15 @@ def _pattern_fix(loc: tuple, is_key: bool = False) -> tuple[str, str]:
             return "is not an http(s):// URL", "write the mirror's URL, like http://mirror.lan:5000"
         return ("is not a registry host name", "name the registry as image references do, "
                 "like registry.k8s.io or myregistry.lan:5000")
+    if loc[-1] == "domain":
+        return ("is not a DNS name (labels of lower-case letters, digits and '-', joined by single dots)",
+                "write it like cluster.local")
+    if loc[-2:] == ("ssh", "host"):
+        return ("is not a host name or IP address (it would reach ssh's command line; a leading '-' is an "
+                "ssh option)", "write the machine's address, like 10.0.0.11 or node1.example.com")
+    if loc[-2:] == ("ssh", "user"):
+        return ("is not a user name (lower-case letters, digits, '_' and '-', starting with a letter or '_'; "
+                "it reaches ssh's command line and a remote shell)", "write the login name, like ubuntu")
     return "has characters that are not allowed", "use lower-case letters, digits, '-' and '.'"
 
 

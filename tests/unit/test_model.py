@@ -322,3 +322,37 @@ def test_pod_subnets_stay_with_their_node_when_others_come_and_go(tmp_path):
     assert {k: v for k, v in grown.items() if k != "worker-9"} == after
     assert grown["worker-9"] == first["worker-1"]  # the freed subnet, the first free slot
     assert len(set(grown.values())) == len(grown)
+
+
+# Findings of issue #19: values that reached a command line or a config unchecked.
+@pytest.mark.parametrize("domain", ["cluster..local", ".cluster.local", "cluster.local.", "Cluster.Local",
+                                    "cluster.-local"])
+def test_a_domain_with_an_empty_or_bad_label_is_refused(raw_cluster, domain):
+    raw_cluster["cluster"]["domain"] = domain
+    assert "cluster.domain" in (p := only_problem(raw_cluster)) and "is not a DNS name" in p
+
+
+def test_a_dotted_domain_is_accepted(raw_cluster):
+    raw_cluster["cluster"]["domain"] = "k8s.corp.example"
+    assert parse_cluster(raw_cluster).domain == "k8s.corp.example"
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("user", "-oProxyCommand=touch /tmp/x", "is not a user name"),
+    ("user", "root;id", "is not a user name"),
+    ("user", "ubuntu root", "is not a user name"),
+    ("host", "-oProxyCommand=touch /tmp/x", "is not a host name or IP address"),
+    ("host", "10.0.0.1 -v", "is not a host name or IP address"),
+    ("host", "$(id)", "is not a host name or IP address"),
+])
+def test_ssh_user_and_host_that_could_inject_are_refused(raw_cluster, field, value, expected):
+    raw_cluster["nodes"][1]["ssh"] = {"host": "10.0.0.11", "user": "ubuntu", field: value}
+    problem = only_problem(raw_cluster)
+    assert problem.startswith(f"nodes[1] (master-1).ssh.{field}") and expected in problem
+
+
+def test_ordinary_ssh_values_are_accepted(raw_cluster):
+    raw_cluster["nodes"][1]["ssh"] = {"host": "node-1.example.com", "user": "ubuntu", "key": "~/.ssh/id_ed25519"}
+    raw_cluster["nodes"][2]["ssh"] = {"host": "10.0.0.12", "user": "kthw_admin"}
+    c = parse_cluster(raw_cluster)
+    assert c.node("master-1").ssh.host == "node-1.example.com" and c.node("master-2").ssh.user == "kthw_admin"
