@@ -44,7 +44,7 @@ from kthw.pki import (
     write_private,
     write_public,
 )
-from kthw.ssh import SshError, ssh_run
+from kthw.ssh import SshError, as_root, ssh_run
 
 PKI = "/var/lib/kubernetes/pki"
 # local file in the PKI folder: where a master holds it (operations/control_plane.py)
@@ -62,11 +62,12 @@ Fetch = Callable[[Node, list[str]], dict[str, bytes]]
 
 
 def ssh_fetch(name: str, connection: dict) -> Fetch:
-    """Read files from a node with one ``sudo tar`` over SSH (pyinfra's connection data)."""
+    """Read files from a node with one ``tar`` as root over SSH (pyinfra's connection data). A
+    file the node lacks is left out of the archive (the caller says which one is missing)."""
     def fetch(node: Node, paths: list[str]) -> dict[str, bytes]:
         try:  # tar names the files it could not read; nothing secret in that
-            out = ssh_run(name, connection,
-                          "sudo tar -C / -cf - " + " ".join(shlex.quote(p.lstrip("/")) for p in paths))
+            tar = "tar --ignore-failed-read -C / -cf - " + " ".join(shlex.quote(p.lstrip("/")) for p in paths)
+            out = ssh_run(name, connection, as_root(connection, f"sh -c {shlex.quote(tar + ' 2>/dev/null')}"))
         except SshError as exc:
             raise PkiError(f"reading the identity failed: {exc}") from None
         found = {}

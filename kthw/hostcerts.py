@@ -60,7 +60,7 @@ if [ -f {ADMIN_KUBECONFIG} ]; then
     -o jsonpath='{{.data.ca\\.crt}}' 2>/dev/null || true
 fi
 """
-READ_COMMAND = "sudo sh -c " + shlex.quote(_READ)
+READ_COMMAND = "sh -c " + shlex.quote(_READ)  # as root (kthw.ssh.as_root)
 
 
 @dataclass
@@ -123,7 +123,7 @@ Reader = Callable[[], dict[str, HostCerts]]
 def ssh_reader(cluster: Cluster) -> Reader:
     """Read every node that holds certificates (the masters and workers), all of them up."""
     from kthw.inventory import InventoryError, connections
-    from kthw.ssh import SshError, ssh_run
+    from kthw.ssh import SshError, as_root, ssh_run
 
     def read() -> dict[str, HostCerts]:
         names = [n.name for n in cluster.nodes if n.role != "loadbalancer"]
@@ -137,7 +137,7 @@ def ssh_reader(cluster: Cluster) -> Reader:
                            "file first.")
         try:  # in parallel: one SSH round trip per node, all at once
             with ThreadPoolExecutor(len(names)) as pool:
-                answers = pool.map(lambda n: ssh_run(n, conns[n], READ_COMMAND).decode(), names)
+                answers = pool.map(lambda n: ssh_run(n, conns[n], as_root(conns[n], READ_COMMAND)).decode(), names)
                 return {n: parse_host(text) for n, text in zip(names, answers, strict=True)}
         except SshError as exc:
             raise PkiError(f"reading certificates failed: {exc}") from None

@@ -22,8 +22,21 @@ def ssh_argv(connection: dict, remote: str) -> list[str]:
         cmd += ["-o", f"UserKnownHostsFile={connection['ssh_known_hosts_file']}"]
     if connection.get("ssh_key"):
         cmd += ["-i", str(connection["ssh_key"])]
-    return [*cmd, "-p", str(connection.get("ssh_port", 22)),
+    # "--": the destination is never read as an option, whatever the cluster file holds.
+    return [*cmd, "-p", str(connection.get("ssh_port", 22)), "--",
             f"{connection.get('ssh_user', 'root')}@{connection['ssh_hostname']}", remote]
+
+
+def as_root(connection: dict, command: str) -> str:
+    """``command`` as root on the node: through ``sudo -n`` unless the SSH user is root (a node
+    reached as root may have no sudo at all).
+
+    >>> as_root({"ssh_user": "root"}, "id -u")
+    'id -u'
+    >>> as_root({"ssh_user": "vagrant"}, "id -u")
+    'sudo -n id -u'
+    """
+    return command if connection.get("ssh_user", "root") == "root" else f"sudo -n {command}"
 
 
 def ssh_run(name: str, connection: dict, remote: str, timeout: int = 120) -> bytes:
