@@ -6,8 +6,11 @@ what it removed. Without -y pyinfra shows the plan and asks first. --limit reset
 machines (resetting one master of a running cluster costs etcd its quorum with two masters).
 
 The local PKI and kubeconfigs stay (a deploy afterwards builds the same cluster identity anew);
---data reset_local_state=yes moves them aside to .kthw/<cluster>/reset-<UTC time>/ as well.
-Backups in .kthw/<cluster>/backups/ always stay.
+--data reset_local_state=yes moves them aside to .kthw/<cluster>/reset-<UTC time>/ as well, and
+so needs every machine in the run (it ends the whole cluster's identity here). Backups in
+.kthw/<cluster>/backups/ always stay. Before any host is touched (kthw/preflight.py), each
+Kubernetes node must hold this cluster's CA: a reset never removes another cluster's etcd data
+because an address or KTHW_CLUSTER was mixed up.
 """
 
 import datetime as dt
@@ -18,14 +21,18 @@ from pyinfra import host
 from pyinfra.operations import python, server
 
 import kthw.reset
-from kthw.model import load_cluster
+from kthw.preflight import Playbook, playbook, yes
 from kthw.reset import reset_script
 
-cluster = load_cluster(host.data.kthw_cluster)
-node = cluster.node(host.data.kthw_node)
+LOCAL_STATE = "reset_local_state"
+book = (Playbook(f"reset.py with {LOCAL_STATE}=yes", whole=True,
+                 why_whole="moves the whole cluster's PKI and kubeconfigs aside")
+        if yes(host, LOCAL_STATE) else Playbook("reset.py"))
+cluster, node = playbook(host, book)
+user = host.data.get("ssh_user") or "root"
 
 removed = server.shell(name="reset | services, pods, files, data, network state removed",
-                       commands=[f"sh -c {shlex.quote(reset_script(cluster, node))}"])
+                       commands=[f"sh -c {shlex.quote(reset_script(cluster, node, user))}"])
 
 
 def report() -> None:
@@ -50,5 +57,5 @@ def local_state_aside() -> None:
     print(f"local state: {', '.join(moved) or 'nothing'} moved to {aside}")
 
 
-if str(host.data.get("reset_local_state", "")).lower() in ("yes", "true", "1"):
+if yes(host, LOCAL_STATE):
     python.call(name="reset | local PKI and kubeconfigs moved aside", function=local_state_aside)

@@ -2,8 +2,9 @@
 
 Every master's etcd starts over from the snapshot, the way etcd documents it, and the control
 plane comes back. Before any host is touched, the backup is checked (kthw/backup.py): whole
-(sha256), of this cluster, its Secrets readable with the cluster's encryption config. It runs on
-every node at once, so it refuses --limit.
+(sha256), of this cluster, its Secrets readable with the cluster's encryption config; the hosts
+hold this cluster's identity (kthw/preflight.py). It runs on every node at once, so it refuses a
+run that leaves any machine out (--limit, --exclude, a stopped machine).
 
     1. masters  the snapshot uploaded (0600)
     2. masters  kube-scheduler, kube-controller-manager and kube-apiserver stopped, then etcd
@@ -16,26 +17,23 @@ every node at once, so it refuses --limit.
     6. nodes    kubelet and kube-proxy restarted, so none keeps state from after the snapshot
 """
 
-import sys
-
 from pyinfra import host
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import server
 
 from kthw.backup import REMOTE_DB, BackupError, check_backup, restore_command, run_stamp
 from kthw.commands import APISERVER_READY, ETCD_HEALTHY, KUBECTL, wait_until
-from kthw.inventory import limit_patterns
-from kthw.model import load_cluster
 from kthw.ops import ManagedFile, Snapshot, files_synced
+from kthw.paths import ETCD_RESTORE_ASIDE
+from kthw.preflight import Playbook, playbook
 
-cluster = load_cluster(host.data.kthw_cluster)
-if limit_patterns(sys.argv):
-    raise PyinfraError("restore.py works on every node at once: run it without --limit. Nothing was touched.")
+# Every member starts over from the snapshot together: one left out would never reach quorum.
+cluster, node = playbook(host, Playbook("restore.py", whole=True,
+                                        why_whole="restores every etcd member and restarts every node at once"))
 try:
     backup = check_backup(cluster, host.data.get("snapshot"))
 except BackupError as exc:
     raise PyinfraError(str(exc)) from None
-node = cluster.node(host.data.kthw_node)
 stamp = run_stamp()
 
 if node.is_master:
@@ -48,7 +46,7 @@ if node.is_master:
     server.shell(name="restore | control plane stopped on every master",
                  commands=["systemctl stop kube-scheduler kube-controller-manager kube-apiserver"])
     server.shell(name="restore | etcd stopped on every master", commands=["systemctl stop etcd"])
-    server.shell(name=f"restore | etcd data restored from the snapshot (old: /var/lib/etcd.before-restore-{stamp})",
+    server.shell(name=f"restore | etcd data restored from the snapshot (old: {ETCD_RESTORE_ASIDE}{stamp})",
                  commands=[restore_command(cluster, node, stamp)])
     server.shell(name="restore | etcd started on every master and healthy",
                  commands=["systemctl start --no-block etcd", wait_until(ETCD_HEALTHY, "etcd")])

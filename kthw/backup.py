@@ -5,10 +5,11 @@ A backup is four files in ``.kthw/<cluster>/backups/`` (folder 0700, files 0600)
     etcd-20261127T140000Z.db                        the snapshot (etcdctl snapshot save)
     etcd-20261127T140000Z.db.sha256                 its sha256, as `sha256sum -c` reads it
     etcd-20261127T140000Z.json                      where and when it was taken, etcd's own status of it
-    etcd-20261127T140000Z.encryption-config.yaml    the key its Secrets are encrypted with
+    etcd-20261127T140000Z.encryption-config.yaml    the master's encryption config at that moment
 
 The snapshot's Secrets are sealed with the cluster's encryption key, so a snapshot without that
-key restores Secrets nobody can read: the config is kept beside it, and a restore refuses a
+key restores Secrets nobody can read: the config the master's apiserver uses (not the operator's
+local copy, which may differ) is taken with the snapshot and kept beside it; a restore refuses a
 cluster whose encryption config does not hold the same keys.
 """
 
@@ -17,19 +18,25 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shlex
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 from kthw.artifacts import sha256_file
 from kthw.model import Cluster, Node
+from kthw.paths import BACKUP_DIR, ETCD_DATA, ETCD_RESTORE_ASIDE, UPLOAD_DIR
+from kthw.paths import ENCRYPTION_CONFIG as HOST_ENCRYPTION_CONFIG
 from kthw.pki import ENCRYPTION_CONFIG, write_private
 
-# On the master: etcdctl writes the snapshot here (root, 0700) ...
-REMOTE_DIR = "/var/lib/kthw/backup"
+# On the master: etcdctl writes the snapshot here (root, 0700), beside a copy of the encryption
+# config the master's apiserver uses (the key the snapshot's Secrets are sealed with) ...
+REMOTE_DIR = BACKUP_DIR
 REMOTE_DB = f"{REMOTE_DIR}/snapshot.db"
-# ... and hands a copy to the SSH user for the download (their 0700 upload folder, never /tmp).
+REMOTE_ENCRYPTION = f"{REMOTE_DIR}/{ENCRYPTION_CONFIG}"
+# ... and hands copies to the SSH user for the download (their 0700 upload folder, never /tmp).
 FETCH_NAME = "etcd-snapshot.db"
+FETCH_ENCRYPTION = f"etcd-snapshot.{ENCRYPTION_CONFIG}"
 
 
 class BackupError(Exception):
@@ -86,27 +93,38 @@ def source_master(cluster: Cluster, wanted: str | None) -> Node:
 
 
 def snapshot_command(etcdctl: str) -> str:
-    """On the master, as root: the snapshot, etcd's status of it (JSON), then its sha256."""
+    """On the master, as root: the snapshot, etcd's status of it (JSON) and its sha256, then the
+    master's encryption config beside it and that file's sha256."""
     return (f"umask 077 && mkdir -p {REMOTE_DIR} && {etcdctl} snapshot save {REMOTE_DB} >/dev/null && "
-            f"etcdutl snapshot status {REMOTE_DB} -w json && sha256sum {REMOTE_DB}")
+            f"etcdutl snapshot status {REMOTE_DB} -w json && sha256sum {REMOTE_DB} && "
+            f"cp {HOST_ENCRYPTION_CONFIG} {REMOTE_ENCRYPTION} && sha256sum {REMOTE_ENCRYPTION}")
+
+
+def handover_command(user: str) -> str:
+    """On the master, as root: both files handed to the SSH user for the download, root's copies removed."""
+    folder = f"~{shlex.quote(user)}/{UPLOAD_DIR}"  # user: a validated login name (kthw.model)
+    return (f"install -m 600 -o {shlex.quote(user)} {REMOTE_DB} {folder}/{FETCH_NAME} && "
+            f"install -m 600 -o {shlex.quote(user)} {REMOTE_ENCRYPTION} {folder}/{FETCH_ENCRYPTION} && "
+            f"rm -f {REMOTE_DB} {REMOTE_ENCRYPTION}")
 
 
 def record(cluster: Cluster, backup: Backup, node: str, output: str) -> None:
-    """After the download: check it against the master's sha256, then write the sha256 file, the
-    metadata and the encryption config beside it (all 0600). A copy that does not match is deleted."""
+    """After the download of the snapshot and of the master's encryption config (beside it, as
+    ``backup.encryption_config``): check both against the master's sha256, then write the sha256
+    file and the metadata beside them (all 0600). A copy that does not match is deleted."""
     lines = [line for line in output.splitlines() if line.strip()]
-    remote_sha = lines[-1].split()[0]
-    status = json.loads(lines[-2])
-    backup.db.chmod(0o600)
-    local_sha = sha256_file(backup.db)
-    if local_sha != remote_sha:
-        backup.db.unlink()
-        raise BackupError(f"the downloaded snapshot's sha256 is {local_sha}, {node} computed {remote_sha}: "
-                          "deleted. Fix: run the backup again.")
-    write_private(backup.sha_file, f"{local_sha}  {backup.db.name}\n".encode())
-    write_private(backup.encryption_config, (cluster.pki_dir / ENCRYPTION_CONFIG).read_bytes())
+    remote_sha, remote_enc_sha = lines[-2].split()[0], lines[-1].split()[0]
+    status = json.loads(lines[-3])
+    for path, want in ((backup.db, remote_sha), (backup.encryption_config, remote_enc_sha)):
+        path.chmod(0o600)
+        if (got := sha256_file(path)) != want:
+            backup.db.unlink(missing_ok=True)
+            backup.encryption_config.unlink(missing_ok=True)
+            raise BackupError(f"the downloaded {path.name} has sha256 {got}, {node} computed {want}: deleted. "
+                              "Fix: run the backup again.")
+    write_private(backup.sha_file, f"{remote_sha}  {backup.db.name}\n".encode())
     meta = {"cluster": cluster.name, "taken_on": node, "time": backup.name.removeprefix("etcd-"),
-            "sha256": local_sha, "etcd": cluster.versions.etcd, "kubernetes": cluster.versions.kubernetes,
+            "sha256": remote_sha, "etcd": cluster.versions.etcd, "kubernetes": cluster.versions.kubernetes,
             "etcd_status": status}
     write_private(backup.meta_file, (json.dumps(meta, indent=2) + "\n").encode())
 
@@ -157,9 +175,9 @@ def restore_command(cluster: Cluster, node: Node, stamp: str) -> str:
     snapshot for this member, as etcd documents it. The revision jumps ahead and everything
     older is marked compacted, so clients watching from before the restore start over instead
     of seeing time run backwards (Kubernetes' advice for restoring a cluster it uses)."""
-    return (f"if [ -e /var/lib/etcd ]; then mv /var/lib/etcd /var/lib/etcd.before-restore-{stamp}; fi && "
+    return (f"if [ -e {ETCD_DATA} ]; then mv {ETCD_DATA} {ETCD_RESTORE_ASIDE}{stamp}; fi && "
             f"etcdutl snapshot restore {REMOTE_DB} --name {node.name} "
             f"--initial-cluster {cluster.etcd_initial_cluster} --initial-cluster-token {cluster.name} "
-            f"--initial-advertise-peer-urls https://{node.ip}:2380 --data-dir /var/lib/etcd "
-            "--bump-revision 1000000000 --mark-compacted >/dev/null && chmod 700 /var/lib/etcd")
+            f"--initial-advertise-peer-urls https://{node.ip}:2380 --data-dir {ETCD_DATA} "
+            "--bump-revision 1000000000 --mark-compacted >/dev/null && chmod 700 {ETCD_DATA}")
 

@@ -38,16 +38,16 @@ from pyinfra.facts.files import FileContents
 from pyinfra.operations.util.files import generate_color_diff
 
 from kthw.commands import wait_until
-from kthw.facts import HASH_CACHE, RECORD_HASHES_SCRIPT
+from kthw.facts import RECORD_HASHES_SCRIPT
+from kthw.paths import APPLIED_DIR, HASH_CACHE, UPLOAD_DIR
 
-# Uploads land in this folder (mode 0700, in the SSH user's home unless ``_temp_dir`` says
+# Uploads land in UPLOAD_DIR (mode 0700, in the SSH user's home unless ``_temp_dir`` says
 # where) before ``cp`` moves them into place with sudo: pyinfra's default temp dir is /tmp,
-# where a key would sit world-readable.
-UPLOAD_DIR = ".kthw-upload"
-# One empty file per service or add-on, touched in the same command that restarted, reloaded or
-# applied it: an input placed later (its mtime) means that step is still owed, even if the run
-# that placed it was interrupted before getting there (HostState reports both times).
-APPLIED_DIR = "/var/lib/kthw/applied"
+# where a key would sit world-readable. Each operation that uploads empties it before and after
+# (what a failed step left goes with the next upload, and with reset.py).
+# APPLIED_DIR: one empty file per service or add-on, touched in the same command that restarted,
+# reloaded or applied it: an input placed later (its mtime) means that step is still owed, even
+# if the run that placed it was interrupted before getting there (HostState reports both times).
 
 
 def dests(*groups: Sequence[ManagedFile]) -> list[str]:
@@ -338,8 +338,8 @@ def files_synced(files: Sequence[ManagedFile], snapshot: Snapshot, check: str = 
     if uploads:
         temp_dir = _upload_dir()
         q_temp = shlex.quote(temp_dir)
-        yield StringCommand(f"mkdir -p -m 700 {q_temp} && test -O {q_temp} -a ! -L {q_temp} && "
-                            f"chmod 700 {q_temp}", _sudo=False)
+        yield StringCommand(f"rm -rf {q_temp} && mkdir -m 700 {q_temp} && test -O {q_temp} -a ! -L {q_temp}",
+                            _sudo=False)
         news = [shlex.quote(f.dest + ".kthw-new") for f in uploads]
         # Created 0600 before any byte arrives; `cp` (sudo uploads) and sftp keep that mode.
         yield f"rm -f {' '.join(news)} && " + " && ".join(f"install -m 600 /dev/null {n}" for n in news)
@@ -356,6 +356,7 @@ def files_synced(files: Sequence[ManagedFile], snapshot: Snapshot, check: str = 
         record = json.dumps({"cache": HASH_CACHE, "files": {f.dest: f.sha256 for f in uploads}})
         steps.append(f"python3 -c {shlex.quote(RECORD_HASHES_SCRIPT)} {shlex.quote(record)}")
         yield " && ".join(steps)
+        yield StringCommand(f"rm -rf {q_temp}", _sudo=False)
     for c in changes:
         if not c.content and c.mode:
             yield f"chmod {c.file.mode:o} {shlex.quote(c.file.dest)}"

@@ -20,6 +20,7 @@ import shlex
 
 from kthw.artifacts import CATALOGUE
 from kthw.model import Cluster, Node
+from kthw.paths import UPLOAD_DIR
 
 UNITS = {
     "loadbalancer": ["haproxy"],
@@ -57,13 +58,14 @@ def binaries(node: Node) -> list[str]:
     return sorted({dest for a in CATALOGUE if node.role in a.roles for _, dest in a.installs})
 
 
-def reset_script(cluster: Cluster, node: Node) -> str:
+def reset_script(cluster: Cluster, node: Node, ssh_user: str = "root") -> str:
     """The script that takes ``node`` back to before the deploy (idempotent: a second run
-    finds nothing and says so)."""
+    finds nothing and says so). ``ssh_user``: whose upload folder goes too (kthw.ops)."""
     rs = roles(node)
     units = [u for r in rs for u in UNITS[r]]
     paths = [p for r in [*rs, "all"] for p in PATHS[r]]
     paths += binaries(node)
+    paths.append(f"~{shlex.quote(ssh_user)}/{UPLOAD_DIR}")  # a validated login name (kthw.model)
     ours = [u for u in [*units, *(["kubelet"] if "node" in rs else [])] if u in OUR_UNITS]
     paths += [f"/etc/systemd/system/{u}.service" for u in ours]
     lines = ["set -u", 'say() { echo "removed: $*"; }']

@@ -33,7 +33,9 @@ def a_backup(cluster_file) -> str:
     ensure_pki(cluster)
     backup = new_backup(cluster)
     backup.db.write_bytes(os.urandom(4096))
-    record(cluster, backup, "master-1", f'{{"revision": 1}}\n{sha256_file(backup.db)}  x\n')
+    backup.encryption_config.write_bytes((cluster.pki_dir / "encryption-config.yaml").read_bytes())
+    record(cluster, backup, "master-1",
+           f'{{"revision": 1}}\n{sha256_file(backup.db)}  x\n{sha256_file(backup.encryption_config)}  y\n')
     return str(backup.db)
 
 

@@ -9,7 +9,17 @@ import pytest
 import yaml
 
 from kthw.artifacts import sha256_file
-from kthw.backup import Backup, BackupError, check_backup, new_backup, record, restore_command, source_master
+from kthw.backup import (
+    Backup,
+    BackupError,
+    check_backup,
+    handover_command,
+    new_backup,
+    record,
+    restore_command,
+    snapshot_command,
+    source_master,
+)
 from kthw.model import DEFAULT_CLUSTER_FILE
 from kthw.pki import ensure_pki
 from tests.conftest import make_cluster
@@ -25,15 +35,23 @@ def cluster(tmp_path):
 
 
 def fetched(cluster, data: bytes = b"etcd snapshot bytes") -> Backup:
+    """The snapshot and the master's encryption config, as files.get leaves them."""
     backup = new_backup(cluster)
-    backup.db.write_bytes(data)  # as files.get leaves it
+    backup.db.write_bytes(data)
+    backup.encryption_config.write_bytes((cluster.pki_dir / "encryption-config.yaml").read_bytes())
     return backup
+
+
+def output(backup: Backup, db_sha: str | None = None, enc_sha: str | None = None) -> str:
+    """What snapshot_command prints on the master: etcd's status, then both sha256 lines."""
+    return (f"{STATUS}\n{db_sha or sha256_file(backup.db)}  /var/lib/kthw/backup/snapshot.db\n"
+            f"{enc_sha or sha256_file(backup.encryption_config)}  /var/lib/kthw/backup/encryption-config.yaml\n")
 
 
 def test_a_backup_is_recorded_with_its_sha256_metadata_and_encryption_config(cluster):
     backup = fetched(cluster)
     sha = sha256_file(backup.db)
-    record(cluster, backup, "master-1", f"{STATUS}\n{sha}  /var/lib/kthw/backup/snapshot.db\n")
+    record(cluster, backup, "master-1", output(backup))
     folder = backup.db.parent
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     for path in (backup.db, backup.sha_file, backup.meta_file, backup.encryption_config):
@@ -48,8 +66,31 @@ def test_a_backup_is_recorded_with_its_sha256_metadata_and_encryption_config(clu
 def test_a_download_that_does_not_match_the_masters_sha256_is_deleted(cluster):
     backup = fetched(cluster)
     with pytest.raises(BackupError, match="run the backup again"):
-        record(cluster, backup, "master-1", f"{STATUS}\n{'0' * 64}  /var/lib/kthw/backup/snapshot.db\n")
-    assert not backup.db.exists()
+        record(cluster, backup, "master-1", output(backup, db_sha="0" * 64))
+    assert not backup.db.exists() and not backup.encryption_config.exists()
+    backup = fetched(cluster)
+    with pytest.raises(BackupError, match="encryption-config.yaml has sha256"):
+        record(cluster, backup, "master-1", output(backup, enc_sha="0" * 64))
+    assert not backup.db.exists() and not backup.encryption_config.exists()
+
+
+def test_the_backup_keeps_the_masters_encryption_config_not_the_local_one(cluster):
+    # before: the operator's local config was recorded, whatever the masters used (#19, finding 2)
+    backup = new_backup(cluster)
+    backup.db.write_bytes(b"etcd snapshot bytes")
+    on_master = b"kind: EncryptionConfiguration\n# the master's own\n"
+    backup.encryption_config.write_bytes(on_master)
+    record(cluster, backup, "master-1", output(backup))
+    assert backup.encryption_config.read_bytes() == on_master
+    assert stat.S_IMODE(backup.encryption_config.stat().st_mode) == 0o600
+
+
+def test_the_snapshot_command_copies_the_masters_encryption_config():
+    cmd = snapshot_command("etcdctl")
+    assert cmd.endswith("cp /var/lib/kubernetes/encryption-config.yaml /var/lib/kthw/backup/encryption-config.yaml"
+                        " && sha256sum /var/lib/kthw/backup/encryption-config.yaml")
+    assert handover_command("vagrant").startswith("install -m 600 -o vagrant /var/lib/kthw/backup/snapshot.db "
+                                                  "~vagrant/.kthw-upload/etcd-snapshot.db")
 
 
 def test_a_restore_refuses_what_it_cannot_restore_whole(cluster, tmp_path):
@@ -58,7 +99,7 @@ def test_a_restore_refuses_what_it_cannot_restore_whole(cluster, tmp_path):
     backup = fetched(cluster)
     with pytest.raises(BackupError, match=r"\.sha256 is missing"):
         check_backup(cluster, str(backup.db))
-    record(cluster, backup, "master-1", f"{STATUS}\n{sha256_file(backup.db)}  x\n")
+    record(cluster, backup, "master-1", output(backup))
     backup.db.write_bytes(b"etcd snapshot bytez")
     with pytest.raises(BackupError, match="does not match its recorded sha256"):
         check_backup(cluster, str(backup.db))

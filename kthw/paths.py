@@ -1,0 +1,72 @@
+"""Where things live on a host, defined once. Every Python module that names a host path takes it
+from here (the templates under files/ are laid out like the paths they render to).
+
+Grouped by owner, in the order a host gets them.
+"""
+
+from __future__ import annotations
+
+# --- every machine
+HOSTS = "/etc/hosts"
+HOSTNAME = "/etc/hostname"
+FSTAB = "/etc/fstab"
+SYSCTL_CONF = "/etc/sysctl.d/90-kubernetes.conf"
+MODULES_CONF = "/etc/modules-load.d/kubernetes.conf"
+BIN_DIR = "/usr/local/bin"
+UNIT_DIR = "/etc/systemd/system"
+
+# --- our own bookkeeping (kthw.ops, kthw.facts)
+KTHW_DIR = "/var/lib/kthw"
+HASH_CACHE = f"{KTHW_DIR}/hash-cache.json"  # (size, mtime, inode) -> sha256 of placed files
+APPLIED_DIR = f"{KTHW_DIR}/applied"  # when each service was last restarted, each add-on applied
+IMAGES_DIR = f"{KTHW_DIR}/images"  # offline image archives (artifacts.images)
+BACKUP_DIR = f"{KTHW_DIR}/backup"  # backup.py's and restore.py's snapshot on a master
+# The SSH user's private upload folder (relative: in their home; 0700): uploads land here before
+# a root `cp` moves them (pyinfra's default temp dir is a shared /tmp).
+UPLOAD_DIR = ".kthw-upload"
+
+# --- etcd (masters)
+ETCD_DIR = "/etc/etcd"
+ETCD_DATA = "/var/lib/etcd"
+ETCD_RESTORE_ASIDE = "/var/lib/etcd.before-restore-"  # + time: data a restore kept aside
+
+# --- the control plane (masters)
+K8S_DIR = "/var/lib/kubernetes"  # configs and kubeconfigs the control plane reads
+K8S_PKI = f"{K8S_DIR}/pki"  # certificates (and on masters the CA keys)
+CLUSTER_CA = f"{K8S_PKI}/ca.crt"  # the cluster CA bundle: on every Kubernetes node
+ENCRYPTION_CONFIG = f"{K8S_DIR}/encryption-config.yaml"
+CONTROLLER_MANAGER_KUBECONFIG = f"{K8S_DIR}/kube-controller-manager.kubeconfig"
+SCHEDULER_KUBECONFIG = f"{K8S_DIR}/kube-scheduler.kubeconfig"
+ETC_K8S = "/etc/kubernetes"
+ADMIN_KUBECONFIG = f"{ETC_K8S}/admin.kubeconfig"  # kubectl on a master, to its own apiserver
+ADDONS_DIR = f"{ETC_K8S}/addons"  # the manifests the first master applies
+K8S_LOG_DIR = "/var/log/kubernetes"
+
+# --- every Kubernetes node
+CONTAINERD_DIR = "/etc/containerd"
+CERTS_D = f"{CONTAINERD_DIR}/certs.d"  # containerd's per-registry hosts.toml
+CONTAINERD_SOCK = "/run/containerd/containerd.sock"
+CRICTL_CONF = "/etc/crictl.yaml"
+CNI_DIR = "/opt/cni"
+CNI_BIN = f"{CNI_DIR}/bin"
+CNI_ETC = "/etc/cni"
+CNI_CONF = f"{CNI_ETC}/net.d"
+KUBELET_DIR = "/var/lib/kubelet"
+KUBELET_PKI = f"{KUBELET_DIR}/pki"
+KUBELET_KUBECONFIG = f"{KUBELET_DIR}/kubeconfig"
+KUBELET_CONFIG = f"{KUBELET_DIR}/kubelet-config.yaml"
+KUBE_PROXY_DIR = "/var/lib/kube-proxy"
+KUBE_PROXY_KUBECONFIG = f"{KUBE_PROXY_DIR}/kubeconfig"
+WEAVE_DATA = "/var/lib/weave"
+
+# --- the load balancer
+HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
+
+
+def unit_file(unit: str) -> str:
+    """The unit file the deploy writes for ``unit``.
+
+    >>> unit_file("etcd")
+    '/etc/systemd/system/etcd.service'
+    """
+    return f"{UNIT_DIR}/{unit}.service"
