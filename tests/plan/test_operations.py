@@ -44,9 +44,13 @@ def test_no_operation_label_or_output_carries_a_secret(mode):
     assert SECRET not in text
 
 
-def test_uploads_go_through_the_callers_temp_dir():
+def test_uploads_go_through_the_callers_temp_dir_emptied_before_and_after():
+    # emptied after: a secret's copy does not stay in the SSH user's folder; before: what a failed
+    # step left there goes with the next upload (issue #19, finding 9)
     text = run("tests/plan/unnamed_ops.py", "-y", "-vv")
-    assert "mkdir -p -m 700 /var/tmp/kthw-test-uploads/.kthw-upload" in text
+    folder = "/var/tmp/kthw-test-uploads/.kthw-upload"
+    assert f"rm -rf {folder} && mkdir -m 700 {folder}" in text
+    assert text.index(f"mkdir -m 700 {folder}") < text.rindex(f"rm -rf {folder}\n")
 
 
 def test_managed_file_repr_names_the_file_never_its_bytes():
