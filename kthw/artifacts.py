@@ -256,10 +256,48 @@ class Cache:
                     f"artifacts.checksums: cannot read {path} ({exc.strerror}). Fix: put a sha256sum "
                     "list of the release files there, or set artifacts.checksums to its name."
                 ) from None
+        return self._mirror_sums()
+
+    def _mirror_list(self) -> tuple[str, Path]:
+        """The mirror's checksum list: its URL and where it is cached."""
+        name = self.cfg.checksums or "SHA256SUMS"
         cached = self.root / "mirrors" / hashlib.sha256(self.cfg.mirror_url.encode()).hexdigest()[:16] / name
-        if not cached.exists():
-            self._download(f"{self.cfg.mirror_url.rstrip('/')}/{name}", cached)
+        return f"{self.cfg.mirror_url.rstrip('/')}/{name}", cached
+
+    def _mirror_sums(self, refresh: bool = False) -> dict[str, str]:
+        """The mirror's list, cached; ``refresh``: fetched again (it may predate a version bump)."""
+        url, cached = self._mirror_list()
+        if refresh or not cached.exists():
+            self._download(url, cached)
         return parse_sha256sums(cached.read_text())
+
+    def _mirror_digest(self, rel: str, expected: dict[str, str]) -> str | None:
+        """A mirror's sha256 for ``rel``, held against what this checkout pins (the committed
+        table, then the lock): a pin always wins and must agree with the mirror. Over plain
+        http the mirror's list comes through the same unauthenticated channel as the file, so
+        only a pinned file is accepted."""
+        if rel not in expected:  # a cached list older than the versions asked for: ask again once
+            expected.update(self._mirror_sums(refresh=True))
+        listed = expected.get(rel)
+        pinned = read_sums(UPSTREAM_CHECKSUMS).get(rel) or read_sums(UPSTREAM_LOCK).get(rel)
+        url, cached = self._mirror_list()
+        if pinned and listed and pinned != listed:
+            raise ArtifactError(
+                f"{rel}: the mirror's {url} lists sha256 {listed}, but this checkout pins {pinned} "
+                f"({_shown(UPSTREAM_CHECKSUMS)} or {_shown(UPSTREAM_LOCK)}): the mirror holds another file. "
+                "Nothing was downloaded or uploaded. Fix: put the release file upstream published on the mirror.")
+        if self.cfg.mirror_url.startswith("http://") and not pinned:
+            raise ArtifactError(
+                f"refusing {rel} from the plain-http mirror {self.cfg.mirror_url}: its checksum list comes over "
+                "the same unauthenticated channel as the file, so anyone on the path could replace both, and "
+                f"{_shown(UPSTREAM_CHECKSUMS)} does not pin it. Fix: serve the mirror over https, or add the "
+                "file's line (as its project published it) to that table.")
+        if not (pinned or listed):
+            raise ArtifactError(
+                f"no sha256 is known for {rel}: the mirror's list {url} (fetched again just now, cached in "
+                f"{cached}) does not name it. Fix: add the file and its line to the mirror's list, or pin "
+                "versions to what the mirror holds.")
+        return pinned or listed
 
     def _download(self, url: str, dest: Path) -> str:
         """Fetch ``url`` into ``dest`` (by rename, never half a file); the sha256 of what came."""
@@ -303,7 +341,7 @@ class Cache:
         """The verified release file on local disk (downloaded at most once) and its sha256."""
         version = getattr(self.cluster.versions, art.component)
         rel = art.path(version)
-        digest = expected.get(rel)
+        digest = self._mirror_digest(rel, expected) if self.cfg.source == "mirror" else expected.get(rel)
         if digest is None and self.first_use:
             return self._fetch_first_use(art, version, rel)
         where = (_shown(UPSTREAM_CHECKSUMS) if self.cfg.source == "upstream"

@@ -715,6 +715,17 @@ def _semantic_checks(spec: ClusterFile, recorded: Mapping[str, IPv4Network] | No
                          "always checked against its own checksum list, artifacts.checksums)",
                          "remove it"))
 
+    for registry, urls in a.registry_mirrors.items():
+        for url in urls:
+            if url.startswith("http://"):
+                warnings.append(
+                    f"artifacts.registry_mirrors.{registry}: {url} is plain http: an image pulled through it by "
+                    "tag can be replaced on the way (containerd checks an image's digest only when it is pulled "
+                    "by digest). Serve the mirror over https, unless the network to it is trusted.")
+    if a.source == "mirror" and (a.mirror_url or "").startswith("http://"):
+        warnings.append(f"artifacts.mirror_url: {a.mirror_url} is plain http: only release files that "
+                        "kthw/checksums/upstream-amd64.sha256 (or the lock) pins are accepted from it.")
+
     if spec.pki.renew_before_days >= spec.pki.cert_validity_days:
         p.append(Problem("pki.renew_before_days", spec.pki.renew_before_days,
                          f"is not shorter than pki.cert_validity_days ({spec.pki.cert_validity_days}), "

@@ -77,7 +77,7 @@ def _tls(folder: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 class ReleaseHost:
     """Serves ``files`` ({URL path: bytes}) and counts every request in ``hits``."""
 
-    def __init__(self, server_ctx: ssl.SSLContext):
+    def __init__(self, server_ctx: ssl.SSLContext | None):
         self.files: dict[str, bytes] = {}
         self.hits: Counter[str] = Counter()
         host = self
@@ -95,8 +95,10 @@ class ReleaseHost:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.socket = server_ctx.wrap_socket(self.httpd.socket, server_side=True)
-        self.base = f"https://127.0.0.1:{self.httpd.server_address[1]}"
+        if server_ctx is not None:  # None: plain http
+            self.httpd.socket = server_ctx.wrap_socket(self.httpd.socket, server_side=True)
+        scheme = "http" if server_ctx is None else "https"
+        self.base = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
@@ -324,3 +326,66 @@ def test_the_committed_table_wins_over_the_lock(up, capsys):
     assert parse_sha256sums(up.lock.read_text())[rel] == "f" * 64  # ignored, not rewritten
     err = capsys.readouterr().err
     assert f"{rel}: {up.lock} has sha256 {'f' * 64} but {up.table} pins {up.digest[rel]}; using the table" in err
+
+
+# --------------------------------------------------------------------------- artifacts.source: mirror
+
+
+@pytest.fixture(scope="module")
+def plain_host():
+    h = ReleaseHost(None)
+    yield h
+    h.close()
+
+
+def mirrored(up: Upstream, host: ReleaseHost, listed: dict[str, str] | None = None):
+    """A mirror on ``host`` at /mirror holding the release files and a SHA256SUMS (``listed``,
+    default the true sha256 of each); a cluster that uses it."""
+    release = up.tmp / "release"
+    host.files.clear()
+    host.hits.clear()
+    for rel in up.digest:
+        host.files[f"/mirror/{rel}"] = (release / rel).read_bytes()
+    sums = up.digest if listed is None else listed
+    host.files["/mirror/SHA256SUMS"] = "".join(f"{d}  {r}\n" for r, d in sums.items()).encode()
+    return up.cluster(source="mirror", mirror_url=f"{host.base}/mirror")
+
+
+def test_a_plain_http_mirror_serves_only_what_this_checkout_pins(up, plain_host):
+    # finding 6: the list and the file came over the same unauthenticated channel, and nothing said so
+    cluster = mirrored(up, plain_host)
+    rel = KUBELET.path(VERSIONS["kubernetes"])
+    with pytest.raises(ArtifactError, match="refusing kubernetes/.* from the plain-http mirror") as err:
+        installed_files(cluster, "worker")
+    assert "serve the mirror over https" in str(err.value)
+    assert not [p for p in plain_host.hits if not p.endswith("SHA256SUMS")]  # no release file fetched
+    up.table.write_text("".join(f"{d}  {r}\n" for r, d in up.digest.items()))  # every file pinned
+    files = installed_files(cluster, "worker")
+    assert next(f for f in files if f.artifact == "kubelet").sha256 == up.digest[rel]
+
+
+def test_a_mirror_list_that_disagrees_with_the_committed_table_is_refused(up, host):
+    rel = KUBELET.path(VERSIONS["kubernetes"])
+    cluster = mirrored(up, host, listed={**up.digest, rel: "e" * 64})
+    up.table.write_text(f"{up.digest[rel]}  {rel}\n")
+    with pytest.raises(ArtifactError, match=f"{rel}: the mirror's .* lists sha256 {'e' * 64}, but this checkout "
+                                            f"pins {up.digest[rel]}"):
+        installed_files(cluster, "worker")
+    assert host.hits[f"/mirror/{rel}"] == 0
+
+
+def test_a_cached_mirror_list_is_fetched_again_for_a_file_it_lacks(up, host):
+    # finding 7: the list was cached for ever; after a version bump "no sha256 is known" did not
+    # name the stale cached file
+    rel = KUBELET.path(VERSIONS["kubernetes"])
+    cluster = mirrored(up, host, listed={r: d for r, d in up.digest.items() if r != rel})
+    Cache(cluster)._expected()  # cached without the kubelet's line, as before a version bump
+    host.files["/mirror/SHA256SUMS"] = "".join(f"{d}  {r}\n" for r, d in up.digest.items()).encode()
+    files = installed_files(cluster, "worker")
+    assert next(f for f in files if f.artifact == "kubelet").sha256 == up.digest[rel]
+    assert host.hits["/mirror/SHA256SUMS"] == 2  # once cached, once more for the missing line
+    # a list that still lacks it names the URL and the cached file
+    host.files["/mirror/SHA256SUMS"] = b""
+    with pytest.raises(ArtifactError, match=r"no sha256 is known for kubernetes/.*: the mirror's list .*SHA256SUMS "
+                                            r"\(fetched again just now, cached in .*SHA256SUMS\)"):
+        Cache(cluster).fetch(KUBELET, {})

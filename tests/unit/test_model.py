@@ -356,3 +356,15 @@ def test_ordinary_ssh_values_are_accepted(raw_cluster):
     raw_cluster["nodes"][2]["ssh"] = {"host": "10.0.0.12", "user": "kthw_admin"}
     c = parse_cluster(raw_cluster)
     assert c.node("master-1").ssh.host == "node-1.example.com" and c.node("master-2").ssh.user == "kthw_admin"
+
+
+def test_plain_http_mirrors_are_warned_about(raw_cluster):
+    # finding 6: images and release files through plain http, and nothing said so
+    raw_cluster["artifacts"] = {"registry_mirrors": {"registry.k8s.io": ["http://mirror.lan:5000"],
+                                                     "docker.io": ["https://mirror.lan"]},
+                                "source": "mirror", "mirror_url": "http://files.lan/kthw"}
+    warnings = parse_cluster(raw_cluster).warnings
+    assert any(w.startswith("artifacts.registry_mirrors.registry.k8s.io: http://mirror.lan:5000 is plain http")
+               for w in warnings)
+    assert not any("docker.io" in w for w in warnings)
+    assert any(w.startswith("artifacts.mirror_url: http://files.lan/kthw is plain http") for w in warnings)
