@@ -25,15 +25,17 @@ from kthw.backup import REMOTE_DB, BackupError, check_backup, restore_command, r
 from kthw.commands import APISERVER_READY, ETCD_HEALTHY, KUBECTL, wait_until
 from kthw.ops import ManagedFile, Snapshot, files_synced
 from kthw.paths import ETCD_RESTORE_ASIDE
-from kthw.preflight import Playbook, playbook
+from kthw.preflight import Playbook, check_identity, playbook
 
 # Every member starts over from the snapshot together: one left out would never reach quorum.
 cluster, node = playbook(host, Playbook("restore.py", whole=True,
-                                        why_whole="restores every etcd member and restarts every node at once"))
-try:
+                                        why_whole="restores every etcd member and restarts every node at once"),
+                         identity=False)
+try:  # the backup first: it is local, and a refusal then costs no host a command
     backup = check_backup(cluster, host.data.get("snapshot"))
 except BackupError as exc:
     raise PyinfraError(str(exc)) from None
+check_identity(host, cluster, node)
 stamp = run_stamp()
 
 if node.is_master:

@@ -33,6 +33,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from kthw.model import Cluster, Node
+from kthw.paths import ADDONS_DIR, K8S_PKI
+from kthw.paths import ENCRYPTION_CONFIG as HOST_ENCRYPTION_CONFIG
 from kthw.pki import (
     CA_NAME,
     ENCRYPTION_CONFIG,
@@ -46,16 +48,15 @@ from kthw.pki import (
 )
 from kthw.ssh import SshError, as_root, ssh_run
 
-PKI = "/var/lib/kubernetes/pki"
 # local file in the PKI folder: where a master holds it (operations/control_plane.py)
 ON_A_MASTER = {
-    **{f"{ca}.{ext}": f"{PKI}/{ca}.{ext}" for ca in (CA_NAME, ETCD_CA_NAME, FRONT_PROXY_CA_NAME)
+    **{f"{ca}.{ext}": f"{K8S_PKI}/{ca}.{ext}" for ca in (CA_NAME, ETCD_CA_NAME, FRONT_PROXY_CA_NAME)
        for ext in ("crt", "key")},
-    f"{SERVICE_ACCOUNT}.key": f"{PKI}/{SERVICE_ACCOUNT}.key",
-    f"{SERVICE_ACCOUNT}.pub": f"{PKI}/{SERVICE_ACCOUNT}.pub",
-    ENCRYPTION_CONFIG: f"/var/lib/kubernetes/{ENCRYPTION_CONFIG}",
+    f"{SERVICE_ACCOUNT}.key": f"{K8S_PKI}/{SERVICE_ACCOUNT}.key",
+    f"{SERVICE_ACCOUNT}.pub": f"{K8S_PKI}/{SERVICE_ACCOUNT}.pub",
+    ENCRYPTION_CONFIG: HOST_ENCRYPTION_CONFIG,
 }
-WEAVE_MANIFEST = "/etc/kubernetes/addons/05-weave-password.yaml"
+WEAVE_MANIFEST = f"{ADDONS_DIR}/05-weave-password.yaml"
 
 # (node, remote paths) -> {remote path: bytes}; raises PkiError
 Fetch = Callable[[Node, list[str]], dict[str, bytes]]

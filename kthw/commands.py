@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import shlex
 
+from kthw.paths import ADMIN_KUBECONFIG, ETCD_DIR
+
 # etcd, over TLS with etcd's own CA, from a master (the member's certificate is also a client one).
-ETCD_DIR = "/etc/etcd"
 ETCDCTL = (f"ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert={ETCD_DIR}/etcd-ca.crt "
            f"--cert={ETCD_DIR}/etcd-server.crt --key={ETCD_DIR}/etcd-server.key")
 ETCD_HEALTHY = f"{ETCDCTL} endpoint health >/dev/null 2>&1"
 
 # The master's own apiserver, as admin (kubectl on the master, never through the load balancer).
-ADMIN_KUBECONFIG = "/etc/kubernetes/admin.kubeconfig"
 KUBECTL = f"kubectl --kubeconfig {ADMIN_KUBECONFIG}"
 APISERVER_READY = f"{KUBECTL} get --raw /readyz >/dev/null 2>&1"
 

@@ -16,17 +16,15 @@ from pathlib import Path
 
 from pyinfra.api import FactBase
 
-from kthw.commands import ETCD_DIR, ETCDCTL
+from kthw.commands import ETCDCTL
+from kthw.paths import ETCD_DIR, HASH_CACHE, K8S_PKI, KUBELET_PKI
 
 _REMOTE = Path(__file__).parent / "remote"
 _HOST_STATE_SCRIPT = (_REMOTE / "host_state.py").read_text()
 # Sent by kthw.ops.files_synced with the files it placed: the only writer of the hash cache.
 RECORD_HASHES_SCRIPT = (_REMOTE / "record_hashes.py").read_text()
-# (size, mtime, inode) -> sha256 of the files the deploy placed; HostState only reads it.
-HASH_CACHE = "/var/lib/kthw/hash-cache.json"
-
 # Where the deploy puts certificates; CertificateExpiry looks at all of them.
-CERT_DIRS = ("/var/lib/kubernetes/pki", ETCD_DIR, "/var/lib/kubelet/pki")
+CERT_DIRS = (K8S_PKI, ETCD_DIR, KUBELET_PKI)
 
 
 class HostState(FactBase):

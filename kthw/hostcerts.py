@@ -18,25 +18,35 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from kthw.commands import ADMIN_KUBECONFIG
 from kthw.model import Cluster
+from kthw.paths import (
+    ADMIN_KUBECONFIG,
+    CLUSTER_CA,
+    CONTROLLER_MANAGER_KUBECONFIG,
+    ETCD_DIR,
+    K8S_DIR,
+    K8S_PKI,
+    KUBE_PROXY_KUBECONFIG,
+    KUBELET_KUBECONFIG,
+    KUBELET_PKI,
+    SCHEDULER_KUBECONFIG,
+)
 from kthw.pki import CA_NAME, PkiError
 
 # The CA files on a host, by CA (their bundles must trust what the rotation needs).
 TRUST_FILES = {"ca.crt": CA_NAME, "etcd-ca.crt": "etcd-ca", "front-proxy-ca.crt": "front-proxy-ca"}
 SIGNER_FILE = "ca-signing.crt"  # the controller-manager's signing CA (operations/control_plane.py)
-KUBECONFIGS = ("/var/lib/kubernetes/*.kubeconfig", ADMIN_KUBECONFIG, "/var/lib/kubelet/kubeconfig",
-               "/var/lib/kube-proxy/kubeconfig")
-CERT_GLOBS = ("/var/lib/kubernetes/pki/*.crt", "/etc/etcd/*.crt", "/var/lib/kubelet/pki/*.crt")
+KUBECONFIGS = (f"{K8S_DIR}/*.kubeconfig", ADMIN_KUBECONFIG, KUBELET_KUBECONFIG, KUBE_PROXY_KUBECONFIG)
+CERT_GLOBS = (f"{K8S_PKI}/*.crt", f"{ETCD_DIR}/*.crt", f"{KUBELET_PKI}/*.crt")
 # Which files each service reads its certificates from (a file newer than the service's start
 # means the restart that makes it use the file is still owed).
 READS = {
-    "etcd": ("/etc/etcd/",),
-    "kube-apiserver": ("/var/lib/kubernetes/pki/",),
-    "kube-controller-manager": ("/var/lib/kubernetes/pki/", "/var/lib/kubernetes/kube-controller-manager.kubeconfig"),
-    "kube-scheduler": ("/var/lib/kubernetes/kube-scheduler.kubeconfig",),
-    "kubelet": ("/var/lib/kubelet/pki/", "/var/lib/kubelet/kubeconfig", "/var/lib/kubernetes/pki/ca.crt"),
-    "kube-proxy": ("/var/lib/kube-proxy/kubeconfig",),
+    "etcd": (f"{ETCD_DIR}/",),
+    "kube-apiserver": (f"{K8S_PKI}/",),
+    "kube-controller-manager": (f"{K8S_PKI}/", CONTROLLER_MANAGER_KUBECONFIG),
+    "kube-scheduler": (SCHEDULER_KUBECONFIG,),
+    "kubelet": (f"{KUBELET_PKI}/", KUBELET_KUBECONFIG, CLUSTER_CA),
+    "kube-proxy": (KUBE_PROXY_KUBECONFIG,),
 }
 
 # One command per node: every certificate and kubeconfig certificate with its mtime, each

@@ -27,15 +27,16 @@ import re
 import shlex
 
 from kthw.commands import KUBECTL, wait_until
+from kthw.paths import BIN_DIR
 
 # The binaries whose version the skew policy constrains, and the `versions` key that pins each.
 VERSIONED = {
-    "/usr/local/bin/etcd": "etcd",
-    "/usr/local/bin/kube-apiserver": "kubernetes",
-    "/usr/local/bin/kube-controller-manager": "kubernetes",
-    "/usr/local/bin/kube-scheduler": "kubernetes",
-    "/usr/local/bin/kubelet": "kubernetes",
-    "/usr/local/bin/kube-proxy": "kubernetes",
+    f"{BIN_DIR}/etcd": "etcd",
+    f"{BIN_DIR}/kube-apiserver": "kubernetes",
+    f"{BIN_DIR}/kube-controller-manager": "kubernetes",
+    f"{BIN_DIR}/kube-scheduler": "kubernetes",
+    f"{BIN_DIR}/kubelet": "kubernetes",
+    f"{BIN_DIR}/kube-proxy": "kubernetes",
 }
 # Set on a Node by the drain, removed by the uncordon: a run interrupted in between still owes
 # the uncordon (a node cordoned by hand carries no such mark and is left alone).

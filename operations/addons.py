@@ -16,14 +16,14 @@ from pyinfra import host
 from kthw.commands import KUBECTL, wait_until
 from kthw.context import DeployRefused, HostContext, Wants
 from kthw.ops import Directory, command_when, directories_present, files_synced, mark_applied
+from kthw.paths import ADDONS_DIR, CLUSTER_CA
 from kthw.pki import CA_NAME, WEAVE_PASSWORD, trust_bundle
 
-ADDONS = "/etc/kubernetes/addons"
 # the add-ons whose pods use the API with the in-cluster CA bundle (annotated with its digest)
 API_CLIENTS = ("10-weave.yaml", "20-coredns.yaml")
 TRUST_PUBLISHED = wait_until(
     f"{KUBECTL} -n kube-system get configmap kube-root-ca.crt -o jsonpath='{{.data.ca\\.crt}}' 2>/dev/null "
-    "| cmp -s - /var/lib/kubernetes/pki/ca.crt",
+    f"| cmp -s - {CLUSTER_CA}",
     "kube-root-ca.crt (the controller-manager publishing the cluster's CA bundle)", tries=60)
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
 
@@ -61,7 +61,7 @@ def refuse_pod_network_change(ctx: HostContext) -> None:
 
 
 def wants(ctx: HostContext) -> Wants:
-    w = Wants(dirs=[Directory(ADDONS)], queries=["control_plane_labelled", "node_names", "node_status"])
+    w = Wants(dirs=[Directory(ADDONS_DIR)], queries=["control_plane_labelled", "node_names", "node_status"])
     if ctx.cluster.cni == "weave":
         w.queries += ["weave_range", "weave_init"]
         refuse_pod_network_change(ctx)
@@ -73,11 +73,11 @@ def wants(ctx: HostContext) -> Wants:
     for name in manifest_names(ctx):
         if name == "05-weave-password.yaml":  # the only secret one: 0600, never shown in --diff
             password = (ctx.cluster.pki_dir / WEAVE_PASSWORD).read_text().strip()
-            w.files[name] = [ctx.template_file(f"{ADDONS}/{name}", mode=0o600, secret=True,
+            w.files[name] = [ctx.template_file(f"{ADDONS_DIR}/{name}", mode=0o600, secret=True,
                                                weave_password=password)]
         else:
-            w.files[name] = [ctx.template_file(f"{ADDONS}/{name}", **extra)]
-        w.manifests.append(f"{ADDONS}/{name}")
+            w.files[name] = [ctx.template_file(f"{ADDONS_DIR}/{name}", **extra)]
+        w.manifests.append(f"{ADDONS_DIR}/{name}")
     return w
 
 
@@ -85,7 +85,7 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     snap = ctx.snapshot
     directories_present(w.dirs, snap, name="addons | directory")
     for name in host.loop(manifest_names(ctx)):
-        path = f"{ADDONS}/{name}"
+        path = f"{ADDONS_DIR}/{name}"
         changed = files_synced(w.files[name], snap, name=f"addons | {name} rendered")
         # Applied when it changed, when the cluster lacks it, or when an interrupted run placed it
         # and never applied it.

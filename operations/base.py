@@ -13,6 +13,7 @@ from pyinfra.api import operation
 
 from kthw.context import HostContext, Wants
 from kthw.ops import ManagedFile, Snapshot, files_synced
+from kthw.paths import FSTAB, HOSTNAME, HOSTS, MODULES_CONF, SYSCTL_CONF
 
 # Debian/Ubuntu packages each role needs besides what the box ships. Masters are Kubernetes
 # nodes too (operations/node.py), so they get what kubelet and kube-proxy need.
@@ -23,7 +24,6 @@ PACKAGES = {
     "worker": KUBERNETES_NODE,
 }
 MODULES = ("overlay", "br_netfilter")
-SYSCTL_FILE = "/etc/sysctl.d/90-kubernetes.conf"
 # Kubernetes nodes route pod traffic and let bridged traffic through iptables (kube-proxy).
 SYSCTLS = {
     "net.ipv4.ip_forward": "1",
@@ -34,13 +34,13 @@ SYSCTLS = {
 
 def wants(ctx: HostContext) -> Wants:
     w = Wants(packages=PACKAGES[ctx.node.role])
-    w.files["hostname"] = [ManagedFile.text("/etc/hostname", f"{ctx.node.name}\n")]
-    w.files["hosts file"] = [ctx.template_file("/etc/hosts")]
+    w.files["hostname"] = [ManagedFile.text(HOSTNAME, f"{ctx.node.name}\n")]
+    w.files["hosts file"] = [ctx.template_file(HOSTS)]
     if not ctx.is_loadbalancer:
         w.files["kernel prerequisites"] = [
-            ManagedFile.text("/etc/modules-load.d/kubernetes.conf",
+            ManagedFile.text(MODULES_CONF,
                              "# Managed by kthw-pyinfra.\n" + "\n".join(MODULES) + "\n"),
-            ManagedFile.text(SYSCTL_FILE, "# Managed by kthw-pyinfra.\n"
+            ManagedFile.text(SYSCTL_CONF, "# Managed by kthw-pyinfra.\n"
                              + "".join(f"{k} = {v}\n" for k, v in SYSCTLS.items())),
         ]
         w.sysctls = dict(SYSCTLS)
@@ -63,12 +63,12 @@ def hostname_set(name: str, snapshot: Snapshot):
 def swap_off(snapshot: Snapshot):
     """Turn swap off now and on every boot: the kubelet refuses to run with it."""
     if not snapshot["swap"] and not snapshot["fstab_swap"]:
-        host.noop("no swap in use or in /etc/fstab")
+        host.noop(f"no swap in use or in {FSTAB}")
     if snapshot["swap"]:
         yield "swapoff -a"
     if snapshot["fstab_swap"]:
         yield (r"sed -i -E '/^[^#[:space:]]+[[:space:]]+[^[:space:]]+[[:space:]]+swap[[:space:]]/ "
-               r"s/^/# disabled by kthw-pyinfra: /' /etc/fstab")
+               rf"s/^/# disabled by kthw-pyinfra: /' {FSTAB}")
 
 
 @operation()

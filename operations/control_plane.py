@@ -13,7 +13,6 @@ from __future__ import annotations
 from pyinfra import host
 
 from kthw.commands import (
-    ADMIN_KUBECONFIG,
     APISERVER_READY,
     KUBECTL,
     apiservers_ready,
@@ -30,15 +29,25 @@ from kthw.ops import (
     service_restarted_in_turn,
     service_running,
 )
+from kthw.paths import (
+    ADMIN_KUBECONFIG,
+    CONTROLLER_MANAGER_KUBECONFIG,
+    ENCRYPTION_CONFIG,
+    ETC_K8S,
+    K8S_DIR,
+    K8S_LOG_DIR,
+    K8S_PKI,
+    SCHEDULER_KUBECONFIG,
+    unit_file,
+)
 
-PKI = "/var/lib/kubernetes/pki"
 UNITS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 
 
 def wants(ctx: HostContext) -> Wants:
     w = Wants(services=list(UNITS))
-    w.dirs = [Directory("/var/lib/kubernetes", 0o755), Directory(PKI, 0o700),
-              Directory("/etc/kubernetes", 0o755), Directory("/var/log/kubernetes", 0o750)]
+    w.dirs = [Directory(K8S_DIR, 0o755), Directory(K8S_PKI, 0o700),
+              Directory(ETC_K8S, 0o755), Directory(K8S_LOG_DIR, 0o750)]
     w.files["binaries"] = ctx.binaries({"kube-apiserver", "kube-controller-manager", "kube-scheduler",
                                         "kubectl"})
     names = ["ca.crt", "ca.key", "etcd-ca.crt", "kube-apiserver.crt", "kube-apiserver.key",
@@ -49,22 +58,22 @@ def wants(ctx: HostContext) -> Wants:
              # every CA key on every master, as kubeadm keeps them: any master can re-issue, and
              # `python -m kthw pki adopt` can copy the whole identity from one
              "etcd-ca.key", "front-proxy-ca.key"]
-    w.files["certificates"] = [ctx.pki_file(n, f"{PKI}/{n}") for n in names]
+    w.files["certificates"] = [ctx.pki_file(n, f"{K8S_PKI}/{n}") for n in names]
     # The controller-manager signs approved CSRs with the cluster CA: its certificate alone (ca.crt
     # is the trust bundle, two CAs during a rotation, and the signer takes exactly one).
-    w.files["certificates"].append(ctx.pki_file("ca.crt", f"{PKI}/ca-signing.crt", signer=True))
+    w.files["certificates"].append(ctx.pki_file("ca.crt", f"{K8S_PKI}/ca-signing.crt", signer=True))
     w.files["encryption config"] = [
-        ctx.pki_file("encryption-config.yaml", "/var/lib/kubernetes/encryption-config.yaml")
+        ctx.pki_file("encryption-config.yaml", ENCRYPTION_CONFIG)
     ]
-    w.files["audit policy"] = [ctx.template_file("/etc/kubernetes/audit-policy.yaml")]
-    w.files["authentication config"] = [ctx.template_file("/etc/kubernetes/authentication-config.yaml")]
+    w.files["audit policy"] = [ctx.template_file(f"{ETC_K8S}/audit-policy.yaml")]
+    w.files["authentication config"] = [ctx.template_file(f"{ETC_K8S}/authentication-config.yaml")]
     w.files["kubeconfigs"] = [
-        ctx.kubeconfig_file("kube-controller-manager", "/var/lib/kubernetes/kube-controller-manager.kubeconfig"),
-        ctx.kubeconfig_file("kube-scheduler", "/var/lib/kubernetes/kube-scheduler.kubeconfig"),
+        ctx.kubeconfig_file("kube-controller-manager", CONTROLLER_MANAGER_KUBECONFIG),
+        ctx.kubeconfig_file("kube-scheduler", SCHEDULER_KUBECONFIG),
         ctx.kubeconfig_file("admin-local", ADMIN_KUBECONFIG),
     ]
     for unit in UNITS:
-        w.files[f"{unit} unit"] = [ctx.template_file(f"/etc/systemd/system/{unit}.service")]
+        w.files[f"{unit} unit"] = [ctx.template_file(unit_file(unit))]
     return w
 
 

@@ -15,7 +15,6 @@ it requests (deploy.py calls :func:`departed_members_removed` after the control-
 from __future__ import annotations
 
 from kthw.commands import (
-    ETCD_DIR,
     ETCD_HEALTHY,
     ETCDCTL,
     etcd_join,
@@ -34,19 +33,20 @@ from kthw.ops import (
     service_restarted_in_turn,
     service_running,
 )
+from kthw.paths import ETCD_DATA, ETCD_DIR, unit_file
 from kthw.pki import ETCD_MEMBER_CN, etcd_member_cert_name
 
 
 def wants(ctx: HostContext) -> Wants:
     w = Wants(services=["etcd"], queries=["etcd_data", *(["etcd_members"] if ctx.is_first_master else [])])
-    w.dirs = [Directory(ETCD_DIR, 0o700), Directory("/var/lib/etcd", 0o700)]
+    w.dirs = [Directory(ETCD_DIR, 0o700), Directory(ETCD_DATA, 0o700)]
     w.files["binaries"] = ctx.binaries({"etcd"})
     w.files["certificates"] = [
         ctx.pki_file("etcd-ca.crt", f"{ETCD_DIR}/etcd-ca.crt"),  # etcd's own CA, not the cluster's
         ctx.pki_file(f"{etcd_member_cert_name(ctx.node.name)}.crt", f"{ETCD_DIR}/etcd-server.crt"),
         ctx.pki_file(f"{etcd_member_cert_name(ctx.node.name)}.key", f"{ETCD_DIR}/etcd-server.key"),
     ]
-    w.files["unit"] = [ctx.template_file("/etc/systemd/system/etcd.service", etcd_member_cn=ETCD_MEMBER_CN)]
+    w.files["unit"] = [ctx.template_file(unit_file("etcd"), etcd_member_cn=ETCD_MEMBER_CN)]
     return w
 
 

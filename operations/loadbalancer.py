@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from kthw.context import HostContext, Wants
 from kthw.ops import dests, files_synced, service_running
+from kthw.paths import HAPROXY_CFG
 
 
 def wants(ctx: HostContext) -> Wants:
     w = Wants(services=["haproxy"])
-    w.files["config"] = [ctx.template_file("/etc/haproxy/haproxy.cfg")]
+    w.files["config"] = [ctx.template_file(HAPROXY_CFG)]
     return w
 
 

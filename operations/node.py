@@ -29,11 +29,29 @@ from kthw.ops import (
     files_synced,
     service_running,
 )
+from kthw.paths import (
+    CERTS_D,
+    CLUSTER_CA,
+    CNI_BIN,
+    CNI_CONF,
+    CNI_DIR,
+    CNI_ETC,
+    CONTAINERD_DIR,
+    CRICTL_CONF,
+    IMAGES_DIR,
+    K8S_DIR,
+    K8S_PKI,
+    KUBE_PROXY_DIR,
+    KUBE_PROXY_KUBECONFIG,
+    KUBELET_CONFIG,
+    KUBELET_DIR,
+    KUBELET_KUBECONFIG,
+    KUBELET_PKI,
+    unit_file,
+)
 from kthw.pki import kubelet_cert_name
 
 PAUSE_IMAGE = "registry.k8s.io/pause:{v}"
-# containerd's per-registry host configuration (hosts.toml): mirrors, CAs, plain HTTP.
-CERTS_D = "/etc/containerd/certs.d"
 
 
 # Masters register with it (kubelet registerWithTaints); only pods that tolerate it (the CNI's
@@ -94,17 +112,17 @@ def wants(ctx: HostContext) -> Wants:
     if c.cni == "weave":
         w.queries.append("weave_targets")
     w.dirs = [
-        Directory("/etc/containerd"), Directory(CERTS_D), Directory("/opt/cni"), Directory("/opt/cni/bin"),
-        Directory("/etc/cni"), Directory("/etc/cni/net.d"),
-        Directory("/var/lib/kubernetes"), Directory("/var/lib/kubernetes/pki", 0o700),
-        Directory("/var/lib/kubelet", 0o700), Directory("/var/lib/kubelet/pki", 0o700),
-        Directory("/var/lib/kube-proxy", 0o700),
+        Directory(CONTAINERD_DIR), Directory(CERTS_D), Directory(CNI_DIR), Directory(CNI_BIN),
+        Directory(CNI_ETC), Directory(CNI_CONF),
+        Directory(K8S_DIR), Directory(K8S_PKI, 0o700),
+        Directory(KUBELET_DIR, 0o700), Directory(KUBELET_PKI, 0o700),
+        Directory(KUBE_PROXY_DIR, 0o700),
     ]
     w.files["runtime binaries"] = ctx.binaries({"containerd", "runc", "cni-plugins", "crictl"})
     w.files["kubernetes binaries"] = ctx.binaries({"kubelet", "kube-proxy"})
     w.files["containerd config"] = [
-        ctx.template_file("/etc/containerd/config.toml", pause_image=PAUSE_IMAGE.format(v=c.versions.pause)),
-        ctx.template_file("/etc/crictl.yaml"),
+        ctx.template_file(f"{CONTAINERD_DIR}/config.toml", pause_image=PAUSE_IMAGE.format(v=c.versions.pause)),
+        ctx.template_file(CRICTL_CONF),
     ]
     # Registry mirrors (artifacts.registry_mirrors): containerd reads hosts.toml at each pull, so
     # a change needs no restart.
@@ -115,44 +133,44 @@ def wants(ctx: HostContext) -> Wants:
                           registry=registry, mirrors=urls)
         for registry, urls in mirrors.items()
     ]
-    w.files["containerd unit"] = [ctx.template_file("/etc/systemd/system/containerd.service")]
+    w.files["containerd unit"] = [ctx.template_file(unit_file("containerd"))]
     cert = kubelet_cert_name(ctx.node.name)
     # (A master already holds the cluster CA there, placed by the control plane.)
-    ca = [] if ctx.is_master else [ctx.pki_file("ca.crt", "/var/lib/kubernetes/pki/ca.crt")]
+    ca = [] if ctx.is_master else [ctx.pki_file("ca.crt", CLUSTER_CA)]
     w.files["kubelet credentials"] = [
         *ca,
-        ctx.pki_file(f"{cert}.crt", "/var/lib/kubelet/pki/kubelet.crt"),
-        ctx.pki_file(f"{cert}.key", "/var/lib/kubelet/pki/kubelet.key"),
-        ctx.kubeconfig_file(cert, "/var/lib/kubelet/kubeconfig"),
+        ctx.pki_file(f"{cert}.crt", f"{KUBELET_PKI}/kubelet.crt"),
+        ctx.pki_file(f"{cert}.key", f"{KUBELET_PKI}/kubelet.key"),
+        ctx.kubeconfig_file(cert, KUBELET_KUBECONFIG),
     ]
     resolv = "/run/systemd/resolve/resolv.conf" if facts.get("resolved") else "/etc/resolv.conf"
     # 0600: the CIS benchmark wants the kubelet's config readable by root only.
     w.files["kubelet config"] = [ctx.template_file(
-        "/var/lib/kubelet/kubelet-config.yaml", mode=0o600, resolv_conf=resolv, cgroup_v1=facts.get("cgroup") == "v1",
+        KUBELET_CONFIG, mode=0o600, resolv_conf=resolv, cgroup_v1=facts.get("cgroup") == "v1",
         taints=[CONTROL_PLANE_TAINT] if ctx.is_master else [],
     )]
-    w.files["kubelet unit"] = [ctx.template_file("/etc/systemd/system/kubelet.service")]
+    w.files["kubelet unit"] = [ctx.template_file(unit_file("kubelet"))]
     w.files["kube-proxy config"] = [
-        ctx.kubeconfig_file("kube-proxy", "/var/lib/kube-proxy/kubeconfig"),
-        ctx.template_file("/var/lib/kube-proxy/kube-proxy-config.yaml", container=bool(facts.get("container"))),
+        ctx.kubeconfig_file("kube-proxy", KUBE_PROXY_KUBECONFIG),
+        ctx.template_file(f"{KUBE_PROXY_DIR}/kube-proxy-config.yaml", container=bool(facts.get("container"))),
     ]
-    w.files["kube-proxy unit"] = [ctx.template_file("/etc/systemd/system/kube-proxy.service")]
+    w.files["kube-proxy unit"] = [ctx.template_file(unit_file("kube-proxy"))]
     # Offline image archives (artifacts.images): Weave Net's only where the cluster runs it.
     images = [i for i in ctx.images() if c.cni == "weave" or "weaveworks/" not in i[2]]
     if images:
-        w.dirs.append(Directory("/var/lib/kthw/images", 0o755))
-        w.files["images"] = [ManagedFile.binary(f"/var/lib/kthw/images/{path.name}", path, sha, mode=0o644)
+        w.dirs.append(Directory(IMAGES_DIR, 0o755))
+        w.files["images"] = [ManagedFile.binary(f"{IMAGES_DIR}/{path.name}", path, sha, mode=0o644)
                              for path, sha, _ in images]
         w.images = [ref for _, _, ref in images if ref]
     if c.cni == "bridge":
-        w.files["bridge cni"] = [ctx.template_file("/etc/cni/net.d/10-bridge.conflist"),
-                                 ctx.template_file("/etc/cni/net.d/99-loopback.conf")]
+        w.files["bridge cni"] = [ctx.template_file(f"{CNI_CONF}/10-bridge.conflist"),
+                                 ctx.template_file(f"{CNI_CONF}/99-loopback.conf")]
         w.services.append("kthw-pod-network")
         w.queries.append("pod_routes")
         masquerade = (f"-s {ctx.node.pod_cidr} ! -d {c.pod_network} -j MASQUERADE "
                       "-m comment --comment kthw-pod-network")
         w.files["pod network unit"] = [ctx.template_file(
-            "/etc/systemd/system/kthw-pod-network.service", peers=_peers(ctx), masquerade=masquerade)]
+            unit_file("kthw-pod-network"), peers=_peers(ctx), masquerade=masquerade)]
     return w
 
 
@@ -187,7 +205,7 @@ def deploy(ctx: HostContext, w: Wants) -> list[Restart]:
         # Import when an archive changed or containerd lost an image.
         missing = [ref for ref in w.images if not snap.image_present(ref)]
         command_when(
-            "for f in /var/lib/kthw/images/*.tar; do ctr -n k8s.io images import \"$f\" >/dev/null "
+            f"for f in {IMAGES_DIR}/*.tar; do ctr -n k8s.io images import \"$f\" >/dev/null "
             "|| exit 1; done",
             when=[archives], always=bool(missing), name="node | images imported into containerd",
         )

@@ -12,11 +12,12 @@ from pyinfra import state
 from pyinfra.api.exceptions import PyinfraError
 
 from kthw.artifacts import ArtifactError
-from kthw.commands import ADMIN_KUBECONFIG, ETCDCTL
+from kthw.commands import ETCDCTL
 from kthw.context import NEUTRAL_FACTS, DeployRefused, HostContext, Wants, prepared_cluster
 from kthw.facts import HostState
 from kthw.model import ClusterConfigError
 from kthw.ops import Snapshot
+from kthw.paths import ADMIN_KUBECONFIG, BIN_DIR
 from kthw.pki import PkiError
 from kthw.upgrade import VERSIONED, limit_refusal, skew_refusal
 from operations import components_for, node
@@ -47,7 +48,7 @@ def snapshot_spec(wants: dict[ModuleType, Wants]) -> dict:
     if "etcd_members" in spec:
         spec["etcdctl"] = ETCDCTL
     if spec["manifests"]:
-        spec["kubectl"] = {"binary": "/usr/local/bin/kubectl", "kubeconfig": ADMIN_KUBECONFIG}
+        spec["kubectl"] = {"binary": f"{BIN_DIR}/kubectl", "kubeconfig": ADMIN_KUBECONFIG}
     return {k: (sorted(set(v)) if isinstance(v, list) else v) for k, v in spec.items()}
 
 
