@@ -32,8 +32,8 @@ from collections.abc import Callable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from kthw.model import Cluster, Node
-from kthw.paths import ADDONS_DIR, K8S_PKI
+from kthw.model import POD_SUBNETS, Cluster, Node, write_pod_subnets
+from kthw.paths import ADDONS_DIR, K8S_PKI, POD_SUBNETS_RECORD
 from kthw.paths import ENCRYPTION_CONFIG as HOST_ENCRYPTION_CONFIG
 from kthw.pki import (
     CA_NAME,
@@ -107,7 +107,7 @@ def adopt(cluster: Cluster, fetch: Fetch, source: Node | None = None,
     source = source or cluster.masters[0]
     if not source.is_master:
         raise PkiError(f"{source.name} is not a master: only masters hold the cluster's identity")
-    got = fetch(source, list(ON_A_MASTER.values()))
+    got = fetch(source, [*ON_A_MASTER.values(), POD_SUBNETS_RECORD])
     missing = [p for p in ON_A_MASTER.values() if p not in got]
     if missing:
         raise PkiError(f"{source.name} lacks {', '.join(missing)}. Either it is not a deployed master of this "
@@ -140,6 +140,13 @@ def adopt(cluster: Cluster, fetch: Fetch, source: Node | None = None,
         secret = name.endswith(".key") or name in (ENCRYPTION_CONFIG, WEAVE_PASSWORD)
         (write_private if secret else write_public)(path, data)
         result[name] = "adopted" + (f" (the local one moved to {backup.name}/)" if (backup / name).exists() else "")
+    # The nodes' pod subnets (kept by masters deployed since the record existed): without them a
+    # deploy from here would give nodes the first free subnets, moving running ones.
+    if (record := got.get(POD_SUBNETS_RECORD)) is not None:
+        same = (cluster.state_dir / POD_SUBNETS).is_file() and (cluster.state_dir / POD_SUBNETS).read_bytes() == record
+        if not same:
+            write_pod_subnets(cluster.state_dir, record.decode())
+        result[POD_SUBNETS] = "already the same" if same else "adopted"
     return result
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 
-from kthw.paths import ADMIN_KUBECONFIG, ETCD_DIR
+from kthw.paths import ADMIN_KUBECONFIG, BIN_DIR, ETCD_DIR
 
 # etcd, over TLS with etcd's own CA, from a master (the member's certificate is also a client one).
 ETCDCTL = (f"ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert={ETCD_DIR}/etcd-ca.crt "
@@ -14,6 +14,8 @@ ETCD_HEALTHY = f"{ETCDCTL} endpoint health >/dev/null 2>&1"
 
 # The master's own apiserver, as admin (kubectl on the master, never through the load balancer).
 KUBECTL = f"kubectl --kubeconfig {ADMIN_KUBECONFIG}"
+# The same, as the host snapshot's questions and manifest checks take it (kthw/remote/host_state.py).
+KUBECTL_ARG = {"binary": f"{BIN_DIR}/kubectl", "kubeconfig": ADMIN_KUBECONFIG}
 APISERVER_READY = f"{KUBECTL} get --raw /readyz >/dev/null 2>&1"
 
 

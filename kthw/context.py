@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -64,7 +65,8 @@ class Wants:
     sysctls: dict[str, str] = field(default_factory=dict)
     manifests: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
-    queries: list[str] = field(default_factory=list)  # extra snapshot questions (e.g. "weave_range")
+    # named snapshot questions and their arguments (kthw/remote/host_state.py QUESTIONS)
+    queries: dict[str, object] = field(default_factory=dict)
 
     def all_files(self) -> list[ManagedFile]:
         return [f for group in self.files.values() for f in group]
@@ -130,6 +132,11 @@ class HostContext:
     node: Node
     facts: dict = field(default_factory=lambda: dict(NEUTRAL_FACTS))
     snapshot: Snapshot | None = None
+    data: Any = None  # the host's pyinfra data (--data switches), where there is a host
+
+    def allow(self, switch: str) -> bool:
+        """Whether the run was given ``--data <switch>=yes``."""
+        return self.data is not None and str(self.data.get(switch, "")).lower() in ("yes", "true", "1")
 
     @property
     def is_master(self) -> bool:

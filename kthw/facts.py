@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pyinfra.api import FactBase
 
+from kthw import paths
 from kthw.commands import ETCDCTL
 from kthw.paths import ETCD_DIR, HASH_CACHE, K8S_PKI, KUBELET_PKI
 
@@ -38,10 +39,14 @@ class HostState(FactBase):
         state = host.get_fact(HostState, spec={"files": ["/etc/hosts"], "services": ["etcd"]})
         state["files"]["/etc/hosts"]      # [sha256, mode, "owner:group"] or None
         state["services"]["etcd"]         # [ActiveState, UnitFileState]
+
+    Named questions (``kthw/remote/host_state.py`` QUESTIONS) take their argument from the spec::
+
+        host.get_fact(HostState, spec={"questions": {"etcd_data": {"member_dir": "/var/lib/etcd/member"}}})
     """
 
     def command(self, spec: dict) -> str:
-        spec = {"hash_cache": HASH_CACHE, **spec}
+        spec = {"hash_cache": HASH_CACHE, "applied_dir": paths.APPLIED_DIR, **spec}
         return f"python3 -c {shlex.quote(_HOST_STATE_SCRIPT)} {shlex.quote(json.dumps(spec, sort_keys=True))}"
 
     def process(self, output: list[str]) -> dict:

@@ -431,18 +431,44 @@ def recorded_pod_subnets(state_dir: Path) -> dict[str, IPv4Network]:
         return {}
 
 
+def pod_subnets(cluster: Cluster) -> dict[str, str]:
+    """{node: pod subnet} of every Kubernetes node."""
+    return {n.name: str(n.pod_cidr) for n in cluster.kubelet_nodes if n.pod_cidr}
+
+
+def pod_subnets_text(subnets: Mapping[str, str]) -> str:
+    """The record as the operator machine and the masters keep it (YAML, sorted)."""
+    return ("# Pod subnet of each node, kept by the deploy (kthw/model.py record_pod_subnets).\n"
+            + yaml.safe_dump(dict(subnets), sort_keys=True))
+
+
+def moved_pod_subnets(held: str | None, cluster: Cluster) -> dict[str, tuple[str, str]]:
+    """{node: (recorded, planned)} for every node whose recorded pod subnet (the text a master
+    holds) differs from what ``cluster`` gives it; nodes new or gone do not count."""
+    try:
+        recorded = {str(k): str(v) for k, v in (yaml.safe_load(held or "") or {}).items()}
+    except (yaml.YAMLError, AttributeError):
+        return {}
+    planned = pod_subnets(cluster)
+    return {n: (recorded[n], planned[n]) for n in sorted(recorded) if n in planned and recorded[n] != planned[n]}
+
+
 def record_pod_subnets(cluster: Cluster) -> None:
     """Remember every Kubernetes node's pod subnet (the deploy calls this), so the next model
     keeps them where they are whatever nodes come or go. Nodes gone from the file are dropped:
-    their subnets are free again."""
-    now = {n.name: str(n.pod_cidr) for n in cluster.kubelet_nodes if n.pod_cidr}
-    path = cluster.state_dir / POD_SUBNETS
+    their subnets are free again. The masters keep a copy (operations/control_plane.py), which
+    ``kthw pki adopt`` brings back to another operator machine."""
+    now = pod_subnets(cluster)
     if {k: str(v) for k, v in recorded_pod_subnets(cluster.state_dir).items()} == now:
         return
-    cluster.state_dir.mkdir(parents=True, exist_ok=True)
+    write_pod_subnets(cluster.state_dir, pod_subnets_text(now))
+
+
+def write_pod_subnets(state_dir: Path, text: str) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / POD_SUBNETS
     tmp = path.with_name(f".{POD_SUBNETS}.tmp")
-    tmp.write_text("# Pod subnet of each node, kept by the deploy (kthw/model.py record_pod_subnets).\n"
-                   + yaml.safe_dump(now, sort_keys=True))
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

@@ -181,8 +181,8 @@ class Snapshot:
         return ref in self.raw.get("images", [])
 
     def query(self, name: str):
-        """The answer to an extra question (``Wants.queries``), e.g. "control_plane_labelled"."""
-        if not self.spec.get(name):
+        """The answer to a named question (``Wants.queries``), e.g. "control_plane_labelled"."""
+        if name not in self.spec.get("questions", {}):
             raise SnapshotError(f"{name!r} was not asked in this host's snapshot. Fix: add it to the "
                                 "component's Wants.queries.")
         return self.raw.get(name)

@@ -40,6 +40,7 @@ SCHEDULER_KUBECONFIG = f"{K8S_DIR}/kube-scheduler.kubeconfig"
 ETC_K8S = "/etc/kubernetes"
 ADMIN_KUBECONFIG = f"{ETC_K8S}/admin.kubeconfig"  # kubectl on a master, to its own apiserver
 ADDONS_DIR = f"{ETC_K8S}/addons"  # the manifests the first master applies
+POD_SUBNETS_RECORD = f"{ETC_K8S}/pod-subnets.yaml"  # each node's pod subnet, as the deploy keeps them
 K8S_LOG_DIR = "/var/log/kubernetes"
 
 # --- every Kubernetes node
@@ -58,6 +59,7 @@ KUBELET_CONFIG = f"{KUBELET_DIR}/kubelet-config.yaml"
 KUBE_PROXY_DIR = "/var/lib/kube-proxy"
 KUBE_PROXY_KUBECONFIG = f"{KUBE_PROXY_DIR}/kubeconfig"
 WEAVE_DATA = "/var/lib/weave"
+WEAVE_TARGETS_URL = "http://127.0.0.1:6784/status/targets"  # the local Weave router: whom it connects to
 
 # --- the load balancer
 HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
@@ -70,3 +72,9 @@ def unit_file(unit: str) -> str:
     '/etc/systemd/system/etcd.service'
     """
     return f"{UNIT_DIR}/{unit}.service"
+
+
+# --- names the deploy marks things with
+MANAGED_MARK = "# Managed by kthw-pyinfra"  # first line of the files we write (hosts.toml: how we know ours)
+DRAIN_MARK = "kthw.io/drained-for-upgrade"  # a Node the deploy drained for an upgrade
+CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"

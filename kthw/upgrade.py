@@ -27,7 +27,7 @@ import re
 import shlex
 
 from kthw.commands import KUBECTL, wait_until
-from kthw.paths import BIN_DIR
+from kthw.paths import BIN_DIR, DRAIN_MARK
 
 # The binaries whose version the skew policy constrains, and the `versions` key that pins each.
 VERSIONED = {
@@ -40,7 +40,7 @@ VERSIONED = {
 }
 # Set on a Node by the drain, removed by the uncordon: a run interrupted in between still owes
 # the uncordon (a node cordoned by hand carries no such mark and is left alone).
-DRAINED = "kthw.io/drained-for-upgrade"
+DRAINED = DRAIN_MARK
 # How long a drain may wait for evictions (PodDisruptionBudgets, graceful termination).
 DRAIN_TIMEOUT_S = 300
 

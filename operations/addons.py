@@ -13,10 +13,10 @@ import hashlib
 
 from pyinfra import host
 
-from kthw.commands import KUBECTL, wait_until
+from kthw.commands import KUBECTL, KUBECTL_ARG, wait_until
 from kthw.context import DeployRefused, HostContext, Wants
 from kthw.ops import Directory, command_when, directories_present, files_synced, mark_applied
-from kthw.paths import ADDONS_DIR, CLUSTER_CA
+from kthw.paths import ADDONS_DIR, CLUSTER_CA, CONTROL_PLANE_LABEL, DRAIN_MARK
 from kthw.pki import CA_NAME, WEAVE_PASSWORD, trust_bundle
 
 # the add-ons whose pods use the API with the in-cluster CA bundle (annotated with its digest)
@@ -25,7 +25,6 @@ TRUST_PUBLISHED = wait_until(
     f"{KUBECTL} -n kube-system get configmap kube-root-ca.crt -o jsonpath='{{.data.ca\\.crt}}' 2>/dev/null "
     f"| cmp -s - {CLUSTER_CA}",
     "kube-root-ca.crt (the controller-manager publishing the cluster's CA bundle)", tries=60)
-CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
 
 
 def _images(ctx: HostContext) -> dict[str, str]:
@@ -61,9 +60,11 @@ def refuse_pod_network_change(ctx: HostContext) -> None:
 
 
 def wants(ctx: HostContext) -> Wants:
-    w = Wants(dirs=[Directory(ADDONS_DIR)], queries=["control_plane_labelled", "node_names", "node_status"])
+    nodes = {**KUBECTL_ARG, "role_label": CONTROL_PLANE_LABEL, "drain_mark": DRAIN_MARK}
+    w = Wants(dirs=[Directory(ADDONS_DIR)],
+              queries={"control_plane_labelled": nodes, "node_names": nodes, "node_status": nodes})
     if ctx.cluster.cni == "weave":
-        w.queries += ["weave_range", "weave_init"]
+        w.queries |= {"weave_range": KUBECTL_ARG, "weave_init": KUBECTL_ARG}
         refuse_pod_network_change(ctx)
     # Weave Net's first peers wait for each other before they share out the address range; a
     # running one keeps the value it started with (nodes coming or going must not roll its pods).

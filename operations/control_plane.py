@@ -19,9 +19,11 @@ from kthw.commands import (
     only_if_peers_healthy,
     wait_until,
 )
-from kthw.context import HostContext, Wants
+from kthw.context import DeployRefused, HostContext, Wants
+from kthw.model import moved_pod_subnets, pod_subnets, pod_subnets_text
 from kthw.ops import (
     Directory,
+    ManagedFile,
     command_when,
     dests,
     directories_present,
@@ -37,6 +39,7 @@ from kthw.paths import (
     K8S_DIR,
     K8S_LOG_DIR,
     K8S_PKI,
+    POD_SUBNETS_RECORD,
     SCHEDULER_KUBECONFIG,
     unit_file,
 )
@@ -74,7 +77,25 @@ def wants(ctx: HostContext) -> Wants:
     ]
     for unit in UNITS:
         w.files[f"{unit} unit"] = [ctx.template_file(unit_file(unit))]
+    # The nodes' pod subnets, kept on every master too: `kthw pki adopt` brings them back to
+    # another operator machine, and a plan that would move a running node's subnet is refused.
+    w.files["pod subnets"] = [ManagedFile.text(POD_SUBNETS_RECORD, pod_subnets_text(pod_subnets(ctx.cluster)))]
+    w.queries["text_of"] = [POD_SUBNETS_RECORD]
+    refuse_pod_subnet_moves(ctx)
     return w
+
+
+def refuse_pod_subnet_moves(ctx: HostContext) -> None:
+    """A node's pod subnet never moves under its running pods (say, planned from an operator
+    machine that lost the record): its pods would become unreachable."""
+    moved = moved_pod_subnets((ctx.facts.get("text_of") or {}).get(POD_SUBNETS_RECORD), ctx.cluster)
+    if moved and not ctx.allow("kthw_move_pod_subnets"):
+        said = ", ".join(f"{n} {a} -> {b}" for n, (a, b) in moved.items())
+        raise DeployRefused(
+            f"{ctx.node.name} records other pod subnets than this plan gives: {said}. A running node's pods "
+            f"would lose their network. Nothing was changed. Fix: bring the record here with `python -m kthw pki "
+            f"adopt` (it copies {POD_SUBNETS_RECORD} to {ctx.cluster.state_dir}/pod-subnets.yaml), or pin "
+            "nodes[].pod_cidr; to move them on purpose, rerun with --data kthw_move_pod_subnets=yes.")
 
 
 def deploy(ctx: HostContext, w: Wants) -> None:
@@ -87,6 +108,7 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     authn = files_synced(w.files["authentication config"], snap,
                          name="control plane | authentication config (anonymous: health endpoints only)")
     kubeconfigs = files_synced(w.files["kubeconfigs"], snap, name="control plane | kubeconfigs")
+    files_synced(w.files["pod subnets"], snap, name="control plane | record of the nodes' pod subnets")
     units = {}
     for unit in host.loop(UNITS):
         units[unit] = files_synced(w.files[f"{unit} unit"], snap, name=f"control plane | {unit} unit")

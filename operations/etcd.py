@@ -38,7 +38,9 @@ from kthw.pki import ETCD_MEMBER_CN, etcd_member_cert_name
 
 
 def wants(ctx: HostContext) -> Wants:
-    w = Wants(services=["etcd"], queries=["etcd_data", *(["etcd_members"] if ctx.is_first_master else [])])
+    w = Wants(services=["etcd"], queries={"etcd_data": {"member_dir": f"{ETCD_DATA}/member"}})
+    if ctx.is_first_master:
+        w.queries["etcd_members"] = {"etcdctl": ETCDCTL}
     w.dirs = [Directory(ETCD_DIR, 0o700), Directory(ETCD_DATA, 0o700)]
     w.files["binaries"] = ctx.binaries({"etcd"})
     w.files["certificates"] = [

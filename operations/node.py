@@ -37,6 +37,7 @@ from kthw.paths import (
     CNI_DIR,
     CNI_ETC,
     CONTAINERD_DIR,
+    CONTROL_PLANE_LABEL,
     CRICTL_CONF,
     IMAGES_DIR,
     K8S_DIR,
@@ -47,6 +48,8 @@ from kthw.paths import (
     KUBELET_DIR,
     KUBELET_KUBECONFIG,
     KUBELET_PKI,
+    MANAGED_MARK,
+    WEAVE_TARGETS_URL,
     unit_file,
 )
 from kthw.pki import kubelet_cert_name
@@ -57,7 +60,7 @@ PAUSE_IMAGE = "registry.k8s.io/pause:{v}"
 # Masters register with it (kubelet registerWithTaints); only pods that tolerate it (the CNI's
 # DaemonSet, kube-system's own) land there. The label is set by the addons (a kubelet may not
 # label itself node-role.kubernetes.io/*).
-CONTROL_PLANE_TAINT = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
+CONTROL_PLANE_TAINT = {"key": CONTROL_PLANE_LABEL, "effect": "NoSchedule"}
 
 
 def forget_weave_peers(addresses: list[str]) -> str:
@@ -108,9 +111,10 @@ def upgrading(ctx: HostContext, w: Wants) -> list[str]:
 
 def wants(ctx: HostContext) -> Wants:
     c, facts = ctx.cluster, ctx.facts
-    w = Wants(services=["containerd", "kubelet", "kube-proxy"], queries=["managed_registry_hosts"])
+    w = Wants(services=["containerd", "kubelet", "kube-proxy"],
+              queries={"managed_registry_hosts": {"certs_d": CERTS_D, "mark": MANAGED_MARK}})
     if c.cni == "weave":
-        w.queries.append("weave_targets")
+        w.queries["weave_targets"] = {"url": WEAVE_TARGETS_URL}
     w.dirs = [
         Directory(CONTAINERD_DIR), Directory(CERTS_D), Directory(CNI_DIR), Directory(CNI_BIN),
         Directory(CNI_ETC), Directory(CNI_CONF),
@@ -166,7 +170,7 @@ def wants(ctx: HostContext) -> Wants:
         w.files["bridge cni"] = [ctx.template_file(f"{CNI_CONF}/10-bridge.conflist"),
                                  ctx.template_file(f"{CNI_CONF}/99-loopback.conf")]
         w.services.append("kthw-pod-network")
-        w.queries.append("pod_routes")
+        w.queries["pod_routes"] = {}
         masquerade = (f"-s {ctx.node.pod_cidr} ! -d {c.pod_network} -j MASQUERADE "
                       "-m comment --comment kthw-pod-network")
         w.files["pod network unit"] = [ctx.template_file(

@@ -8,17 +8,16 @@ import sys
 import time
 from types import ModuleType
 
-from pyinfra import state
 from pyinfra.api.exceptions import PyinfraError
 
 from kthw.artifacts import ArtifactError
-from kthw.commands import ETCDCTL
+from kthw.commands import KUBECTL_ARG
 from kthw.context import NEUTRAL_FACTS, DeployRefused, HostContext, Wants, prepared_cluster
 from kthw.facts import HostState
 from kthw.model import ClusterConfigError
 from kthw.ops import Snapshot
-from kthw.paths import ADMIN_KUBECONFIG, BIN_DIR
 from kthw.pki import PkiError
+from kthw.preflight import REPLACE_IDENTITY, identity_refusal, nodes_in_run
 from kthw.upgrade import VERSIONED, limit_refusal, skew_refusal
 from operations import components_for, node
 
@@ -31,7 +30,7 @@ def collect(ctx: HostContext) -> dict[ModuleType, Wants]:
 def snapshot_spec(wants: dict[ModuleType, Wants]) -> dict:
     """Everything the snapshot must report for this host."""
     spec: dict = {"files": [], "dirs": [], "services": [], "sysctls": [], "packages": [],
-                  "manifests": [], "images": []}
+                  "manifests": [], "images": [], "questions": {}}
     for w in wants.values():
         spec["files"] += [f.dest for f in w.all_files()]
         spec["dirs"] += [d.path for d in w.dirs]
@@ -40,15 +39,13 @@ def snapshot_spec(wants: dict[ModuleType, Wants]) -> dict:
         spec["packages"] += w.packages
         spec["manifests"] += w.manifests
         spec["images"] += w.images
-        spec.update(dict.fromkeys(w.queries, True))
+        spec["questions"].update(w.queries)
     # When each service and add-on was last restarted or applied by the deploy (kthw.ops.APPLIED_DIR).
     spec["applied"] = spec["services"] + [f"addon-{posixpath.basename(m)}" for m in spec["manifests"]]
     # A binary's running version is asked only if it is about to be replaced (version-skew check).
     spec["versions"] = {f.dest: f.sha256 for w in wants.values() for f in w.all_files() if f.dest in VERSIONED}
-    if "etcd_members" in spec:
-        spec["etcdctl"] = ETCDCTL
     if spec["manifests"]:
-        spec["kubectl"] = {"binary": f"{BIN_DIR}/kubectl", "kubeconfig": ADMIN_KUBECONFIG}
+        spec["kubectl"] = KUBECTL_ARG
     return {k: (sorted(set(v)) if isinstance(v, list) else v) for k, v in spec.items()}
 
 
@@ -56,7 +53,7 @@ def host_plan(host) -> tuple[HostContext, dict[ModuleType, Wants]]:
     """The host's context and its components' wants, with ONE remote command (the snapshot)."""
     try:
         cluster = prepared_cluster(host.data.kthw_cluster)
-        ctx = HostContext(cluster, cluster.node(host.data.kthw_node), dict(NEUTRAL_FACTS))
+        ctx = HostContext(cluster, cluster.node(host.data.kthw_node), dict(NEUTRAL_FACTS), data=host.data)
         spec = snapshot_spec(collect(ctx))  # which paths exist does not depend on host facts
         start = time.monotonic()
         raw = host.get_fact(HostState, spec=spec)
@@ -70,13 +67,8 @@ def host_plan(host) -> tuple[HostContext, dict[ModuleType, Wants]]:
     other = [f.dest for w in wants.values() for f in w.all_files()
              if f.identity and (have := ctx.snapshot.file(f.dest)) and have[0] != f.sha256
              and have[0] not in f.accepted]
-    if other and str(host.data.get("kthw_replace_identity", "")).lower() not in ("yes", "true", "1"):
-        raise PyinfraError(
-            f"{host.name} holds another cluster identity than {cluster.pki_dir}: {', '.join(other)} differ. "
-            "Nothing was changed. Fix: to manage that running cluster from here, copy its identity into the "
-            "local state first (`python -m kthw pki adopt`); to replace it on purpose (CA rotation, every "
-            "token, Secret and kubeconfig of the old identity stops working), rerun with "
-            "--data kthw_replace_identity=yes (README: Cluster identity).")
+    if other and not ctx.allow(REPLACE_IDENTITY):
+        raise PyinfraError(identity_refusal(host.name, cluster, other))
     refuse_version_skew(host, ctx, wants)
     if snapshot_spec(wants)["files"] != spec["files"]:
         raise PyinfraError(f"{host.name}: the managed files depend on host facts; fix the component")
@@ -90,8 +82,6 @@ def refuse_version_skew(host, ctx: HostContext, wants: dict[ModuleType, Wants]) 
     for path, running in sorted((ctx.snapshot.raw.get("versions") or {}).items()):
         if why := skew_refusal(host.name, path, running, str(versions[VERSIONED[path]])):
             raise PyinfraError(why)
-    if node in wants:
-        active = {h.data.get("kthw_node", h.name) for h in state.inventory if state.is_host_in_limit(h)}
-        if why := limit_refusal(host.name, node.upgrading(ctx, wants[node]), [m.name for m in ctx.cluster.masters],
-                                active):
-            raise PyinfraError(why)
+    masters = [m.name for m in ctx.cluster.masters]
+    if node in wants and (why := limit_refusal(host.name, node.upgrading(ctx, wants[node]), masters, nodes_in_run())):
+        raise PyinfraError(why)

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from pyinfra import host, state
+from pyinfra import host
 from pyinfra.operations import server
 
 from kthw.context import HostContext
 from kthw.ops import command_when
+from kthw.preflight import nodes_in_run
 from kthw.upgrade import drain, uncordon, wants_drain
 from operations import node as node_component
 
@@ -54,7 +55,7 @@ def first_master_turns(ctx: HostContext, kubernetes: str, containerd: str) -> di
     if not ctx.is_first_master:
         return {}
     statuses = ctx.snapshot.query("node_status") or {}
-    in_run = {h.data.get("kthw_node", h.name) for h in state.inventory if state.is_host_in_limit(h)}
+    in_run = nodes_in_run()
     turns = {}
     for name, status in statuses.items():
         # A Node that is not Ready (a stopped kubelet) is not drained: its pods are no longer served.

@@ -1,5 +1,8 @@
 # Runs ON a host (python3 only, stdlib only), sent by kthw.facts.HostState in one SSH command.
-# argv[1]: JSON spec {files, dirs, services, sysctls, packages, manifests}. Prints one JSON object.
+# argv[1]: JSON spec: sections {files, dirs, services, sysctls, packages, manifests, images,
+# versions, applied}, the paths it needs (hash_cache, applied_dir) and named questions
+# {questions: {name: argument}}, all sent by the operator (kthw/facts.py, operations/plan.py).
+# Prints one JSON object.
 # Read-only: it changes nothing on the host (a fact, and so a --dry run, must not). The hash
 # cache it reads is written by the real run, in the command that places a file
 # (kthw/remote/record_hashes.py).
@@ -11,7 +14,7 @@ import subprocess
 import sys
 
 spec = json.loads(sys.argv[1])
-CACHE = spec.get("hash_cache", "/var/lib/kthw/hash-cache.json")
+CACHE = spec["hash_cache"]
 try:
     with open(CACHE) as fh:
         cache = json.load(fh)
@@ -93,7 +96,7 @@ if units:
 # When the deploy last restarted, reloaded or applied something (see kthw.ops.APPLIED_DIR).
 for key in spec.get("applied", []):
     try:
-        out["applied"][key] = os.stat(os.path.join(spec.get("applied_dir", "/var/lib/kthw/applied"), key)).st_mtime
+        out["applied"][key] = os.stat(os.path.join(spec["applied_dir"], key)).st_mtime
     except OSError:
         out["applied"][key] = 0
 for key in spec.get("sysctls", []):
@@ -138,7 +141,7 @@ try:
         out["container"] = fh.read().strip()
 except OSError:
     out["container"] = ""
-kubectl = spec.get("kubectl")
+kubectl = spec.get("kubectl")  # {"binary", "kubeconfig"} on a master that applies manifests
 for manifest in spec.get("manifests", []):
     if not (kubectl and os.path.exists(manifest)):
         out["manifests"][manifest] = "missing"
@@ -146,83 +149,156 @@ for manifest in spec.get("manifests", []):
     res = subprocess.run([kubectl["binary"], "--kubeconfig", kubectl["kubeconfig"], "get", "-f", manifest,
                           "-o", "name", "--request-timeout=5s"], capture_output=True, text=True)
     out["manifests"][manifest] = "present" if res.returncode == 0 else "missing"
-# The pod range a running Weave Net was started with (its IPAM state depends on it).
-out["weave_range"] = ""
-if spec.get("weave_range") and kubectl and os.path.exists(kubectl["binary"]):
-    res = subprocess.run([kubectl["binary"], "--kubeconfig", kubectl["kubeconfig"], "-n", "kube-system", "get",
-                          "daemonset", "weave-net", "--ignore-not-found", "--request-timeout=5s", "-o",
-                          'jsonpath={.spec.template.spec.containers[0].env[?(@.name=="IPALLOC_RANGE")].value}'],
+# ------------------------------------------------------------------- questions, by name
+# What the components ask besides the sections above: spec["questions"] maps a name to its
+# argument (the paths, commands and marks it needs, sent by the operator machine, never spelled
+# here). Each answer lands in out[name]. A component declares its questions in Wants.queries.
+QUESTIONS = {}
+
+
+def question(fn):
+    QUESTIONS[fn.__name__] = fn
+    return fn
+
+
+def kubectl_out(arg, *args):
+    """kubectl's stdout on this master (arg: {"binary", "kubeconfig"}), or None."""
+    if not os.path.exists(arg["binary"]):
+        return None
+    res = subprocess.run([arg["binary"], "--kubeconfig", arg["kubeconfig"], *args, "--request-timeout=5s"],
                          capture_output=True, text=True)
-    out["weave_range"] = res.stdout.strip() if res.returncode == 0 else ""
-# The IPALLOC_INIT a running Weave Net was started with: kept, so a node added or removed does
-# not roll every weave-net pod (the value only matters when the IPAM ring is first made).
-out["weave_init"] = ""
-if spec.get("weave_init") and kubectl and os.path.exists(kubectl["binary"]):
-    res = subprocess.run([kubectl["binary"], "--kubeconfig", kubectl["kubeconfig"], "-n", "kube-system", "get",
-                          "daemonset", "weave-net", "--ignore-not-found", "--request-timeout=5s", "-o",
-                          'jsonpath={.spec.template.spec.containers[0].env[?(@.name=="IPALLOC_INIT")].value}'],
-                         capture_output=True, text=True)
-    out["weave_init"] = res.stdout.strip() if res.returncode == 0 else ""
-# The Node objects, read once: every name (a node gone from the cluster file is drained and
-# deleted), which carry the control-plane role label (masters get it from the addons), and what
-# each kubelet reports (versions, Ready, cordoned, the deploy's drain mark) for rolling upgrades.
-out["node_names"], out["control_plane_labelled"], out["node_status"] = [], [], {}
-if ((spec.get("node_names") or spec.get("control_plane_labelled") or spec.get("node_status"))
-        and kubectl and os.path.exists(kubectl["binary"])):
-    res = subprocess.run([kubectl["binary"], "--kubeconfig", kubectl["kubeconfig"], "get", "nodes", "-o", "json",
-                          "--request-timeout=5s"], capture_output=True, text=True)
-    for item in json.loads(res.stdout).get("items", []) if res.returncode == 0 else []:
+    return res.stdout if res.returncode == 0 else None
+
+
+def weave_env(arg, name):
+    out_ = kubectl_out(arg, "-n", "kube-system", "get", "daemonset", "weave-net", "--ignore-not-found", "-o",
+                       'jsonpath={.spec.template.spec.containers[0].env[?(@.name=="%s")].value}' % name)
+    return (out_ or "").strip()
+
+
+@question
+def weave_range(arg):
+    """The pod range a running Weave Net was started with (its IPAM state depends on it)."""
+    return weave_env(arg, "IPALLOC_RANGE")
+
+
+@question
+def weave_init(arg):
+    """The IPALLOC_INIT a running Weave Net was started with: kept, so a node added or removed does
+    not roll every weave-net pod (the value only matters when the IPAM ring is first made)."""
+    return weave_env(arg, "IPALLOC_INIT")
+
+
+_nodes = []
+
+
+def nodes(arg):
+    """The Node objects, read once for the three questions below."""
+    if not _nodes:
+        text = kubectl_out(arg, "get", "nodes", "-o", "json")
+        _nodes.append(json.loads(text).get("items", []) if text else [])
+    return _nodes[0]
+
+
+@question
+def node_names(arg):
+    """Every Node's name (one gone from the cluster file is drained and deleted)."""
+    return [item["metadata"]["name"] for item in nodes(arg)]
+
+
+@question
+def control_plane_labelled(arg):
+    """The Nodes that carry the control-plane role label (masters get it from the add-ons)."""
+    return [i["metadata"]["name"] for i in nodes(arg) if arg["role_label"] in i["metadata"].get("labels", {})]
+
+
+@question
+def node_status(arg):
+    """What each kubelet reports (versions, Ready, cordoned, the deploy's drain mark)."""
+    found = {}
+    for item in nodes(arg):
         meta, status = item["metadata"], item.get("status", {})
-        name = meta["name"]
-        out["node_names"].append(name)
-        if "node-role.kubernetes.io/control-plane" in meta.get("labels", {}):
-            out["control_plane_labelled"].append(name)
         info = status.get("nodeInfo", {})
-        out["node_status"][name] = {
+        found[meta["name"]] = {
             "kubelet": info.get("kubeletVersion", ""), "runtime": info.get("containerRuntimeVersion", ""),
             "ready": any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", [])),
             "unschedulable": bool(item.get("spec", {}).get("unschedulable")),
-            "drained": "kthw.io/drained-for-upgrade" in meta.get("annotations", {}),
+            "drained": arg["drain_mark"] in meta.get("annotations", {}),
         }
-# Routes to pod subnets through another node (bridge CNI): one to a node no longer in the
-# cluster is removed.
-out["pod_routes"] = []
-if spec.get("pod_routes"):
+    return found
+
+
+@question
+def pod_routes(arg):
+    """Routes to pod subnets through another node (bridge CNI): one to a node no longer in the
+    cluster is removed."""
     res = subprocess.run(["ip", "-4", "-o", "route", "show"], capture_output=True, text=True)
-    if res.returncode == 0:
-        out["pod_routes"] = [line.split()[0] for line in res.stdout.splitlines() if " via " in line
-                             and not line.startswith("default")]
-# Whether this master's etcd holds data (a master without is new, or joins a running cluster).
-out["etcd_data"] = os.path.isdir("/var/lib/etcd/member") if spec.get("etcd_data") else False
-# The etcd cluster's members, as this master's etcd lists them: [[hex id, name, peer URLs, client URLs]].
-out["etcd_members"] = []
-if spec.get("etcd_members") and spec.get("etcdctl"):
-    res = subprocess.run(["sh", "-c", spec["etcdctl"] + " member list -w json"], capture_output=True, text=True)
-    if res.returncode == 0:
-        out["etcd_members"] = [[format(m["ID"], "x"), m.get("name", ""), m.get("peerURLs", []), m.get("clientURLs", [])]
-                               for m in json.loads(res.stdout).get("members", [])]
-# The addresses this node's Weave Net router keeps connecting to (a node gone from the cluster
-# is forgotten, or the router retries it for ever).
-out["weave_targets"] = []
-if spec.get("weave_targets"):
+    if res.returncode != 0:
+        return []
+    return [line.split()[0] for line in res.stdout.splitlines() if " via " in line and not line.startswith("default")]
+
+
+@question
+def etcd_data(arg):
+    """Whether this master's etcd holds data (a master without is new, or joins a running cluster)."""
+    return os.path.isdir(arg["member_dir"])
+
+
+@question
+def etcd_members(arg):
+    """The etcd cluster's members, as this master's etcd lists them: [[hex id, name, peer URLs, client URLs]]."""
+    res = subprocess.run(["sh", "-c", arg["etcdctl"] + " member list -w json"], capture_output=True, text=True)
+    if res.returncode != 0:
+        return []
+    return [[format(m["ID"], "x"), m.get("name", ""), m.get("peerURLs", []), m.get("clientURLs", [])]
+            for m in json.loads(res.stdout).get("members", [])]
+
+
+@question
+def weave_targets(arg):
+    """The addresses this node's Weave Net router keeps connecting to (a node gone from the
+    cluster is forgotten, or the router retries it for ever)."""
+    import urllib.request
     try:
-        import urllib.request
-        with urllib.request.urlopen("http://127.0.0.1:6784/status/targets", timeout=5) as res:
-            out["weave_targets"] = [t.rsplit(":", 1)[0] for t in res.read().decode().split()]
+        with urllib.request.urlopen(arg["url"], timeout=5) as res:
+            return [t.rsplit(":", 1)[0] for t in res.read().decode().split()]
     except (OSError, ValueError):
-        pass
-# Registries whose containerd hosts.toml the deploy wrote (its first line marks it), so one no
-# longer configured can be removed; hand-made ones are left alone.
-out["managed_registry_hosts"] = []
-if spec.get("managed_registry_hosts"):
-    certs_d = "/etc/containerd/certs.d"
+        return []
+
+
+@question
+def managed_registry_hosts(arg):
+    """Registries whose containerd hosts.toml the deploy wrote (its first line marks it), so one no
+    longer configured can be removed; hand-made ones are left alone."""
+    found = []
+    certs_d = arg["certs_d"]
     for name in sorted(os.listdir(certs_d)) if os.path.isdir(certs_d) else []:
         try:
             with open(os.path.join(certs_d, name, "hosts.toml")) as fh:
-                if fh.readline().startswith("# Managed by kthw-pyinfra"):
-                    out["managed_registry_hosts"].append(name)
+                if fh.readline().startswith(arg["mark"]):
+                    found.append(name)
         except OSError:
             pass
+    return found
+
+
+@question
+def text_of(arg):
+    """Small text files the deploy compares with what it would write ({path: text or None}),
+    e.g. the record of the nodes' pod subnets on a master."""
+    found = {}
+    for path in arg:
+        try:
+            with open(path) as fh:
+                found[path] = fh.read()
+        except OSError:
+            found[path] = None
+    return found
+
+
+for name, arg in sorted(spec.get("questions", {}).items()):
+    out[name] = QUESTIONS[name](arg)
+
 refs = spec.get("images", [])
 out["images"] = []
 if refs and os.path.exists("/run/containerd/containerd.sock"):

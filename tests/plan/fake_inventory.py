@@ -18,6 +18,7 @@ KTHW_FAKE_OTHER_IDENTITY: the masters hold another cluster's CA certificate and 
 KTHW_FAKE_NODE_STATUS_DRAINED: comma-separated Nodes left cordoned by an interrupted upgrade.
 KTHW_FAKE_RUNNING: what the binaries the deploy replaces report as their version, e.g.
   "kubernetes=Kubernetes v1.35.4,etcd=etcd Version: 3.6.16" (default: nothing asked).
+KTHW_FAKE_POD_SUBNETS: "node=cidr,..." the masters' record of the pod subnets holds instead.
 KTHW_FAKE_REGISTRY_HOSTS: comma-separated registries whose deploy-written hosts.toml every
   Kubernetes node reports (default: as the state implies).
 """
@@ -80,6 +81,12 @@ for _hosts in _groups.values():
                 _state["node_status"][_name].update(drained=True, unschedulable=True)
         if "KTHW_FAKE_REGISTRY_HOSTS" in os.environ and _node.runs_kubelet:
             _state["managed_registry_hosts"] = [r for r in os.environ["KTHW_FAKE_REGISTRY_HOSTS"].split(",") if r]
+        if os.environ.get("KTHW_FAKE_POD_SUBNETS") and _node.is_master:
+            from kthw.model import pod_subnets, pod_subnets_text
+            from kthw.paths import POD_SUBNETS_RECORD
+            _held = dict(kv.split("=", 1) for kv in os.environ["KTHW_FAKE_POD_SUBNETS"].split(","))
+            _held = {**pod_subnets(_was), **_held}
+            _state["text_of"] = {POD_SUBNETS_RECORD: pod_subnets_text(_held)}
         _data["fake_delay"] = 0
         _data["fake_delay_jitter"] = 0
         _data["fake_responses"] = {"python3 -c": json.dumps(_state)}

@@ -4,7 +4,8 @@ a fresh machine, a converged one, and converged ones that drifted."""
 from __future__ import annotations
 
 from kthw.context import NEUTRAL_FACTS, HostContext, prepared_cluster
-from kthw.model import Cluster, Node
+from kthw.model import Cluster, Node, pod_subnets, pod_subnets_text
+from kthw.paths import POD_SUBNETS_RECORD
 from operations.plan import collect, snapshot_spec
 
 # Files that drift in the "drifted" state: several in one operation (etcd's certificates, the
@@ -65,6 +66,8 @@ def converged_state(cluster: Cluster, node: Node) -> dict:
                                      "ready": True, "unschedulable": False, "drained": False}
                             for n in cluster.kubelet_nodes}
     state["etcd_data"] = node.is_master  # every member has joined and holds data
+    # every master keeps the record of the nodes' pod subnets the deploy wrote
+    state["text_of"] = {POD_SUBNETS_RECORD: pod_subnets_text(pod_subnets(cluster))} if node.is_master else {}
     state["etcd_members"] = [[f"{i + 1:x}", m.name, [f"https://{m.ip}:2380"], [f"https://{m.ip}:2379"]]
                              for i, m in enumerate(cluster.masters)]
     return state

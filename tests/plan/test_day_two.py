@@ -102,11 +102,12 @@ def test_adding_a_worker_touches_nothing_else_that_runs(tmp_path, default_cluste
                       env={"KTHW_FAKE_STATE_CLUSTER": str(default_cluster), "KTHW_FAKE_WEAVE_INIT": "consensus=4"})
     others = {p["name"]: sorted(set(p["hosts_with_change"]) - {"@fake/worker-3"})
               for p in json.loads(out.stdout)["plan"]}
-    # the others only learn the new name (/etc/hosts); no restart, no add-on change (Weave Net keeps
-    # the consensus it started with, so its pods do not roll)
+    # the others only learn the new name (/etc/hosts) and the masters its pod subnet (their record);
+    # no restart, no add-on change (Weave Net keeps the consensus it started with, so its pods do not roll)
     assert {name: hosts for name, hosts in others.items() if hosts} == {
         "base | /etc/hosts lists every node": ["@fake/loadbalancer", "@fake/master-1", "@fake/master-2",
-                                               "@fake/worker-1", "@fake/worker-2"]}
+                                               "@fake/worker-1", "@fake/worker-2"],
+        "control plane | record of the nodes' pod subnets": ["@fake/master-1", "@fake/master-2"]}
     changed = {p["name"] for p in json.loads(out.stdout)["plan"] if "@fake/worker-3" in p["hosts_with_change"]}
     assert "node | kubelet running" in changed
 

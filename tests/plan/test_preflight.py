@@ -68,3 +68,14 @@ def test_a_backup_whose_source_master_is_not_in_the_run_is_refused(default_clust
     out = run_pyinfra(default_cluster, "--dry", "--limit", "@fake/master-2", "--data", "backup_from=master-2",
                       state="converged", deploy="backup.py")
     assert "backup | etcd snapshot taken on master-2" in out.stdout + out.stderr
+
+
+def test_a_plan_that_moves_a_running_nodes_pod_subnet_is_refused(default_cluster):
+    # finding 5: from an operator machine without the record, nodes got the first free subnets and
+    # running pods lost their network; nothing refused it
+    env = {"KTHW_FAKE_POD_SUBNETS": "worker-2=10.244.7.0/24"}
+    out = run_pyinfra(default_cluster, "-y", state="converged", check=False, env=env)
+    refused(out, "records other pod subnets than this plan gives: worker-2 10.244.7.0/24 -> ",
+            "python -m kthw pki adopt", "kthw_move_pod_subnets=yes")
+    out = run_pyinfra(default_cluster, "--dry", "--data", "kthw_move_pod_subnets=yes", state="converged", env=env)
+    assert "control plane | record of the nodes' pod subnets" in out.stdout + out.stderr

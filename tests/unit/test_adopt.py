@@ -75,3 +75,25 @@ def test_only_a_master_can_be_the_source(running_and_fresh):
     _, fresh, fetch, _ = running_and_fresh
     with pytest.raises(PkiError, match="not a master"):
         adopt(fresh, fetch, fresh.node("worker-1"))
+
+
+def test_adopting_brings_back_the_nodes_pod_subnets(running_and_fresh):
+    # finding 5: a second operator machine gave nodes the first free subnets after a worker had
+    # left, moving the running nodes' pods (bridge CNI) or their kubelets' podCIDR
+    from kthw.model import pod_subnets_text
+    from kthw.paths import POD_SUBNETS_RECORD
+
+    running, fresh, fetch, _ = running_and_fresh
+    kept = {"master-1": "10.244.255.0/24", "master-2": "10.244.254.0/24", "worker-1": "10.244.0.0/24",
+            "worker-2": "10.244.2.0/24"}  # the worker that had 10.244.1.0/24 left the cluster earlier
+
+    def with_record(node, paths):
+        got = fetch(node, paths)
+        if POD_SUBNETS_RECORD in paths:
+            got[POD_SUBNETS_RECORD] = pod_subnets_text(kept).encode()
+        return got
+    assert adopt(fresh, with_record)["pod-subnets.yaml"] == "adopted"
+    # the next model read on this machine keeps every node where the running cluster has it
+    again = make_cluster(yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text()), fresh.state_dir.parent)
+    assert {n.name: str(n.pod_cidr) for n in again.kubelet_nodes} == kept
+    assert adopt(fresh, with_record)["pod-subnets.yaml"] == "already the same"

@@ -46,8 +46,9 @@ def test_host_state_reports_files_dirs_and_kernel(tmp_path):
 
 
 def test_host_state_on_a_fresh_master_asks_nothing_of_a_missing_kubectl(tmp_path):
-    spec = {"manifests": ["/etc/kubernetes/addons/10-weave.yaml"], "weave_range": True,
-            "kubectl": {"binary": str(tmp_path / "kubectl"), "kubeconfig": str(tmp_path / "admin.kubeconfig")}}
+    kubectl = {"binary": str(tmp_path / "kubectl"), "kubeconfig": str(tmp_path / "admin.kubeconfig")}
+    spec = {"manifests": ["/etc/kubernetes/addons/10-weave.yaml"], "questions": {"weave_range": kubectl},
+            "kubectl": kubectl}
     state = run_host_state(spec, tmp_path)
     assert state["weave_range"] == "" and state["manifests"] == {"/etc/kubernetes/addons/10-weave.yaml": "missing"}
 
@@ -86,7 +87,8 @@ def test_placed_content_that_differs_from_what_was_sent_fails(tmp_path):
 def test_host_state_command_is_one_shell_word_pair():
     cmd = HostState().command(spec={"files": ["/etc/it's"]})
     assert cmd.startswith("python3 -c '")
-    assert json.dumps({"files": ["/etc/it's"], "hash_cache": HASH_CACHE}, sort_keys=True).replace("'", "'\"'\"'") in cmd
+    assert json.dumps({"applied_dir": "/var/lib/kthw/applied", "files": ["/etc/it's"], "hash_cache": HASH_CACHE},
+                      sort_keys=True).replace("'", "'\"'\"'") in cmd
 
 
 def test_certificate_expiry_parses_openssl_lines():
@@ -113,3 +115,24 @@ def test_kthw_services_lists_only_installed_units():
              "Id=kubelet.service", "LoadState=not-found", "ActiveState=inactive", "UnitFileState="]
     assert KthwServices().process(lines) == {
         "etcd": {"active": "active", "enabled": "enabled", "since": "Wed 2026-11-25 12:00:00 UTC"}}
+
+
+def test_every_question_a_component_asks_is_one_the_host_script_answers(tmp_path):
+    # questions are registered by name in the host script; each component declares its own
+    import re
+
+    from kthw.facts import _HOST_STATE_SCRIPT
+    from kthw.model import load_cluster
+    from tests.conftest import cluster_file, scaled
+    from tests.plan.states import _wants
+
+    known = set(re.findall(r"^@question\ndef (\w+)", _HOST_STATE_SCRIPT, re.M))
+    asked = set()
+    for raw_cni in ("weave", "bridge"):
+        raw = scaled(2, 1)
+        raw["cni"] = raw_cni
+        cluster = load_cluster(cluster_file(tmp_path / raw_cni, raw))
+        for node in cluster.nodes:
+            for w in _wants(cluster, node).values():
+                asked |= set(w.queries)
+    assert asked and asked <= known, asked - known

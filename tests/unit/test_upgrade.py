@@ -84,8 +84,9 @@ def test_host_state_reads_the_node_objects_once(tmp_path):
     calls = tmp_path / "calls"
     kubectl.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\ncat <<'EOF'\n{json.dumps(nodes)}\nEOF\n")
     kubectl.chmod(0o755)
-    spec = {"node_names": True, "control_plane_labelled": True, "node_status": True,
-            "kubectl": {"binary": str(kubectl), "kubeconfig": "x"}}
+    arg = {"binary": str(kubectl), "kubeconfig": "x", "role_label": "node-role.kubernetes.io/control-plane",
+           "drain_mark": "kthw.io/drained-for-upgrade"}
+    spec = {"questions": {"node_names": arg, "control_plane_labelled": arg, "node_status": arg}}
     state = run_host_state(spec, tmp_path)
     assert state["node_names"] == ["master-1", "worker-1"] and state["control_plane_labelled"] == ["master-1"]
     assert state["node_status"]["master-1"] == {"kubelet": "v1.36.3", "runtime": "containerd://2.2.9", "ready": True,
