@@ -6,7 +6,7 @@
 #   make conformance  Kubernetes' own conformance suite, all of it, on the lab's reference cluster
 PY := .venv/bin/python
 
-.PHONY: setup up down test check lint unit plan lab-test lab-test-day-two conformance pki validate diagram bench bench-lab
+.PHONY: setup up down test check lint unit plan lab-test lab-test-day-two conformance pki validate diagram bench bench-lab bench-plan
 
 setup:
 	@scripts/setup
@@ -63,6 +63,11 @@ diagram: setup
 
 bench: setup
 	$(PY) bench/pki.py
+
+# Planning cost on the @fake connector (no machine): operations per host, plan time and peak
+# memory for 3 masters and 10 to 1,000 workers, fresh and converged (about 15 minutes).
+bench-plan: setup
+	$(PY) bench/plan.py
 
 bench-lab: setup
 	@scripts/setup --lab
