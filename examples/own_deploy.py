@@ -11,7 +11,7 @@ repository root (or put it on PYTHONPATH) so ``kthw`` imports.
 from pyinfra import host
 
 from kthw.facts import HostState
-from kthw.ops import Directory, ManagedFile, Snapshot, directories_present, files_synced, service_running
+from kthw.ops import Directory, ManagedFile, Snapshot, directories_present, placed, service_running
 
 # What the host must hold. A secret is uploaded 0600 and only ever named in output.
 token = host.data.get("myapp_token", "change-me")
@@ -25,8 +25,8 @@ spec = {"files": [f.dest for f in config + secrets], "dirs": [d.path for d in di
 snap = Snapshot(host.get_fact(HostState, spec=spec), spec)
 
 directories_present(dirs, snap, name="myapp | directory")
-changed_config = files_synced(config, snap, name="myapp | config")
+changed_config = placed(config, snap, name="myapp | config")
 # Without name=, pyinfra labels the operation with its arguments: files show as their path and
 # digest, never their bytes.
-changed_token = files_synced(secrets, snap)
+changed_token = placed(secrets, snap)
 service_running("myapp", snap, restart_on=[changed_config, changed_token], name="myapp | running")

@@ -11,8 +11,8 @@ config.
 Each operation is small and does one thing, like pyinfra's own::
 
     snap = Snapshot(host.get_fact(HostState, spec=spec), spec)
-    files_synced([ManagedFile.text("/etc/hosts", text)], snap, name="hosts file")
-    service_running("etcd", snap, restart_on=[unit_op, certs_op], reload_on=[unit_op])
+    unit = placed([ManagedFile.text("/etc/systemd/system/etcd.service", text)], snap, name="etcd unit")
+    service_running("etcd", snap, restart_on=[unit, certs], reload_on=[unit])
 
 Safe in anyone's deploy: a path, unit or sysctl the snapshot was not asked for is an error that
 names it (never "absent"); no argument's repr carries file contents, so an operation called
@@ -51,8 +51,35 @@ from kthw.paths import APPLIED_DIR, HASH_CACHE, UPLOAD_DIR
 
 
 def dests(*groups: Sequence[ManagedFile]) -> list[str]:
-    """The paths of these managed files (a service's ``inputs``)."""
+    """The paths of these managed files."""
     return [f.dest for g in groups for f in g]
+
+
+@dataclass(frozen=True)
+class Placed:
+    """What one :func:`files_synced` placed: its operation (did it change the files?) and their
+    paths. A service restarted on it derives both from this one object: the restart when the
+    operation changes something, and the restart an interrupted run owes when a file was placed
+    after the service last started (:meth:`Snapshot.pending`)."""
+
+    op: OperationMeta
+    dests: tuple[str, ...]
+
+    def __repr__(self) -> str:  # an unnamed operation's label: paths, never contents
+        return f"Placed({', '.join(self.dests[:3])}{', ...' if len(self.dests) > 3 else ''})"
+
+
+def placed(files: Sequence[ManagedFile], snapshot: Snapshot, **kwargs) -> Placed:
+    """:func:`files_synced` (same arguments), remembered with the paths it manages."""
+    return Placed(files_synced(files, snapshot, **kwargs), tuple(f.dest for f in files))
+
+
+def _ops(items: Iterable[Placed | OperationMeta]) -> list[OperationMeta]:
+    return [i.op if isinstance(i, Placed) else i for i in items]
+
+
+def _inputs(items: Iterable[Placed | OperationMeta]) -> list[str]:
+    return [d for i in items if isinstance(i, Placed) for d in i.dests]
 
 
 def mark_applied(key: str) -> str:
@@ -194,9 +221,9 @@ class Snapshot:
         return f"Snapshot({len(self.raw.get('files', {}))} files, {len(self.raw.get('services', {}))} services)"
 
 
-def _changed(ops: Iterable[OperationMeta]) -> bool:
+def _changed(ops: Iterable[Placed | OperationMeta]) -> bool:
     """Did (at execute time) / will (at plan time) any of these operations change the host?"""
-    ops = [op for op in ops if op is not None]
+    ops = [op for op in _ops(ops) if op is not None]
     if state.is_executing:
         return any(op.did_change() for op in ops)
     return any(op.will_change for op in ops)
@@ -365,23 +392,22 @@ def files_synced(files: Sequence[ManagedFile], snapshot: Snapshot, check: str = 
 
 
 @operation()
-def service_running(unit: str, snapshot: Snapshot, restart_on: Sequence[OperationMeta] = (),
-                    reload_on: Sequence[OperationMeta] = (), graceful: bool = False,
-                    inputs: Sequence[str] = ()):
+def service_running(unit: str, snapshot: Snapshot, restart_on: Sequence[Placed] = (),
+                    reload_on: Sequence[Placed | OperationMeta] = (), graceful: bool = False):
     """Enable and start a systemd service; restart it only when its inputs changed.
 
     + unit: service name without ``.service``
-    + restart_on: operations whose change (binary, unit, config, certificates) needs a restart
-    + reload_on: operations that changed unit files (a daemon-reload first)
+    + restart_on: what was placed (:func:`placed`) whose change needs a restart (binary, unit,
+      config, certificates); a file of it placed after the service last (re)started means a run
+      was interrupted before this restart, which is then owed (see :meth:`Snapshot.pending`)
+    + reload_on: operations that changed unit files (a daemon-reload first; likewise a unit file
+      systemd has not reloaded)
     + graceful: ``reload-or-restart`` instead of ``restart`` (HAProxy keeps its connections)
-    + inputs: the files of ``restart_on``: one placed after the service last (re)started means
-      a run was interrupted before this restart, which is then owed (see :meth:`Snapshot.pending`);
-      likewise a unit file systemd has not reloaded gets its daemon-reload
 
     Example::
 
-        service_running("kubelet", snap, restart_on=[binaries, config], reload_on=[unit],
-                        inputs=["/usr/local/bin/kubelet", "/var/lib/kubelet/kubelet-config.yaml"])
+        binaries = placed(w.files["kubernetes binaries"], snap, name="kubelet binary")
+        service_running("kubelet", snap, restart_on=[binaries, config, unit], reload_on=[unit])
     """
     active, enabled = snapshot.service(unit)
     cmds = []
@@ -389,7 +415,7 @@ def service_running(unit: str, snapshot: Snapshot, restart_on: Sequence[Operatio
         cmds.append("systemctl daemon-reload")
     if enabled != "enabled":
         cmds.append(f"systemctl enable {unit}")
-    if _changed(restart_on) or (active == "active" and snapshot.pending(unit, inputs)):
+    if _changed(restart_on) or (active == "active" and snapshot.pending(unit, _inputs(restart_on))):
         cmds.append(f"systemctl {'reload-or-restart' if graceful else 'restart'} {unit}")
         cmds.append(mark_applied(unit))
     elif active != "active":
@@ -402,24 +428,23 @@ def service_running(unit: str, snapshot: Snapshot, restart_on: Sequence[Operatio
 
 
 @operation()
-def service_restarted_in_turn(unit: str, snapshot: Snapshot, restart_on: Sequence[OperationMeta],
-                              ready: str = "", guard: str = "", inputs: Sequence[str] = ()):
+def service_restarted_in_turn(unit: str, snapshot: Snapshot, restart_on: Sequence[Placed],
+                              ready: str = "", guard: str = ""):
     """Restart a service that was already running when its inputs changed, then wait until it
     is ready. Call it with ``_serial=True``: hosts take turns, so a replicated service (etcd,
     the apiservers) never goes down everywhere at once. A service that was not running is
     left to :func:`service_running` (etcd members must first start together).
 
     + unit: service name without ``.service``
-    + restart_on: operations whose change needs a restart
+    + restart_on: what was placed (:func:`placed`) whose change needs a restart (and, placed
+      after the service last started, the restart an interrupted run owes)
     + ready: shell condition that holds once the service serves again
     + guard: shell commands run first that fail to refuse the restart (see
       :func:`kthw.commands.only_if_peers_healthy`): with ``ready``, a member that does not come
       back fails its turn, and the next member's guard then refuses, so at most one is down
-    + inputs: the files of ``restart_on``, for a restart an interrupted run still owes (as in
-      :func:`service_running`)
     """
     active, _ = snapshot.service(unit)
-    if active != "active" or not (_changed(restart_on) or snapshot.pending(unit, inputs)):
+    if active != "active" or not (_changed(restart_on) or snapshot.pending(unit, _inputs(restart_on))):
         host.noop(f"service {unit} needs no restart")
         return
     cmd = f"systemctl restart {unit}"

@@ -25,9 +25,9 @@ from kthw.ops import (
     Directory,
     ManagedFile,
     command_when,
-    dests,
     directories_present,
     files_synced,
+    placed,
     service_restarted_in_turn,
     service_running,
 )
@@ -101,24 +101,22 @@ def refuse_pod_subnet_moves(ctx: HostContext) -> None:
 def deploy(ctx: HostContext, w: Wants) -> None:
     snap = ctx.snapshot
     directories_present(w.dirs, snap, name="control plane | directories")
-    binaries = files_synced(w.files["binaries"], snap, name="control plane | binaries")
-    certs = files_synced(w.files["certificates"], snap, name="control plane | certificates and keys")
-    enc = files_synced(w.files["encryption config"], snap, name="control plane | encryption at rest config")
-    audit = files_synced(w.files["audit policy"], snap, name="control plane | audit policy")
-    authn = files_synced(w.files["authentication config"], snap,
-                         name="control plane | authentication config (anonymous: health endpoints only)")
-    kubeconfigs = files_synced(w.files["kubeconfigs"], snap, name="control plane | kubeconfigs")
+    binaries = placed(w.files["binaries"], snap, name="control plane | binaries")
+    certs = placed(w.files["certificates"], snap, name="control plane | certificates and keys")
+    enc = placed(w.files["encryption config"], snap, name="control plane | encryption at rest config")
+    audit = placed(w.files["audit policy"], snap, name="control plane | audit policy")
+    authn = placed(w.files["authentication config"], snap,
+                   name="control plane | authentication config (anonymous: health endpoints only)")
+    kubeconfigs = placed(w.files["kubeconfigs"], snap, name="control plane | kubeconfigs")
     files_synced(w.files["pod subnets"], snap, name="control plane | record of the nodes' pod subnets")
     units = {}
     for unit in host.loop(UNITS):
-        units[unit] = files_synced(w.files[f"{unit} unit"], snap, name=f"control plane | {unit} unit")
+        units[unit] = placed(w.files[f"{unit} unit"], snap, name=f"control plane | {unit} unit")
     apiserver = service_running("kube-apiserver", snap, reload_on=list(units.values()),
                                 name="control plane | kube-apiserver running")
     # Masters take turns: HAProxy always has a ready apiserver to send clients to.
     restarted = service_restarted_in_turn(
         "kube-apiserver", snap, restart_on=[binaries, certs, enc, audit, authn, units["kube-apiserver"]],
-        inputs=dests(w.files["binaries"], w.files["certificates"], w.files["encryption config"],
-                     w.files["audit policy"], w.files["authentication config"], w.files["kube-apiserver unit"]),
         ready=APISERVER_READY, _serial=True,
         guard=only_if_peers_healthy(APISERVER_READY, apiservers_ready(
             [str(m.ip) for m in ctx.cluster.masters if m != ctx.node]), "kube-apiserver"),
@@ -132,8 +130,6 @@ def deploy(ctx: HostContext, w: Wants) -> None:
         service_running(unit, snap, name=f"control plane | {unit} running")
         # Leader election hands over while the other masters' instances run.
         service_restarted_in_turn(unit, snap, restart_on=[binaries, certs, kubeconfigs, units[unit]],
-                                  inputs=dests(w.files["binaries"], w.files["certificates"], w.files["kubeconfigs"],
-                                               w.files[f"{unit} unit"]),
                                   # still running after 10 s (a refused flag exits at once, and
                                   # systemd retries it every 5 s): the next master may go
                                   ready=f"sleep 10 && systemctl is-active --quiet {unit}",

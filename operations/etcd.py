@@ -27,9 +27,8 @@ from kthw.context import HostContext, Wants
 from kthw.ops import (
     Directory,
     command_when,
-    dests,
     directories_present,
-    files_synced,
+    placed,
     service_restarted_in_turn,
     service_running,
 )
@@ -55,9 +54,9 @@ def wants(ctx: HostContext) -> Wants:
 def deploy(ctx: HostContext, w: Wants) -> None:
     snap = ctx.snapshot
     dirs = directories_present(w.dirs, snap, name="etcd | directories")
-    binaries = files_synced(w.files["binaries"], snap, name="etcd | binaries")
-    certs = files_synced(w.files["certificates"], snap, name="etcd | certificates")
-    unit = files_synced(w.files["unit"], snap, name="etcd | systemd unit")
+    binaries = placed(w.files["binaries"], snap, name="etcd | binaries")
+    certs = placed(w.files["certificates"], snap, name="etcd | certificates")
+    unit = placed(w.files["unit"], snap, name="etcd | systemd unit")
     # A master without etcd data joins the running cluster, if there is one (else all start new).
     others = [f"https://{m.ip}:2379" for m in ctx.cluster.masters if m != ctx.node]
     command_when(etcd_join(ctx.node.name, f"https://{ctx.node.ip}:2380", others),
@@ -68,7 +67,6 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     # ...a running one restarts member by member, each healthy again before the next goes.
     restarted = service_restarted_in_turn(
         "etcd", snap, restart_on=[binaries, certs, unit], ready=ETCD_HEALTHY,
-        inputs=dests(w.files["binaries"], w.files["certificates"], w.files["unit"]),
         guard=only_if_peers_healthy(ETCD_HEALTHY, etcd_members_healthy(
             [f"https://{m.ip}:2379" for m in ctx.cluster.masters if m != ctx.node]), "etcd"),
         name="etcd | restarted on change, one member at a time", _serial=True,

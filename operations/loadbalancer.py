@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from kthw.context import HostContext, Wants
-from kthw.ops import dests, files_synced, service_running
+from kthw.ops import (
+    placed,
+    service_running,
+)
 from kthw.paths import HAPROXY_CFG
 
 
@@ -16,8 +19,7 @@ def wants(ctx: HostContext) -> Wants:
 def deploy(ctx: HostContext, w: Wants) -> None:
     snap = ctx.snapshot
     # A config that haproxy rejects never replaces the working one.
-    config = files_synced(w.files["config"], snap, check="haproxy -c -q -f {path}",
-                          name="loadbalancer | haproxy.cfg (checked by haproxy -c)")
+    config = placed(w.files["config"], snap, check="haproxy -c -q -f {path}",
+                    name="loadbalancer | haproxy.cfg (checked by haproxy -c)")
     # Reload, not restart: open kubectl watches through the proxy survive a config change.
-    service_running("haproxy", snap, restart_on=[config], graceful=True, inputs=dests(w.files["config"]),
-                    name="loadbalancer | haproxy running")
+    service_running("haproxy", snap, restart_on=[config], graceful=True, name="loadbalancer | haproxy running")

@@ -23,10 +23,12 @@ from kthw.context import HostContext, Wants
 from kthw.ops import (
     Directory,
     ManagedFile,
+    Placed,
     command_when,
     dests,
     directories_present,
     files_synced,
+    placed,
     service_running,
 )
 from kthw.paths import (
@@ -89,9 +91,8 @@ class Restart:
     """A service restart a node owes, made in its upgrade turn (operations/upgrade.py)."""
 
     unit: str
-    restart_on: list
-    reload_on: list
-    inputs: list[str]
+    restart_on: list[Placed]
+    reload_on: list[Placed]
 
 
 def upgrading(ctx: HostContext, w: Wants) -> list[str]:
@@ -186,19 +187,17 @@ def deploy(ctx: HostContext, w: Wants) -> list[Restart]:
     in_turn = bool(upgrading(ctx, w))
     owed: list[Restart] = []
 
-    def running(unit: str, restart_on: list, reload_on: list, inputs: list[str], name: str) -> None:
+    def running(unit: str, restart_on: list[Placed], reload_on: list[Placed], name: str) -> None:
         if in_turn:
-            owed.append(Restart(unit, restart_on, reload_on, inputs))
-            restart_on, inputs = [], []  # started if it is not running; restarted in its turn
-        service_running(unit, snap, restart_on=restart_on, reload_on=reload_on, inputs=inputs, name=name)
+            owed.append(Restart(unit, restart_on, reload_on))
+            restart_on = []  # started if it is not running; restarted in its turn
+        service_running(unit, snap, restart_on=restart_on, reload_on=reload_on, name=name)
 
     directories_present(w.dirs, snap, name="node | directories")
-    runtime = files_synced(w.files["runtime binaries"], snap, name="node | containerd, runc, CNI, crictl")
-    config = files_synced(w.files["containerd config"], snap, name="node | containerd config")
-    unit = files_synced(w.files["containerd unit"], snap, name="node | containerd unit")
-    running("containerd", restart_on=[runtime, config, unit], reload_on=[unit],
-            inputs=dests(w.files["runtime binaries"], w.files["containerd config"], w.files["containerd unit"]),
-            name="node | containerd running")
+    runtime = placed(w.files["runtime binaries"], snap, name="node | containerd, runc, CNI, crictl")
+    config = placed(w.files["containerd config"], snap, name="node | containerd config")
+    unit = placed(w.files["containerd unit"], snap, name="node | containerd unit")
+    running("containerd", restart_on=[runtime, config, unit], reload_on=[unit], name="node | containerd running")
     files_synced(w.files["registry mirrors"], snap, name="node | registry mirrors")
     # A registry dropped from artifacts.registry_mirrors: remove the hosts.toml we wrote for it.
     dropped = sorted(set(snap.query("managed_registry_hosts") or ()) - set(c.artifacts.registry_mirrors))
@@ -216,10 +215,9 @@ def deploy(ctx: HostContext, w: Wants) -> list[Restart]:
     if "bridge cni" in w.files:
         files_synced(w.files["bridge cni"], snap, name="node | bridge CNI config")
     if "pod network unit" in w.files:
-        routes = files_synced(w.files["pod network unit"], snap,
-                              name="node | pod network: routes to other nodes' pods, NAT to the outside")
+        routes = placed(w.files["pod network unit"], snap,
+                        name="node | pod network: routes to other nodes' pods, NAT to the outside")
         service_running("kthw-pod-network", snap, restart_on=[routes], reload_on=[routes],
-                        inputs=dests(w.files["pod network unit"]),
                         name="node | pod network active")
         # A route to a node no longer in the cluster (the unit only knows today's peers).
         wanted = {str(p.pod_cidr) for p in _peers(ctx)} | {str(ctx.node.pod_cidr)}
@@ -233,19 +231,14 @@ def deploy(ctx: HostContext, w: Wants) -> list[Restart]:
         gone = sorted(t for t in snap.query("weave_targets") or () if t not in known)
         command_when(forget_weave_peers(gone), always=bool(gone),
                      name="node | Weave Net peers no longer in the cluster forgotten")
-    k8s = files_synced(w.files["kubernetes binaries"], snap, name="node | kubelet and kube-proxy binaries")
-    creds = files_synced(w.files["kubelet credentials"], snap, name="node | kubelet credentials")
-    kconf = files_synced(w.files["kubelet config"], snap, name="node | kubelet config")
-    kunit = files_synced(w.files["kubelet unit"], snap, name="node | kubelet unit")
-    running("kubelet", restart_on=[k8s, creds, kconf, kunit], reload_on=[kunit],
-            inputs=dests(w.files["kubernetes binaries"], w.files["kubelet credentials"],
-                         w.files["kubelet config"], w.files["kubelet unit"]),
-            name="node | kubelet running")
-    pconf = files_synced(w.files["kube-proxy config"], snap, name="node | kube-proxy config")
-    punit = files_synced(w.files["kube-proxy unit"], snap, name="node | kube-proxy unit")
-    running("kube-proxy", restart_on=[k8s, pconf, punit], reload_on=[punit],
-            inputs=dests(w.files["kubernetes binaries"], w.files["kube-proxy config"], w.files["kube-proxy unit"]),
-            name="node | kube-proxy running")
+    k8s = placed(w.files["kubernetes binaries"], snap, name="node | kubelet and kube-proxy binaries")
+    creds = placed(w.files["kubelet credentials"], snap, name="node | kubelet credentials")
+    kconf = placed(w.files["kubelet config"], snap, name="node | kubelet config")
+    kunit = placed(w.files["kubelet unit"], snap, name="node | kubelet unit")
+    running("kubelet", restart_on=[k8s, creds, kconf, kunit], reload_on=[kunit], name="node | kubelet running")
+    pconf = placed(w.files["kube-proxy config"], snap, name="node | kube-proxy config")
+    punit = placed(w.files["kube-proxy unit"], snap, name="node | kube-proxy unit")
+    running("kube-proxy", restart_on=[k8s, pconf, punit], reload_on=[punit], name="node | kube-proxy running")
     return owed
 
 
@@ -253,5 +246,5 @@ def restarted_in_turn(ctx: HostContext, owed: list[Restart]) -> None:
     """This node's turn of a rolling upgrade (drained by now): its services restart on their new
     binaries; the first master then waits until it is Ready and uncordons it."""
     for r in host.loop(owed):
-        service_running(r.unit, ctx.snapshot, restart_on=r.restart_on, reload_on=r.reload_on, inputs=r.inputs,
+        service_running(r.unit, ctx.snapshot, restart_on=r.restart_on, reload_on=r.reload_on,
                         name=f"node | {r.unit} restarted on its new binaries, in this node's turn")

@@ -11,7 +11,7 @@ from kthw.ops import (
     Snapshot,
     command_when,
     directories_present,
-    files_synced,
+    placed,
     service_restarted_in_turn,
     service_running,
 )
@@ -21,7 +21,7 @@ spec = {"files": [secret.dest], "dirs": ["/etc/kthw-test"], "services": ["kthw-t
 snap = Snapshot(host.get_fact(HostState, spec=spec), spec)
 
 directories_present([Directory("/etc/kthw-test", 0o700)], snap)
-placed = files_synced([secret], snap, _temp_dir="/var/tmp/kthw-test-uploads")
-service_running("kthw-test", snap, restart_on=[placed], reload_on=[placed])
-service_restarted_in_turn("kthw-test", snap, restart_on=[placed], ready="true")
-command_when("true", when=[placed])
+uploaded = placed([secret], snap, _temp_dir="/var/tmp/kthw-test-uploads")
+service_running("kthw-test", snap, restart_on=[uploaded], reload_on=[uploaded])
+service_restarted_in_turn("kthw-test", snap, restart_on=[uploaded], ready="true")
+command_when("true", when=[uploaded])
