@@ -19,6 +19,7 @@ from typing import Any
 import jinja2
 
 from kthw.artifacts import ArtifactError, Cache, InstalledFile, installed_files, sha256_file
+from kthw.flags import TLS_CIPHER_SUITES, command_line, merged_config, user_args
 from kthw.kubeconfig import write_kubeconfigs
 from kthw.model import API_PORT, REPO_ROOT, Cluster, Node, load_cluster, record_pod_subnets
 from kthw.ops import Directory, ManagedFile, Snapshot
@@ -39,14 +40,6 @@ _jinja = jinja2.Environment(
 )
 
 
-# TLS for every component that serves (apiserver, controller-manager, scheduler, kubelet, etcd),
-# as the CIS Kubernetes Benchmark asks: TLS 1.2 at least and, for 1.2, only AEAD suites with
-# forward secrecy (TLS 1.3's suites are fixed by Go). Both key types of pki.key_type covered.
-TLS_CIPHER_SUITES = (
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-)
 _jinja.globals["tls_cipher_suites"] = TLS_CIPHER_SUITES
 
 
@@ -157,14 +150,19 @@ class HostContext:
 
     def render(self, template: str, **extra) -> str:
         return _jinja.get_template(template).render(
-            cluster=self.cluster, node=self.node, api_port=API_PORT, facts=self.facts, **extra
+            cluster=self.cluster, node=self.node, api_port=API_PORT, facts=self.facts,
+            flags=lambda component: command_line(self.cluster, self.node, component), **extra
         )
 
     def template_file(self, dest: str, template: str | None = None, mode: int = 0o644,
-                      secret: bool = False, **extra) -> ManagedFile:
-        """A file rendered from ``files/<dest>.j2`` (or ``template``)."""
+                      secret: bool = False, extra_args: str | None = None, **extra) -> ManagedFile:
+        """A file rendered from ``files/<dest>.j2`` (or ``template``); ``extra_args``: the
+        component whose extra_args (cluster.yaml) are merged into it (a YAML configuration)."""
         template = template or dest.lstrip("/") + ".j2"
-        return ManagedFile.text(dest, self.render(template, **extra), mode=mode, secret=secret)
+        text = self.render(template, **extra)
+        if extra_args:
+            text = merged_config(text, user_args(self.cluster, extra_args))
+        return ManagedFile.text(dest, text, mode=mode, secret=secret)
 
     def pki_file(self, name: str, dest: str, secret: bool | None = None, signer: bool = False) -> ManagedFile:
         """A file from the local PKI folder; keys and configs are secret (0600).

@@ -128,6 +128,8 @@ class ArtifactsSection(_Section):
         return hash(self.model_dump_json())
 
 
+# A key of a component's YAML configuration (KubeletConfiguration, KubeProxyConfiguration).
+ConfigKey = Annotated[str, StringConstraints(strict=True, pattern=r"^[a-zA-Z][a-zA-Z0-9]*$")]
 # A command-line flag without its dashes, and its value (one word: it goes into a unit's ExecStart).
 FlagName = Annotated[str, StringConstraints(strict=True, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 FlagValue = Annotated[
@@ -139,21 +141,19 @@ FlagValue = Annotated[
 
 
 class ExtraArgsSection(_Section):
-    """Flags added to a component's command line, after the deploy's own, so for a flag that
-    takes one value they win: {kube_apiserver: {v: 2}} runs kube-apiserver with --v=2."""
+    """The user's side of each component's settings (kthw/flags.py merges them with the deploy's
+    defaults): {kube_apiserver: {v: 2}} runs kube-apiserver with --v=2 in place of --v=1, a
+    ``null`` value removes a default flag; kubelet and kube_proxy keys go into their config files."""
 
-    etcd: dict[FlagName, FlagValue] = {}
-    kube_apiserver: dict[FlagName, FlagValue] = {}
-    kube_controller_manager: dict[FlagName, FlagValue] = {}
-    kube_scheduler: dict[FlagName, FlagValue] = {}
+    etcd: dict[FlagName, FlagValue | None] = {}
+    kube_apiserver: dict[FlagName, FlagValue | None] = {}
+    kube_controller_manager: dict[FlagName, FlagValue | None] = {}
+    kube_scheduler: dict[FlagName, FlagValue | None] = {}
+    kubelet: dict[ConfigKey, Any] = {}
+    kube_proxy: dict[ConfigKey, Any] = {}
 
     def __hash__(self) -> int:  # frozen, but holds dicts: hash its JSON (the model is cached by value)
         return hash(self.model_dump_json())
-
-    def flags(self, component: str) -> list[str]:
-        """``--name=value`` for each extra flag of ``component`` (etcd, kube-apiserver, ...)."""
-        given = getattr(self, component.replace("-", "_"))
-        return [f"--{k}={v}" for k, v in given.items()]
 
 
 class PkiSection(_Section):
@@ -370,7 +370,7 @@ def parse_cluster(raw: Any, source: Path | str = "cluster.yaml") -> Cluster:
     for n, default in zip(spec.nodes, auto, strict=True):
         pod_cidr = n.pod_cidr or default
         nodes.append(Node(n.name, n.role, n.ip, n.cpus, n.memory, pod_cidr, n.ssh))
-    return Cluster(
+    cluster = Cluster(
         name=spec.cluster.name,
         domain=spec.cluster.domain,
         node_network=spec.network.nodes,
@@ -388,6 +388,13 @@ def parse_cluster(raw: Any, source: Path | str = "cluster.yaml") -> Cluster:
         source=source,
         warnings=tuple(warnings),
     )
+    from kthw.flags import removal_problems  # (the flags are made from a built cluster)
+
+    if bad := removal_problems(cluster):
+        raise ClusterConfigError(str(source), [
+            Problem(key, None, f"removes --{flag}, but the deploy does not set that flag",
+                    "drop the key, or give it a value to add the flag") for key, flag in bad])
+    return cluster
 
 
 def _pod_cidrs(spec: ClusterFile, recorded: Mapping[str, IPv4Network] | None = None) -> list[IPv4Network | None]:
@@ -576,6 +583,9 @@ def _pattern_fix(loc: tuple, is_key: bool = False) -> tuple[str, str]:
                 "with a letter or digit, at most 63 characters)", "rename it, like worker-3")
     if loc[-1] == "mirror_url":
         return "is not an http(s):// or file:// URL", "write a full URL, like https://mirror.example/kthw"
+    if loc[:2] in (("extra_args", "kubelet"), ("extra_args", "kube_proxy")):
+        return ("is not a configuration key", "write the field as the component's YAML configuration "
+                "names it, like maxPods")
     if loc[0] == "extra_args":
         if not is_key:
             return ("is not a single word", "give the flag's value without spaces, quotes, backslashes, "

@@ -33,7 +33,7 @@ from kthw.ops import (
     service_running,
 )
 from kthw.paths import ETCD_DATA, ETCD_DIR, unit_file
-from kthw.pki import ETCD_MEMBER_CN, etcd_member_cert_name
+from kthw.pki import etcd_member_cert_name
 
 
 def wants(ctx: HostContext) -> Wants:
@@ -47,7 +47,7 @@ def wants(ctx: HostContext) -> Wants:
         ctx.pki_file(f"{etcd_member_cert_name(ctx.node.name)}.crt", f"{ETCD_DIR}/etcd-server.crt"),
         ctx.pki_file(f"{etcd_member_cert_name(ctx.node.name)}.key", f"{ETCD_DIR}/etcd-server.key"),
     ]
-    w.files["unit"] = [ctx.template_file(unit_file("etcd"), etcd_member_cn=ETCD_MEMBER_CN)]
+    w.files["unit"] = [ctx.template_file(unit_file("etcd"))]
     return w
 
 

@@ -152,12 +152,13 @@ def wants(ctx: HostContext) -> Wants:
     # 0600: the CIS benchmark wants the kubelet's config readable by root only.
     w.files["kubelet config"] = [ctx.template_file(
         KUBELET_CONFIG, mode=0o600, resolv_conf=resolv, cgroup_v1=facts.get("cgroup") == "v1",
-        taints=[CONTROL_PLANE_TAINT] if ctx.is_master else [],
+        taints=[CONTROL_PLANE_TAINT] if ctx.is_master else [], extra_args="kubelet",
     )]
     w.files["kubelet unit"] = [ctx.template_file(unit_file("kubelet"))]
     w.files["kube-proxy config"] = [
         ctx.kubeconfig_file("kube-proxy", KUBE_PROXY_KUBECONFIG),
-        ctx.template_file(f"{KUBE_PROXY_DIR}/kube-proxy-config.yaml", container=bool(facts.get("container"))),
+        ctx.template_file(f"{KUBE_PROXY_DIR}/kube-proxy-config.yaml", container=bool(facts.get("container")),
+                          extra_args="kube-proxy"),
     ]
     w.files["kube-proxy unit"] = [ctx.template_file(unit_file("kube-proxy"))]
     # Offline image archives (artifacts.images): Weave Net's only where the cluster runs it.

@@ -280,17 +280,27 @@ def test_bad_registry_mirrors(raw_cluster, mirrors, expected):
     assert problem.startswith("artifacts.registry_mirrors.") and expected in problem
 
 
-def test_extra_args_become_flags(raw_cluster):
-    raw_cluster["extra_args"] = {"kube_apiserver": {"v": 2, "audit-log-maxage": "7", "profiling": False}}
+def test_extra_args_are_kept_as_given(raw_cluster):
+    raw_cluster["extra_args"] = {"kube_apiserver": {"v": 2, "audit-log-maxage": "7", "profiling": False,
+                                                    "event-ttl": None},
+                                 "kubelet": {"maxPods": 50, "evictionHard": {"memory.available": "200Mi"}}}
     args = parse_cluster(raw_cluster).extra_args
-    assert args.flags("kube-apiserver") == ["--v=2", "--audit-log-maxage=7", "--profiling=false"]
-    assert args.flags("etcd") == []
+    assert args.kube_apiserver == {"v": "2", "audit-log-maxage": "7", "profiling": "false", "event-ttl": None}
+    assert args.kubelet == {"maxPods": 50, "evictionHard": {"memory.available": "200Mi"}}
+    assert args.etcd == {}
+
+
+def test_removing_a_flag_the_deploy_does_not_set_is_an_error(raw_cluster):
+    raw_cluster["extra_args"] = {"kube_scheduler": {"no-such-flag": None}}
+    problem = only_problem(raw_cluster)
+    assert problem.startswith("extra_args.kube_scheduler.no-such-flag = None: removes --no-such-flag, but the deploy")
 
 
 @pytest.mark.parametrize("given, expected", [
     ({"kube_scheduler": {"--v": 3}}, "extra_args.kube_scheduler.--v = 3: is not a flag name"),
     ({"kube_scheduler": {"v": "a b"}}, "extra_args.kube_scheduler.v = 'a b': is not a single word"),
-    ({"kubelet": {"v": 1}}, "extra_args.kubelet: is not a known key"),
+    ({"kubelet": {"max-pods": 1}}, "extra_args.kubelet.max-pods = 1: is not a configuration key"),
+    ({"kubeproxy": {"mode": "ipvs"}}, "extra_args.kubeproxy: is not a known key"),
 ])
 def test_bad_extra_args(raw_cluster, given, expected):
     raw_cluster["extra_args"] = given

@@ -226,16 +226,69 @@ def test_each_etcd_member_gets_its_own_certificate(default_path):
     assert one["/etc/etcd/etcd-server.key"].mode == 0o600 and one["/etc/etcd/etcd-server.key"].secret
 
 
-def test_extra_args_come_last_in_each_unit(tmp_path, default_path):
+def exec_start(files: dict, unit: str) -> list[str]:
+    text = files[f"/etc/systemd/system/{unit}.service"].decode()
+    block = text[text.index("ExecStart="):text.index("\nRestart=")]
+    assert "\n\n" not in block.rstrip(), unit
+    return [line.strip().removesuffix(" \\").strip() for line in block.rstrip().splitlines()[1:]]
+
+
+def with_extra_args(tmp_path, default_path, extra: dict):
     raw = yaml.safe_load(default_path.read_text())
-    raw["extra_args"] = {"etcd": {"log-level": "debug"}, "kube_apiserver": {"v": 4},
-                         "kube_controller_manager": {"v": 3}, "kube_scheduler": {"v": 2}}
+    raw["extra_args"] = extra
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_extra_args_replace_add_and_remove_flags(tmp_path, default_path):
+    # flags as data (kthw/flags.py): a user value replaces the default where it stands (no more
+    # "--v=1 ... --v=3"), a new flag comes after the defaults, null removes a default
+    path = with_extra_args(tmp_path, default_path, {
+        "etcd": {"log-level": "debug"}, "kube_apiserver": {"v": 4, "enable-aggregator-routing": None},
+        "kube_controller_manager": {"v": 3}, "kube_scheduler": {"v": 2, "leader-elect": None}})
     files = rendered(path, "master-1")
-    for unit, flag in [("etcd", "--log-level=debug"), ("kube-apiserver", "--v=4"),
-                       ("kube-controller-manager", "--v=3"), ("kube-scheduler", "--v=2")]:
-        text = files[f"/etc/systemd/system/{unit}.service"].decode()
-        exec_start = text[text.index("ExecStart="):text.index("\nRestart=")]
-        assert exec_start.rstrip().endswith(f" \\\n  {flag}"), unit  # last: it wins over the deploy's own
-        assert "\n\n" not in exec_start, unit
+    default = rendered(default_path, "master-1")
+    for unit, changed, removed in [
+            ("etcd", {}, ""), ("kube-apiserver", {"--v=1": "--v=4"}, "--enable-aggregator-routing=true"),
+            ("kube-controller-manager", {"--v=1": "--v=3"}, ""),
+            ("kube-scheduler", {"--v=1": "--v=2"}, "--leader-elect=true")]:
+        before, after = exec_start(default, unit), exec_start(files, unit)
+        assert [changed.get(f, f) for f in before if f != removed] == [f for f in after if f != "--log-level=debug"]
+    assert exec_start(files, "etcd")[-1] == "--log-level=debug"
+    assert "--enable-aggregator-routing=true" not in exec_start(files, "kube-apiserver")
+    assert not [f for f in exec_start(files, "kube-scheduler") if f.startswith("--leader-elect")]
+    assert [f for f in exec_start(files, "kube-apiserver") if f.startswith("--v=")] == ["--v=4"]
+    assert "--client-cert-auth" in exec_start(files, "etcd")  # a flag without a value stays one
+
+
+def test_units_with_extra_args_pass_systemd_analyze(tmp_path, default_path):
+    path = with_extra_args(tmp_path, default_path, {"kube_apiserver": {"v": 4, "event-ttl": None}})
+    text = rendered(path, "master-1")["/etc/systemd/system/kube-apiserver.service"].decode()
+    stub = tmp_path / "kube-apiserver"
+    stub.write_text("#!/bin/sh\n")
+    stub.chmod(0o755)
+    unit_file = tmp_path / "kube-apiserver.service"
+    unit_file.write_text(text.replace("/usr/local/bin/kube-apiserver", str(stub)))
+    out = subprocess.run(["systemd-analyze", "verify", "--man=no", "--recursive-errors=no", unit_file],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and not out.stderr.strip(), out.stderr
+
+
+def test_extra_args_merge_into_the_kubelet_and_kube_proxy_configs(tmp_path, default_path):
+    path = with_extra_args(tmp_path, default_path, {
+        "kubelet": {"maxPods": 50, "evictionHard": {"memory.available": "200Mi"}, "runtimeRequestTimeout": None,
+                    "authentication": {"webhook": {"cacheTTL": "30s"}}},
+        "kube_proxy": {"mode": "nftables"}})
+    files = rendered(path, "worker-1")
+    kubelet = yaml.safe_load(files["/var/lib/kubelet/kubelet-config.yaml"])
+    assert kubelet["maxPods"] == 50 and kubelet["evictionHard"] == {"memory.available": "200Mi"}
+    assert "runtimeRequestTimeout" not in kubelet
+    # a mapping merges key by key: the deploy's other authentication settings stay
+    assert kubelet["authentication"]["webhook"] == {"enabled": True, "cacheTTL": "30s"}
+    assert kubelet["authentication"]["anonymous"] == {"enabled": False}
+    assert files["/var/lib/kubelet/kubelet-config.yaml"].startswith(b"# Managed by kthw-pyinfra")
+    assert yaml.safe_load(files["/var/lib/kube-proxy/kube-proxy-config.yaml"])["mode"] == "nftables"
+    # without extra_args the files are the templates' own text, byte for byte
+    plain = rendered(default_path, "worker-1")["/var/lib/kubelet/kubelet-config.yaml"]
+    assert b"# nobody unauthenticated talks to the kubelet" in plain
