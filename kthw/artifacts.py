@@ -41,7 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from kthw.components import roles_installing
 from kthw.model import REPO_ROOT, Cluster
+from kthw.paths import BIN_DIR, CNI_BIN, RUNC
 
 UPSTREAM_CHECKSUMS = REPO_ROOT / "kthw" / "checksums" / "upstream-amd64.sha256"
 # What artifacts.verify: first-use learnt from upstream's published checksums (sha256sum format).
@@ -76,8 +78,12 @@ class Artifact:
     relpath: str  # in a mirror/directory, with {v} (version) and {n} (version without 'v')
     upstream: str  # upstream URL, same placeholders
     installs: tuple[tuple[str, str], ...]  # (member in the archive, or "" for the file itself; installed path)
-    roles: frozenset[str]
     checksum_url: str = ""  # where upstream publishes this file's sha256 (same placeholders)
+
+    @property
+    def roles(self) -> frozenset[str]:
+        """The roles that receive it: those of the components that install it (kthw/components.py)."""
+        return roles_installing(self.name)
 
     def path(self, version: str) -> str:
         return self.relpath.format(v=version, n=version.lstrip("v"))
@@ -92,48 +98,44 @@ class Artifact:
 
 _K8S = "{k8s}/release/{v}/bin/linux/amd64/"
 _GH = "{github}/"
-# Who installs what: the control plane's binaries on masters; the node runtime (containerd,
-# runc, CNI plugins, kubelet, kube-proxy) on every Kubernetes node, masters included.
-MASTERS, NODES = frozenset({"master"}), frozenset({"master", "worker"})
+# Which roles receive each file is the components' business (kthw/components.py: artifacts).
 
 CATALOGUE: tuple[Artifact, ...] = (
     *(
         Artifact(b, "kubernetes", f"kubernetes/{{v}}/bin/linux/amd64/{b}", _K8S + b,
-                 (("", f"/usr/local/bin/{b}"),), MASTERS)
+                 (("", f"{BIN_DIR}/{b}"),))
         for b in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
     ),
     *(
         Artifact(b, "kubernetes", f"kubernetes/{{v}}/bin/linux/amd64/{b}", _K8S + b,
-                 (("", f"/usr/local/bin/{b}"),), NODES)
+                 (("", f"{BIN_DIR}/{b}"),))
         for b in ("kubelet", "kube-proxy")
     ),
     Artifact(
         "etcd", "etcd", "etcd/{v}/etcd-{v}-linux-amd64.tar.gz",
         _GH + "etcd-io/etcd/releases/download/{v}/etcd-{v}-linux-amd64.tar.gz",
-        tuple((f"etcd-{{v}}-linux-amd64/{b}", f"/usr/local/bin/{b}") for b in ("etcd", "etcdctl", "etcdutl")),
-        MASTERS, _GH + "etcd-io/etcd/releases/download/{v}/SHA256SUMS",
+        tuple((f"etcd-{{v}}-linux-amd64/{b}", f"{BIN_DIR}/{b}") for b in ("etcd", "etcdctl", "etcdutl")),
+        _GH + "etcd-io/etcd/releases/download/{v}/SHA256SUMS",
     ),
     Artifact(
         "containerd", "containerd", "containerd/{v}/containerd-{n}-linux-amd64.tar.gz",
         _GH + "containerd/containerd/releases/download/{v}/containerd-{n}-linux-amd64.tar.gz",
-        tuple((f"bin/{b}", f"/usr/local/bin/{b}") for b in ("containerd", "containerd-shim-runc-v2", "ctr")),
-        NODES, _GH + "containerd/containerd/releases/download/{v}/containerd-{n}-linux-amd64.tar.gz.sha256sum",
+        tuple((f"bin/{b}", f"{BIN_DIR}/{b}") for b in ("containerd", "containerd-shim-runc-v2", "ctr")),
+        _GH + "containerd/containerd/releases/download/{v}/containerd-{n}-linux-amd64.tar.gz.sha256sum",
     ),
     Artifact("runc", "runc", "runc/{v}/runc.amd64",
              _GH + "opencontainers/runc/releases/download/{v}/runc.amd64",
-             (("", "/usr/local/sbin/runc"),), NODES,
+             (("", RUNC),),
              _GH + "opencontainers/runc/releases/download/{v}/runc.sha256sum"),
     Artifact(
         "cni-plugins", "cni_plugins", "cni-plugins/{v}/cni-plugins-linux-amd64-{v}.tgz",
         _GH + "containernetworking/plugins/releases/download/{v}/cni-plugins-linux-amd64-{v}.tgz",
-        tuple((f"./{b}", f"/opt/cni/bin/{b}") for b in ("bridge", "host-local", "loopback", "portmap")),
-        NODES,
+        tuple((f"./{b}", f"{CNI_BIN}/{b}") for b in ("bridge", "host-local", "loopback", "portmap")),
     ),
     Artifact(
         "crictl", "crictl", "crictl/{v}/crictl-{v}-linux-amd64.tar.gz",
         _GH + "kubernetes-sigs/cri-tools/releases/download/{v}/crictl-{v}-linux-amd64.tar.gz",
-        (("crictl", "/usr/local/bin/crictl"),),
-        NODES,
+        (("crictl", f"{BIN_DIR}/crictl"),),
     ),
 )
 

@@ -18,18 +18,16 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
+from kthw.components import certificate_reads
 from kthw.model import Cluster
 from kthw.paths import (
     ADMIN_KUBECONFIG,
-    CLUSTER_CA,
-    CONTROLLER_MANAGER_KUBECONFIG,
     ETCD_DIR,
     K8S_DIR,
     K8S_PKI,
     KUBE_PROXY_KUBECONFIG,
     KUBELET_KUBECONFIG,
     KUBELET_PKI,
-    SCHEDULER_KUBECONFIG,
 )
 from kthw.pki import CA_NAME, PkiError
 
@@ -38,16 +36,9 @@ TRUST_FILES = {"ca.crt": CA_NAME, "etcd-ca.crt": "etcd-ca", "front-proxy-ca.crt"
 SIGNER_FILE = "ca-signing.crt"  # the controller-manager's signing CA (operations/control_plane.py)
 KUBECONFIGS = (f"{K8S_DIR}/*.kubeconfig", ADMIN_KUBECONFIG, KUBELET_KUBECONFIG, KUBE_PROXY_KUBECONFIG)
 CERT_GLOBS = (f"{K8S_PKI}/*.crt", f"{ETCD_DIR}/*.crt", f"{KUBELET_PKI}/*.crt")
-# Which files each service reads its certificates from (a file newer than the service's start
-# means the restart that makes it use the file is still owed).
-READS = {
-    "etcd": (f"{ETCD_DIR}/",),
-    "kube-apiserver": (f"{K8S_PKI}/",),
-    "kube-controller-manager": (f"{K8S_PKI}/", CONTROLLER_MANAGER_KUBECONFIG),
-    "kube-scheduler": (SCHEDULER_KUBECONFIG,),
-    "kubelet": (f"{KUBELET_PKI}/", KUBELET_KUBECONFIG, CLUSTER_CA),
-    "kube-proxy": (KUBE_PROXY_KUBECONFIG,),
-}
+# Which files each service reads its certificates from, as its component says (a file newer than
+# the service's start means the restart that makes it use the file is still owed).
+READS = certificate_reads()
 
 # One command per node: every certificate and kubeconfig certificate with its mtime, each
 # service's start time, and (where kubectl can ask) the CA bundle published to pods.

@@ -13,6 +13,7 @@ FSTAB = "/etc/fstab"
 SYSCTL_CONF = "/etc/sysctl.d/90-kubernetes.conf"
 MODULES_CONF = "/etc/modules-load.d/kubernetes.conf"
 BIN_DIR = "/usr/local/bin"
+RUNC = "/usr/local/sbin/runc"  # where containerd's default config looks first
 UNIT_DIR = "/etc/systemd/system"
 
 # --- our own bookkeeping (kthw.ops, kthw.facts)
@@ -46,7 +47,10 @@ K8S_LOG_DIR = "/var/log/kubernetes"
 # --- every Kubernetes node
 CONTAINERD_DIR = "/etc/containerd"
 CERTS_D = f"{CONTAINERD_DIR}/certs.d"  # containerd's per-registry hosts.toml
-CONTAINERD_SOCK = "/run/containerd/containerd.sock"
+CONTAINERD_STATE = "/var/lib/containerd"  # images, snapshots (containerd's own)
+CONTAINERD_RUN = "/run/containerd"
+CONTAINERD_SOCK = f"{CONTAINERD_RUN}/containerd.sock"
+CNI_STATE = "/var/lib/cni"  # the CNI plugins' own (IP allocations)
 CRICTL_CONF = "/etc/crictl.yaml"
 CNI_DIR = "/opt/cni"
 CNI_BIN = f"{CNI_DIR}/bin"

@@ -1,7 +1,7 @@
 """What ``reset.py`` removes from a machine: everything the deploy put there, by role.
 
-One shell script per machine, built here from the same lists the deploy uses (the artifact
-catalogue for binaries, the components' units and folders), so a newcomer can read exactly what
+One shell script per machine, derived from the components' records (kthw/components.py: their
+units, folders, files, data and artifacts), so a newcomer can read exactly what
 goes. Each thing it removes is reported on a ``removed: ...`` line. The order matters:
 
 1. the kubelet stops first (it would restart the pods), then every pod is removed through the
@@ -18,39 +18,40 @@ from __future__ import annotations
 
 import shlex
 
+from kthw import components
 from kthw.artifacts import CATALOGUE
 from kthw.model import Cluster, Node
-from kthw.paths import UPLOAD_DIR
+from kthw.paths import BIN_DIR, CONTAINERD_RUN, CONTAINERD_SOCK, CONTAINERD_STATE, KUBELET_DIR, UPLOAD_DIR
 
-UNITS = {
-    "loadbalancer": ["haproxy"],
-    "master": ["kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"],
-    "node": ["kube-proxy", "kthw-pod-network", "containerd"],  # the kubelet goes first, see below
-}
-# the units the deploy writes (haproxy's is the package's own)
-OUR_UNITS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy",
-             "containerd", "kthw-pod-network"]
-PATHS = {
-    "loadbalancer": ["/etc/haproxy/haproxy.cfg"],
-    "master": ["/etc/etcd", "/var/lib/etcd", "/var/lib/etcd.before-restore-*", "/etc/kubernetes",
-               "/var/log/kubernetes"],
-    "node": ["/etc/containerd", "/var/lib/containerd", "/run/containerd", "/etc/crictl.yaml", "/opt/cni", "/etc/cni",
-             "/var/lib/cni", "/var/lib/kubelet", "/var/lib/kube-proxy", "/var/lib/kubernetes", "/var/lib/weave",
-             "/etc/modules-load.d/kubernetes.conf", "/etc/sysctl.d/90-kubernetes.conf"],
-    "all": ["/var/lib/kthw"],
-}
+
+def undone(node: Node) -> tuple[components.Component, ...]:
+    """The components reset undoes on ``node`` (kthw/components.py). Every master counts as the
+    first one: any of them may have been first when the cluster file listed others."""
+    return components.for_role(node.role, first_master=node.is_master)
+
+
+def units(node: Node) -> list[str]:
+    """Every service the node's components run, the last started first."""
+    return [u for c in reversed(undone(node)) for u in (*reversed(c.units), *c.package_units)]
+
+
+def removed_paths(node: Node, ssh_user: str = "root") -> list[str]:
+    """What reset removes on ``node``: each component's folders, files, data and unit files, the
+    binaries it installed, and the SSH user's upload folder (kthw.ops)."""
+    found = [p for c in undone(node) for p in (*c.folders, *c.files, *c.data, *c.unit_files())]
+    found += binaries(node)
+    found.append(f"~{shlex.quote(ssh_user)}/{UPLOAD_DIR}")  # a validated login name (kthw.model)
+    return list(dict.fromkeys(found))
+
+
 # Interfaces Weave Net and the bridge CNI create; deleting one end of a veth pair deletes both.
 LINKS = ("weave", "vethwe-datapath", "vethwe-bridge", "datapath", "vxlan-6784", "cni0")
 # iptables lines that belong to kube-proxy (KUBE-), Weave Net (WEAVE), the CNI plugins (CNI-) and
 # our NAT rule: the dump without them, restored, is the machine's own rules.
 RULES = "KUBE-|WEAVE|CNI-|kthw-pod-network"
-MOUNTS = "/var/lib/kubelet|/run/containerd|/var/lib/containerd|/run/netns|/var/run/netns"
+MOUNTS = "|".join((KUBELET_DIR, CONTAINERD_RUN, CONTAINERD_STATE, "/run/netns", "/var/run/netns"))
 # reset.py's hosts share this process: the local state is moved aside once per run
 LOCAL_STATE_MOVED: list[bool] = []
-
-
-def roles(node: Node) -> list[str]:
-    return {"loadbalancer": ["loadbalancer"], "master": ["master", "node"], "worker": ["node"]}[node.role]
 
 
 def binaries(node: Node) -> list[str]:
@@ -61,38 +62,33 @@ def binaries(node: Node) -> list[str]:
 def reset_script(cluster: Cluster, node: Node, ssh_user: str = "root") -> str:
     """The script that takes ``node`` back to before the deploy (idempotent: a second run
     finds nothing and says so). ``ssh_user``: whose upload folder goes too (kthw.ops)."""
-    rs = roles(node)
-    units = [u for r in rs for u in UNITS[r]]
-    paths = [p for r in [*rs, "all"] for p in PATHS[r]]
-    paths += binaries(node)
-    paths.append(f"~{shlex.quote(ssh_user)}/{UPLOAD_DIR}")  # a validated login name (kthw.model)
-    ours = [u for u in [*units, *(["kubelet"] if "node" in rs else [])] if u in OUR_UNITS]
-    paths += [f"/etc/systemd/system/{u}.service" for u in ours]
+    is_node = node.runs_kubelet
+    paths = removed_paths(node, ssh_user)
     lines = ["set -u", 'say() { echo "removed: $*"; }']
-    if "node" in rs:
+    if is_node:
         lines += [
             "if systemctl is-active -q kubelet; then systemctl stop kubelet; fi",
             # every pod, through the runtime, while it still runs (it unmounts and frees their netns)
             "if systemctl is-active -q containerd && command -v crictl >/dev/null; then "
-            "n=$(crictl -r unix:///run/containerd/containerd.sock pods -q 2>/dev/null | wc -l); "
-            "crictl -r unix:///run/containerd/containerd.sock rmp -af >/dev/null 2>&1 || true; "
+            f"n=$(crictl -r unix://{CONTAINERD_SOCK} pods -q 2>/dev/null | wc -l); "
+            f"crictl -r unix://{CONTAINERD_SOCK} rmp -af >/dev/null 2>&1 || true; "
             '[ "$n" -gt 0 ] && say "$n pods"; fi',
             "units='kubelet'",
         ]
     else:
         lines.append("units=''")
     lines += [
-        f"for u in $units {' '.join(units)}; do",
+        f"for u in $units {' '.join(u for u in units(node) if u != 'kubelet')}; do",
         '  if [ -n "$(systemctl list-unit-files --no-legend "$u.service" 2>/dev/null)" ]; then',
         '    systemctl disable --now "$u" >/dev/null 2>&1 || true; say "service $u (stopped, disabled)"',
         "  fi",
         "done",
     ]
-    if "node" in rs:
+    if is_node:
         lines += [
             # containerd leaves its shims (KillMode=process); they hold the containers' mounts
             # (anchored at the binary's path: this script's own command line holds the name too)
-            "pkill -f '^/usr/local/bin/containerd-shim-runc-v2 ' >/dev/null 2>&1 || true",
+            f"pkill -f '^{BIN_DIR}/containerd-shim-runc-v2 ' >/dev/null 2>&1 || true",
             f"findmnt -rn -o TARGET | grep -E '^({MOUNTS})(/|$)' | sort -r | while read -r m; do "
             'umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done',
         ]
@@ -101,7 +97,7 @@ def reset_script(cluster: Cluster, node: Node, ssh_user: str = "root") -> str:
         '  if [ -e "$p" ] || [ -L "$p" ]; then rm -rf "$p" && say "$p"; fi',
         "done",
     ]
-    if "node" in rs:
+    if is_node:
         cidrs = sorted({str(n.pod_cidr) for n in cluster.nodes if n.pod_cidr} | {str(cluster.pod_network)})
         lines += [
             f"for l in {' '.join(LINKS)}; do",

@@ -13,11 +13,14 @@ import hashlib
 
 from pyinfra import host
 
+from kthw import components
 from kthw.commands import KUBECTL, KUBECTL_ARG, wait_until
 from kthw.context import DeployRefused, HostContext, Wants
 from kthw.ops import Directory, command_when, directories_present, files_synced, mark_applied
 from kthw.paths import ADDONS_DIR, CLUSTER_CA, CONTROL_PLANE_LABEL, DRAIN_MARK
 from kthw.pki import CA_NAME, WEAVE_PASSWORD, trust_bundle
+
+COMPONENT = components.ADDONS
 
 # the add-ons whose pods use the API with the in-cluster CA bundle (annotated with its digest)
 API_CLIENTS = ("10-weave.yaml", "20-coredns.yaml")

@@ -11,9 +11,12 @@ import shlex
 from pyinfra import host
 from pyinfra.api import operation
 
+from kthw import components
 from kthw.context import HostContext, Wants
 from kthw.ops import ManagedFile, Snapshot, files_synced
 from kthw.paths import FSTAB, HOSTNAME, HOSTS, MODULES_CONF, SYSCTL_CONF
+
+COMPONENT = components.BASE
 
 # Debian/Ubuntu packages each role needs besides what the box ships. Masters are Kubernetes
 # nodes too (operations/node.py), so they get what kubelet and kube-proxy need.

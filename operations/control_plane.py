@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pyinfra import host
 
+from kthw import components
 from kthw.commands import (
     APISERVER_READY,
     KUBECTL,
@@ -44,7 +45,9 @@ from kthw.paths import (
     unit_file,
 )
 
-UNITS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+COMPONENT = components.CONTROL_PLANE
+
+UNITS = COMPONENT.units
 
 
 def wants(ctx: HostContext) -> Wants:

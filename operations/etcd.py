@@ -14,6 +14,7 @@ it requests (deploy.py calls :func:`departed_members_removed` after the control-
 
 from __future__ import annotations
 
+from kthw import components
 from kthw.commands import (
     ETCD_HEALTHY,
     ETCDCTL,
@@ -35,9 +36,11 @@ from kthw.ops import (
 from kthw.paths import ETCD_DATA, ETCD_DIR, unit_file
 from kthw.pki import etcd_member_cert_name
 
+COMPONENT = components.ETCD
+
 
 def wants(ctx: HostContext) -> Wants:
-    w = Wants(services=["etcd"], queries={"etcd_data": {"member_dir": f"{ETCD_DATA}/member"}})
+    w = Wants(services=list(COMPONENT.units), queries={"etcd_data": {"member_dir": f"{ETCD_DATA}/member"}})
     if ctx.is_first_master:
         w.queries["etcd_members"] = {"etcdctl": ETCDCTL}
     w.dirs = [Directory(ETCD_DIR, 0o700), Directory(ETCD_DATA, 0o700)]

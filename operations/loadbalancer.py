@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kthw import components
 from kthw.context import HostContext, Wants
 from kthw.ops import (
     placed,
@@ -9,9 +10,11 @@ from kthw.ops import (
 )
 from kthw.paths import HAPROXY_CFG
 
+COMPONENT = components.LOADBALANCER
+
 
 def wants(ctx: HostContext) -> Wants:
-    w = Wants(services=["haproxy"])
+    w = Wants(services=list(COMPONENT.package_units))
     w.files["config"] = [ctx.template_file(HAPROXY_CFG)]
     return w
 

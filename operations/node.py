@@ -19,6 +19,7 @@ from ipaddress import IPv4Network
 
 from pyinfra import host
 
+from kthw import components
 from kthw.context import HostContext, Wants
 from kthw.ops import (
     Directory,
@@ -55,6 +56,8 @@ from kthw.paths import (
     unit_file,
 )
 from kthw.pki import kubelet_cert_name
+
+COMPONENT = components.NODE
 
 PAUSE_IMAGE = "registry.k8s.io/pause:{v}"
 
@@ -112,7 +115,7 @@ def upgrading(ctx: HostContext, w: Wants) -> list[str]:
 
 def wants(ctx: HostContext) -> Wants:
     c, facts = ctx.cluster, ctx.facts
-    w = Wants(services=["containerd", "kubelet", "kube-proxy"],
+    w = Wants(services=[u for u in COMPONENT.units if u != "kthw-pod-network"],  # (bridge CNI only, below)
               queries={"managed_registry_hosts": {"certs_d": CERTS_D, "mark": MANAGED_MARK}})
     if c.cni == "weave":
         w.queries["weave_targets"] = {"url": WEAVE_TARGETS_URL}

@@ -30,3 +30,56 @@ def test_each_role_loses_what_the_deploy_gave_it(tmp_path):
     assert worker.index("systemctl stop kubelet") < worker.index("rmp -af") < worker.index("systemctl disable --now")
     assert worker.index("umount") < worker.index("rm -rf")
     assert "iptables-restore" not in lb and "KUBE-|WEAVE|CNI-|kthw-pod-network" in worker
+
+
+def placed_and_removed(tmp_path) -> tuple[dict, dict]:
+    """{node: every path the deploy places there} and {node: what reset removes there}, for the
+    reference cluster with Weave Net and with the bridge CNI and offline images."""
+    from kthw.context import NEUTRAL_FACTS, HostContext, prepared_cluster
+    from kthw.reset import removed_paths
+    from operations.plan import collect
+    from tests.conftest import cluster_file
+
+    placed, removed = {}, {}
+    for variant in ("weave", "bridge"):
+        raw = yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text())
+        raw["cni"] = variant
+        path = cluster_file(tmp_path / variant, raw)
+        if variant == "bridge":  # offline image archives too
+            images = tmp_path / "images"
+            images.mkdir()
+            (images / "pause.tar").write_bytes(b"x")
+            raw = yaml.safe_load(path.read_text())
+            raw["artifacts"]["images"] = str(images)
+            path.write_text(yaml.safe_dump(raw))
+        cluster = prepared_cluster(str(path))
+        for node in cluster.nodes:
+            wants = collect(HostContext(cluster, node, dict(NEUTRAL_FACTS)))
+            files = [f.dest for w in wants.values() for f in w.all_files()]
+            placed.setdefault(node.role, set()).update(files + [d.path for w in wants.values() for d in w.dirs])
+            removed.setdefault(node.role, set()).update(removed_paths(node, "vagrant"))
+    return placed, removed
+
+
+def covered(path: str, removed: set[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in removed)
+
+
+def test_reset_removes_exactly_what_the_components_place(tmp_path):
+    # derived from the records (kthw/components.py) and from what the deploy really places
+    # (every component's wants), not from substrings of the script
+    from kthw import components
+
+    placed, removed = placed_and_removed(tmp_path)
+    kept = {p for c in components.ALL for p in c.kept}
+    for role in placed:
+        left = sorted(p for p in placed[role] - kept if not covered(p, removed[role]))
+        assert left == [], (role, left)  # everything the deploy places goes...
+    everywhere = set().union(*placed.values())
+    data = {p for c in components.ALL for p in c.data}
+    for role in removed:
+        extra = sorted(r for r in removed[role] - data
+                       if not r.startswith("~") and not any(covered(p, {r}) for p in everywhere))
+        assert extra == [], (role, extra)  # ...and reset removes nothing else but declared data
+    assert "~vagrant/.kthw-upload" in removed["worker"]
+    assert not kept & set().union(*removed.values())  # the hostname and /etc/hosts stay
