@@ -12,11 +12,14 @@ with pyinfra's own on the same stacks.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import pyinfra
-from pyinfra.api import operation as _operation
 from pyinfra.api import util as _util
+
+# The module (``pyinfra.api.operation`` as an attribute is the decorator of that name).
+_operation = importlib.import_module("pyinfra.api.operation")
 
 
 def operation_order(state) -> list[int]:

@@ -31,3 +31,14 @@ def test_the_same_line_numbers_as_pyinfra(monkeypatch, is_cli, deploy_file):
     assert ours == theirs
     if deploy_file != "/no/such/deploy.py":  # found (or no deploy file): the lines of every frame
         assert len(ours) > 3
+
+
+def test_install_puts_it_where_pyinfra_looks(monkeypatch):
+    import importlib
+
+    from kthw import oporder
+
+    module = importlib.import_module("pyinfra.api.operation")
+    monkeypatch.setattr(module, "get_operation_order_from_stack", util.get_operation_order_from_stack)
+    oporder.install()
+    assert module.get_operation_order_from_stack is operation_order
