@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
-from kthw.model import ClusterConfigError, load_cluster
+from kthw.model import Cluster, ClusterConfigError, load_cluster
 from kthw.pki import PkiError
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kthw", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["validate", "pki", "certs", "diagram", "pin-checksums"])
+    parser.add_argument("command", choices=list(COMMANDS))
     parser.add_argument("action", nargs="?", choices=["adopt", "rotate-ca"], help="pki adopt, pki rotate-ca: see above")
     parser.add_argument("step", nargs="?", choices=["begin", "switch", "finish"], help="pki rotate-ca: see above")
     parser.add_argument("--from", dest="source", help="pki adopt: the master to read from (default: the first)")
@@ -34,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="certs: the warning window (default: pki.renew_before_days)")
     parser.add_argument("--cluster", help="cluster file (default: $KTHW_CLUSTER or cluster.yaml)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only changes")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with the checks argparse cannot make (exits 2 on a bad one)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.action and args.command != "pki":
         parser.error(f"{args.command} takes no action {args.action!r}")
@@ -41,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.step} goes with `pki rotate-ca`")
     if args.source and args.action != "adopt":
         parser.error("--from goes with `pki adopt`")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         cluster = load_cluster(args.cluster)
     except ClusterConfigError as exc:
@@ -48,67 +60,88 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for warning in cluster.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    return COMMANDS[args.command](cluster, args)
 
-    if args.command == "pin-checksums":
-        from kthw.artifacts import UPSTREAM_CHECKSUMS, ArtifactError, pin_upstream, write_pins
 
-        try:
-            pins = pin_upstream(cluster)
-        except ArtifactError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        write_pins(pins)
-        print(f"{len(pins)} pins written to {UPSTREAM_CHECKSUMS}; review `git diff` before committing")
-    elif args.command == "validate":
-        print(f"{cluster.source}: ok, cluster {cluster.name!r}, API at {cluster.api_server_url}")
-        for n in cluster.nodes:
-            extra = f" pods {n.pod_cidr}" if n.pod_cidr else ""
-            print(f"  {n.role:12} {n.name:16} {n.ip}{extra}")
-    elif args.command == "certs":
-        import datetime as dt
+def _pin_checksums(cluster: Cluster, args: argparse.Namespace) -> int:
+    from kthw.artifacts import UPSTREAM_CHECKSUMS, ArtifactError, pin_upstream, write_pins
 
-        from kthw.certs import report, rows
-        from kthw.hostcerts import ssh_reader
-
-        try:
-            hosts = ssh_reader(cluster)()
-        except PkiError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        text, code = report(rows(hosts, dt.datetime.now(dt.UTC)),
-                            cluster.pki.renew_before_days if args.within is None else args.within)
-        print(text)
-        return code
-    elif args.command == "diagram":
-        from kthw.diagram import mermaid
-
-        print(mermaid(cluster), end="")
-    elif args.command == "pki":
-        from kthw.kubeconfig import write_kubeconfigs
-        from kthw.pki import ensure_pki
-
-        try:
-            if args.action == "adopt":
-                from kthw.adopt import main as adopt
-
-                for name, what in adopt(cluster, args.source).items():
-                    print(f"  {name:36} {what}")
-            if args.action == "rotate-ca":
-                from kthw.rotation import main as rotate
-
-                print(rotate(cluster, args.step))
-                if args.step is None:
-                    return 0
-            report = ensure_pki(cluster)
-        except PkiError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        kube = write_kubeconfigs(cluster)
-        print(f"PKI in {cluster.pki_dir}, kubeconfigs in {cluster.kubeconfig_dir}")
-        for name, action in [*report.actions.items(), *((f"{k}.kubeconfig", v) for k, v in kube.items())]:
-            if not args.quiet or action != "kept":
-                print(f"  {name:36} {action}")
+    try:
+        pins = pin_upstream(cluster)
+    except ArtifactError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    write_pins(pins)
+    print(f"{len(pins)} pins written to {UPSTREAM_CHECKSUMS}; review `git diff` before committing")
     return 0
+
+
+def _validate(cluster: Cluster, args: argparse.Namespace) -> int:
+    print(f"{cluster.source}: ok, cluster {cluster.name!r}, API at {cluster.api_server_url}")
+    for n in cluster.nodes:
+        extra = f" pods {n.pod_cidr}" if n.pod_cidr else ""
+        print(f"  {n.role:12} {n.name:16} {n.ip}{extra}")
+    return 0
+
+
+def _certs(cluster: Cluster, args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from kthw.certs import report, rows
+    from kthw.hostcerts import ssh_reader
+
+    try:
+        hosts = ssh_reader(cluster)()
+    except PkiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    text, code = report(rows(hosts, dt.datetime.now(dt.UTC)),
+                        cluster.pki.renew_before_days if args.within is None else args.within)
+    print(text)
+    return code
+
+
+def _diagram(cluster: Cluster, args: argparse.Namespace) -> int:
+    from kthw.diagram import mermaid
+
+    print(mermaid(cluster), end="")
+    return 0
+
+
+def _pki(cluster: Cluster, args: argparse.Namespace) -> int:
+    """``pki`` (after ``adopt`` or a ``rotate-ca`` step, if given): ensure the PKI, write the
+    kubeconfigs, print what each file got (``--quiet``: only changes)."""
+    from kthw.kubeconfig import write_kubeconfigs
+    from kthw.pki import ensure_pki
+
+    try:
+        if args.action == "adopt":
+            from kthw.adopt import main as adopt
+
+            for name, what in adopt(cluster, args.source).items():
+                print(f"  {name:36} {what}")
+        if args.action == "rotate-ca":
+            from kthw.rotation import main as rotate
+
+            print(rotate(cluster, args.step))
+            if args.step is None:
+                return 0
+        report = ensure_pki(cluster)
+    except PkiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    kube = write_kubeconfigs(cluster)
+    print(f"PKI in {cluster.pki_dir}, kubeconfigs in {cluster.kubeconfig_dir}")
+    for name, action in [*report.actions.items(), *((f"{k}.kubeconfig", v) for k, v in kube.items())]:
+        if not args.quiet or action != "kept":
+            print(f"  {name:36} {action}")
+    return 0
+
+
+# command -> handler(cluster, args) -> exit code; the order is the one `--help` lists
+COMMANDS: dict[str, Callable[[Cluster, argparse.Namespace], int]] = {
+    "validate": _validate, "pki": _pki, "certs": _certs, "diagram": _diagram, "pin-checksums": _pin_checksums,
+}
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import re
 import shlex
 import tarfile
 from collections.abc import Callable
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -104,7 +105,18 @@ def adopt(cluster: Cluster, fetch: Fetch, source: Node | None = None,
           now: dt.datetime | None = None) -> dict[str, str]:
     """Copy the identity of the running cluster from ``source`` (default: the first master) into
     the local PKI folder. Returns {local file: "adopted" | "already the same"}."""
-    source = source or cluster.masters[0]
+    files, record = _fetch_identity(cluster, fetch, source or cluster.masters[0])
+    result = _write_identity(cluster.pki_dir, files, now)
+    # The nodes' pod subnets (kept by masters deployed since the record existed): without them a
+    # deploy from here would give nodes the first free subnets, moving running ones.
+    if record is not None:
+        result[POD_SUBNETS] = _adopt_pod_subnets(cluster, record)
+    return result
+
+
+def _fetch_identity(cluster: Cluster, fetch: Fetch, source: Node) -> tuple[dict[str, bytes], bytes | None]:
+    """({local file: bytes}, the pod-subnets record or None), read from ``source`` (and, with
+    Weave, the first master) and checked; nothing written yet."""
     if not source.is_master:
         raise PkiError(f"{source.name} is not a master: only masters hold the cluster's identity")
     got = fetch(source, [*ON_A_MASTER.values(), POD_SUBNETS_RECORD])
@@ -116,15 +128,24 @@ def adopt(cluster: Cluster, fetch: Fetch, source: Node | None = None,
                        "the original .kthw/ (it puts them on the masters), then adopt")
     files = {name: got[path] for name, path in ON_A_MASTER.items()}
     if cluster.cni == "weave":
-        first = cluster.masters[0]  # the one that applies the add-ons
-        manifest = fetch(first, [WEAVE_MANIFEST]).get(WEAVE_MANIFEST)
-        found = re.search(rb'^\s*weave-passwd:\s*"([^"]+)"\s*$', manifest or b"", re.M)
-        if not found:
-            raise PkiError(f"no Weave password in {WEAVE_MANIFEST} on {first.name}: not adopted")
-        files[WEAVE_PASSWORD] = found.group(1) + b"\n"
+        files[WEAVE_PASSWORD] = _weave_password(cluster, fetch)
     _check(files)
+    return files, got.get(POD_SUBNETS_RECORD)
 
-    pki = cluster.pki_dir
+
+def _weave_password(cluster: Cluster, fetch: Fetch) -> bytes:
+    """Weave Net's mesh password (with its newline), from the first master's add-on manifest."""
+    first = cluster.masters[0]  # the one that applies the add-ons
+    manifest = fetch(first, [WEAVE_MANIFEST]).get(WEAVE_MANIFEST)
+    found = re.search(rb'^\s*weave-passwd:\s*"([^"]+)"\s*$', manifest or b"", re.M)
+    if not found:
+        raise PkiError(f"no Weave password in {WEAVE_MANIFEST} on {first.name}: not adopted")
+    return found.group(1) + b"\n"
+
+
+def _write_identity(pki: Path, files: dict[str, bytes], now: dt.datetime | None) -> dict[str, str]:
+    """Write each file into ``pki`` (keys 0600), a differing local one first moved to
+    ``replaced-<UTC time>/``. Returns {local file: "adopted ..." | "already the same"}."""
     pki.mkdir(parents=True, exist_ok=True, mode=0o700)
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
     backup = pki / f"replaced-{stamp}"
@@ -140,14 +161,16 @@ def adopt(cluster: Cluster, fetch: Fetch, source: Node | None = None,
         secret = name.endswith(".key") or name in (ENCRYPTION_CONFIG, WEAVE_PASSWORD)
         (write_private if secret else write_public)(path, data)
         result[name] = "adopted" + (f" (the local one moved to {backup.name}/)" if (backup / name).exists() else "")
-    # The nodes' pod subnets (kept by masters deployed since the record existed): without them a
-    # deploy from here would give nodes the first free subnets, moving running ones.
-    if (record := got.get(POD_SUBNETS_RECORD)) is not None:
-        same = (cluster.state_dir / POD_SUBNETS).is_file() and (cluster.state_dir / POD_SUBNETS).read_bytes() == record
-        if not same:
-            write_pod_subnets(cluster.state_dir, record.decode())
-        result[POD_SUBNETS] = "already the same" if same else "adopted"
     return result
+
+
+def _adopt_pod_subnets(cluster: Cluster, record: bytes) -> str:
+    """Write the masters' pod-subnets record locally unless it is already there."""
+    local = cluster.state_dir / POD_SUBNETS
+    same = local.is_file() and local.read_bytes() == record
+    if not same:
+        write_pod_subnets(cluster.state_dir, record.decode())
+    return "already the same" if same else "adopted"
 
 
 def main(cluster: Cluster, source_name: str | None = None) -> dict[str, str]:

@@ -355,39 +355,52 @@ def _ask_vagrant(cluster: Cluster, vagrant_factory: Callable,
         # python-vagrant's ssh_config() takes one name; the command takes them all.
         text = v._run_vagrant_command(["ssh-config", *names])
     except Exception as exc:  # CalledProcessError when a machine is not running; no vagrant at all
-        try:
-            states = {s.name: s.state for s in v.status()}
-        except Exception as status_exc:
-            raise InventoryError(f"`vagrant status` failed ({status_exc}). Fix: install Vagrant and run "
-                                 "`vagrant up` (or `make up`) in the repository.") from None
-        down = [n for n in names if states.get(n) != "running"]
-        said = ", ".join(f"{n} ({states.get(n, 'not defined')})" for n in down)
-        if down and needed is not None and not any(needed(cluster.node(n)) for n in down):
-            print(f"warning: left out of this run (not running, and --limit does not need them): {said}",
-                  file=sys.stderr)
-            up = [n for n in names if n not in down]
-            try:
-                found = parse_ssh_config(v._run_vagrant_command(["ssh-config", *up])) if up else {}
-            except Exception as again:
-                raise InventoryError(f"`vagrant ssh-config` failed for the running machines ({again}). "
-                                     "Fix: `vagrant reload` them.") from None
-            lacking = [n for n in up if n not in found]
-            if lacking:
-                raise InventoryError(f"`vagrant ssh-config` did not list {', '.join(lacking)}. "
-                                     "Fix: `vagrant reload` them.") from None
-            return {n: found[n] for n in up}
-        if down:
-            hint = "" if needed is None else " (--limit needs them)"
-            raise InventoryError(f"machines not running{hint}: {said}. Fix: `vagrant up` (or `make up`) in "
-                                 "the repository, then rerun; or, for an urgent change elsewhere, name only "
-                                 "the machines you need with --limit (say --limit masters).") from None
-        raise InventoryError(f"`vagrant ssh-config` failed ({exc}) although every machine is running. "
-                             "Fix: `vagrant reload` them.") from None
+        return _machines_down(cluster, v, exc, needed)
     found = parse_ssh_config(text)
     missing = [n for n in names if n not in found]
     if missing:
         raise InventoryError(f"`vagrant ssh-config` did not list {', '.join(missing)}. Fix: `vagrant reload` them.")
     return {n: found[n] for n in names}
+
+
+def _machines_down(cluster: Cluster, v, exc: Exception,
+                   needed: Callable[[Node], bool] | None) -> dict[str, dict]:
+    """After `vagrant ssh-config` failed with ``exc``: ask `vagrant status` which machines are down.
+    When a --limit needs none of them, the running ones' connections (with a warning); else an
+    error that names them (or says that every machine is running)."""
+    names = [n.name for n in cluster.nodes]
+    try:
+        states = {s.name: s.state for s in v.status()}
+    except Exception as status_exc:
+        raise InventoryError(f"`vagrant status` failed ({status_exc}). Fix: install Vagrant and run "
+                             "`vagrant up` (or `make up`) in the repository.") from None
+    down = [n for n in names if states.get(n) != "running"]
+    said = ", ".join(f"{n} ({states.get(n, 'not defined')})" for n in down)
+    if down and needed is not None and not any(needed(cluster.node(n)) for n in down):
+        print(f"warning: left out of this run (not running, and --limit does not need them): {said}",
+              file=sys.stderr)
+        return _ask_running(v, [n for n in names if n not in down])
+    if down:
+        hint = "" if needed is None else " (--limit needs them)"
+        raise InventoryError(f"machines not running{hint}: {said}. Fix: `vagrant up` (or `make up`) in "
+                             "the repository, then rerun; or, for an urgent change elsewhere, name only "
+                             "the machines you need with --limit (say --limit masters).") from None
+    raise InventoryError(f"`vagrant ssh-config` failed ({exc}) although every machine is running. "
+                         "Fix: `vagrant reload` them.") from None
+
+
+def _ask_running(v, up: list[str]) -> dict[str, dict]:
+    """`vagrant ssh-config` for the running machines only (``up``), the down ones left out."""
+    try:
+        found = parse_ssh_config(v._run_vagrant_command(["ssh-config", *up])) if up else {}
+    except Exception as again:
+        raise InventoryError(f"`vagrant ssh-config` failed for the running machines ({again}). "
+                             "Fix: `vagrant reload` them.") from None
+    lacking = [n for n in up if n not in found]
+    if lacking:
+        raise InventoryError(f"`vagrant ssh-config` did not list {', '.join(lacking)}. "
+                             "Fix: `vagrant reload` them.") from None
+    return {n: found[n] for n in up}
 
 
 def vagrant_connections(cluster: Cluster, vagrant_factory: Callable | None = None, *,

@@ -360,35 +360,57 @@ def files_synced(files: Sequence[ManagedFile], snapshot: Snapshot, check: str = 
         return
     if _show_diffs():
         _print_changes(changes)
-
     uploads = [c.file for c in changes if c.content]
-    if uploads:
-        temp_dir = _upload_dir()
-        q_temp = shlex.quote(temp_dir)
-        yield StringCommand(f"rm -rf {q_temp} && mkdir -m 700 {q_temp} && test -O {q_temp} -a ! -L {q_temp}",
-                            _sudo=False)
-        news = [shlex.quote(f.dest + ".kthw-new") for f in uploads]
+    # every command is built before the first is yielded (see above)
+    commands = [*_upload_commands(uploads, check), *_attribute_commands(changes)]
+    yield from commands
+
+
+def _upload_commands(uploads: list[ManagedFile], check: str) -> list:
+    """:func:`files_synced`'s commands for new content: a fresh private upload folder, each new
+    version created 0600 beside its dest, the uploads, the swap into place, the folder removed."""
+    if not uploads:
+        return []
+    temp_dir = _upload_dir()
+    q_temp = shlex.quote(temp_dir)
+    news = [shlex.quote(f.dest + ".kthw-new") for f in uploads]
+    return [
+        StringCommand(f"rm -rf {q_temp} && mkdir -m 700 {q_temp} && test -O {q_temp} -a ! -L {q_temp}",
+                      _sudo=False),
         # Created 0600 before any byte arrives; `cp` (sudo uploads) and sftp keep that mode.
-        yield f"rm -f {' '.join(news)} && " + " && ".join(f"install -m 600 /dev/null {n}" for n in news)
-        for f in uploads:
-            temp = posixpath.join(temp_dir, hashlib.sha1(f.dest.encode()).hexdigest())
-            yield FileUploadCommand(f.source(), f.dest + ".kthw-new", remote_temp_filename=temp)
-        steps = []
-        for f in uploads:
-            new, dest = shlex.quote(f.dest + ".kthw-new"), shlex.quote(f.dest)
-            step = f"chmod {f.mode:o} {new} && chown {f.owner} {new}"
-            if check:
-                step += f" && {{ {check.format(path=new)} || {{ rm -f {new}; exit 1; }}; }}"
-            steps.append(f"{step} && mv -f {new} {dest}")
-        record = json.dumps({"cache": HASH_CACHE, "files": {f.dest: f.sha256 for f in uploads}})
-        steps.append(f"python3 -c {shlex.quote(RECORD_HASHES_SCRIPT)} {shlex.quote(record)}")
-        yield " && ".join(steps)
-        yield StringCommand(f"rm -rf {q_temp}", _sudo=False)
+        f"rm -f {' '.join(news)} && " + " && ".join(f"install -m 600 /dev/null {n}" for n in news),
+        *(FileUploadCommand(f.source(), f.dest + ".kthw-new",
+                            remote_temp_filename=posixpath.join(temp_dir, hashlib.sha1(f.dest.encode()).hexdigest()))
+          for f in uploads),
+        _swap_command(uploads, check),
+        StringCommand(f"rm -rf {q_temp}", _sudo=False),
+    ]
+
+
+def _swap_command(uploads: list[ManagedFile], check: str) -> str:
+    """One command: each new version gets its mode and owner, passes ``check``, replaces the old
+    one; then what landed is hashed, compared and recorded in the host's hash cache."""
+    steps = []
+    for f in uploads:
+        new, dest = shlex.quote(f.dest + ".kthw-new"), shlex.quote(f.dest)
+        step = f"chmod {f.mode:o} {new} && chown {f.owner} {new}"
+        if check:
+            step += f" && {{ {check.format(path=new)} || {{ rm -f {new}; exit 1; }}; }}"
+        steps.append(f"{step} && mv -f {new} {dest}")
+    record = json.dumps({"cache": HASH_CACHE, "files": {f.dest: f.sha256 for f in uploads}})
+    steps.append(f"python3 -c {shlex.quote(RECORD_HASHES_SCRIPT)} {shlex.quote(record)}")
+    return " && ".join(steps)
+
+
+def _attribute_commands(changes: list[_FileChange]) -> list[str]:
+    """chmod / chown for the files whose content is right but whose mode or owner is not."""
+    cmds = []
     for c in changes:
         if not c.content and c.mode:
-            yield f"chmod {c.file.mode:o} {shlex.quote(c.file.dest)}"
+            cmds.append(f"chmod {c.file.mode:o} {shlex.quote(c.file.dest)}")
         if not c.content and c.owner:
-            yield f"chown {c.file.owner} {shlex.quote(c.file.dest)}"
+            cmds.append(f"chown {c.file.owner} {shlex.quote(c.file.dest)}")
+    return cmds
 
 
 @operation()
