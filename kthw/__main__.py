@@ -5,7 +5,7 @@
     pki adopt  copy a running cluster's identity (CAs, service-account keys, encryption config,
                Weave password) from a master over SSH, then refresh the rest (--from NODE)
     pki rotate-ca [begin|switch|finish]
-               rotate the CAs without downtime, a deploy after each step (README: CA rotation);
+               rotate the CAs without downtime, a deploy after each step (docs/pki.md: CA rotation);
                without a step: where the rotation stands
     certs      every certificate on every master and worker (over SSH) with its days left; exits 1
                when one expires within pki.renew_before_days (or --within DAYS): for cron

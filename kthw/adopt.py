@@ -85,7 +85,7 @@ def _check(files: dict[str, bytes]) -> None:
     """Each CA key belongs to its certificate, and the service-account key to its .pub."""
     for ca in (CA_NAME, ETCD_CA_NAME, FRONT_PROXY_CA_NAME):
         if len(x509.load_pem_x509_certificates(files[f"{ca}.crt"])) > 1:
-            raise PkiError(f"{ca}.crt on the master holds two CAs: a CA rotation is under way (README: CA "
+            raise PkiError(f"{ca}.crt on the master holds two CAs: a CA rotation is under way (docs/pki.md: CA "
                            "rotation). Not adopted. Fix: finish the rotation from the operator machine that "
                            "began it, then adopt")
         cert = x509.load_pem_x509_certificate(files[f"{ca}.crt"])

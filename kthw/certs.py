@@ -4,7 +4,7 @@ For a cron job or a monitoring check: it reads every master and worker over SSH 
 each, the same as ``rotate-ca``: certificate files and the certificates inside kubeconfigs,
 never a key), prints one line per certificate and exits 1 when any expires within the renewal
 window (``pki.renew_before_days``, or ``--within DAYS``). A leaf certificate is renewed by
-rerunning the deploy; a CA by rotating it (README: CA rotation).
+rerunning the deploy; a CA by rotating it (docs/pki.md: CA rotation).
 
     $ python -m kthw certs
     NODE       FILE                                         CERTIFICATE             EXPIRES     DAYS
@@ -61,5 +61,5 @@ def report(found: list[Row], within: int) -> tuple[str, int]:
         return "\n".join(lines), 0
     cas = [r for r in due if r.what.startswith("CA ")]
     lines.append(f"{len(due)} of {len(found)} certificates expire within {within} days: rerun the deploy to "
-                 "renew them" + (", and rotate the CAs (README: CA rotation)" if cas else ""))
+                 "renew them" + (", and rotate the CAs (docs/pki.md: CA rotation)" if cas else ""))
     return "\n".join(lines), 1

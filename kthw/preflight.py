@@ -75,7 +75,7 @@ def identity_refusal(host_name: str, cluster: Cluster, differing: list[str]) -> 
             "Nothing was changed. Fix: to manage that running cluster from here, copy its identity into the "
             "local state first (`python -m kthw pki adopt`); to replace it on purpose (CA rotation, every "
             "token, Secret and kubeconfig of the old identity stops working), rerun with "
-            f"--data {REPLACE_IDENTITY}=yes (README: Cluster identity).")
+            f"--data {REPLACE_IDENTITY}=yes (docs/pki.md: Cluster identity).")
 
 
 def check_identity(host, cluster: Cluster, node: Node) -> None:

@@ -79,7 +79,7 @@ def skew_refusal(host: str, binary: str, running: str, wanted: str) -> str | Non
         return (f"{head}, an older minor version; {project} does not support going back a minor version "
                 "(its stored objects may already be in the newer form). Nothing was changed. Fix: set "
                 f"versions.{key} back to v{have[0]}.{have[1]}.x or newer; to go back anyway, restore a backup "
-                "taken before the upgrade on a cluster rebuilt at the old version (README: Day two).")
+                "taken before the upgrade on a cluster rebuilt at the old version (docs/day-two.md: Day two).")
     if want[1] - have[1] > 1:
         skipped = want[1] - have[1]
         return (f"{head}, {'two' if skipped == 2 else skipped} minor versions at once; {project} upgrades one minor "

@@ -1,7 +1,7 @@
 """Kubernetes' own conformance tests judge the deploy: the fixed CI subset (lab/conformance,
 SUBSETS["ci"]: API and aggregation layer, webhooks, RBAC and service accounts, Services and
 NodePort, DNS, pods, exec and logs, Deployments, Secrets and ConfigMaps, kubectl) on the
-reference topology. The whole suite is `make conformance` (hours; README: Conformance)."""
+reference topology. The whole suite is `make conformance` (hours; docs/conformance.md)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from tests.lab.test_cluster import kubelet_nodes, smoke_image
 
 def weave_only(lab: Lab) -> None:
     if lab.cluster.cni != "weave":
-        pytest.skip(f"cni: {lab.cluster.cni} has no mesh and no NetworkPolicy enforcement (README: bridge)")
+        pytest.skip(f"cni: {lab.cluster.cni} has no mesh and no NetworkPolicy enforcement (docs/deploy.md)")
 
 
 def test_every_pod_address_is_inside_the_pod_cidr(lab):

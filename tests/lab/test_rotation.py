@@ -1,4 +1,4 @@
-"""Rotating the CAs on a running cluster (README: CA rotation): three steps, a deploy after each,
+"""Rotating the CAs on a running cluster (docs/pki.md: CA rotation): three steps, a deploy after each,
 requests through the load balancer all along. Afterwards everything runs on the new CAs, the old
 CA's certificates are refused, and what was not a CA (Secrets, service-account tokens) still works."""
 

@@ -1,4 +1,4 @@
-"""kthw's operations used outside deploy.py: the README's example and every operation called
+"""kthw's operations used outside deploy.py: the example in docs/deploy.md and every operation called
 without name= on a secret, on pyinfra's @fake connector."""
 
 from __future__ import annotations
