@@ -13,66 +13,64 @@ Private keys are written 0600 and never printed::
     >>> report = ensure_pki(load_cluster())
     >>> report["kube-apiserver"]
     'kept'
+
+This module issues; the CAs' files and a rotation's state are the CA store's (kthw/castore.py),
+the encryption config and the Weave password kthw/cluster_secrets.py's, and writing and reading
+the files kthw/pkifiles.py's. Their names other modules use are importable from here too.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
 import os
-import secrets
-import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
-import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+# Re-exported (``import X as X``): other modules import these from kthw.pki.
+from kthw.castore import CA_NAME as CA_NAME
+from kthw.castore import CA_SUBJECTS as CA_SUBJECTS
+from kthw.castore import ETCD_CA_NAME as ETCD_CA_NAME
+from kthw.castore import FRONT_PROXY_CA_NAME as FRONT_PROXY_CA_NAME
+from kthw.castore import NEXT as NEXT
+from kthw.castore import PREVIOUS as PREVIOUS
+from kthw.castore import RETIRED as RETIRED
+from kthw.castore import check_rotation, save_ca, signing_ca
+from kthw.castore import known_trust as known_trust
+from kthw.castore import rotation_step as rotation_step
+from kthw.castore import trust_bundle as trust_bundle
+from kthw.cluster_secrets import ENCRYPTION_CONFIG as ENCRYPTION_CONFIG
+from kthw.cluster_secrets import WEAVE_PASSWORD as WEAVE_PASSWORD
+from kthw.cluster_secrets import encryption_config as encryption_config
+from kthw.cluster_secrets import encryption_secret as encryption_secret
+from kthw.cluster_secrets import ensure_cluster_secrets
+from kthw.cluster_secrets import ensure_encryption_config as ensure_encryption_config
+from kthw.cluster_secrets import ensure_weave_password as ensure_weave_password
 from kthw.model import Cluster
+from kthw.pkifiles import PkiError as PkiError
+from kthw.pkifiles import PrivateKey as PrivateKey
+from kthw.pkifiles import cert_pem, fix_mode, key_pem, load_cert, load_key, same_public_key
+from kthw.pkifiles import write_private as write_private
+from kthw.pkifiles import write_public as write_public
 
-CA_NAME = "ca"
-# etcd trusts only its own CA: a certificate from the cluster CA (every kubelet's, anything
-# signed through an approved CSR) must not open the datastore under RBAC.
-ETCD_CA_NAME = "etcd-ca"
-# The aggregation layer's own CA: the apiserver proxies requests to aggregated APIs (metrics,
-# custom apiservers) with a client certificate from it, and those servers believe the
-# X-Remote-User headers only from a certificate of this CA. A separate CA, so no other
-# certificate of the cluster can pose as the proxy.
-FRONT_PROXY_CA_NAME = "front-proxy-ca"
-CA_SUBJECTS = {CA_NAME: "KUBERNETES-CA", ETCD_CA_NAME: "ETCD-CA", FRONT_PROXY_CA_NAME: "FRONT-PROXY-CA"}
 # The proxy's name, as the apiserver's --requestheader-allowed-names lists it.
 FRONT_PROXY_CLIENT = "front-proxy-client"
 SERVICE_ACCOUNT = "service-account"
-ENCRYPTION_CONFIG = "encryption-config.yaml"
-# Weave Net's mesh password (cni: weave): encrypts and authenticates traffic between peers.
-WEAVE_PASSWORD = "weave-password"
 # The cluster's identity: a host holding other versions of these belongs to another cluster (or
 # this one was re-created locally). Replacing them would break every Secret, token and
-# kubeconfig, so the deploy refuses unless told to (README: "Cluster identity").
+# kubeconfig, so the deploy refuses unless told to (docs/pki.md: "Cluster identity").
 IDENTITY_FILES = (f"{CA_NAME}.crt", f"{ETCD_CA_NAME}.crt", f"{FRONT_PROXY_CA_NAME}.crt", f"{SERVICE_ACCOUNT}.pub",
                   ENCRYPTION_CONFIG)
-# A CA file on the hosts (ca.crt, etcd-ca.crt, front-proxy-ca.crt) is a trust bundle: the CA that
-# signs, plus, during a rotation (kthw/rotation.py), the other one. Locally, <ca>.crt is always the
-# signing CA alone; <ca>.next.crt is the new CA not signing yet (step "trust"), <ca>.previous.crt
-# the old CA still trusted (step "switch"); retired-<time>/<ca>.crt are CAs a finished rotation
-# dropped (a host still trusting one of them belongs to this cluster all the same).
-NEXT, PREVIOUS, RETIRED = "next", "previous", "retired-"
 # Backdate certificates a little so a node whose clock lags the operator's accepts them.
 CLOCK_SKEW = dt.timedelta(minutes=5)
-
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-
-
-class PkiError(Exception):
-    """The PKI directory is in a state we must not repair on our own (e.g. a broken CA)."""
 
 
 @dataclass(frozen=True)
@@ -112,11 +110,17 @@ def etcd_member_cert_name(node_name: str) -> str:
     return f"etcd-server-{node_name}"
 
 
+_LOOPBACK = IPv4Address("127.0.0.1")
+
+
 def cert_specs(cluster: Cluster) -> list[CertSpec]:
     """Every leaf certificate of the cluster, derived from the model."""
-    masters_ips = tuple(m.ip for m in cluster.masters)
-    loopback = IPv4Address("127.0.0.1")
-    specs = [
+    return [*_control_plane_specs(cluster), *_etcd_member_specs(cluster), *_kubelet_specs(cluster)]
+
+
+def _control_plane_specs(cluster: Cluster) -> list[CertSpec]:
+    """One of each, whatever the topology: clients of the apiserver, the apiserver's own."""
+    return [
         CertSpec("admin", "admin", ("system:masters",), client=True,
                  purpose="the operator's kubectl (full access through system:masters)"),
         CertSpec("kube-controller-manager", "system:kube-controller-manager", client=True,
@@ -125,19 +129,7 @@ def cert_specs(cluster: Cluster) -> list[CertSpec]:
                  purpose="kube-scheduler's identity at the apiserver"),
         CertSpec("kube-proxy", "system:kube-proxy", ("system:node-proxier",), client=True,
                  purpose="kube-proxy's identity at the apiserver"),
-        CertSpec(
-            "kube-apiserver", "kube-apiserver",
-            dns_names=(
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster",
-                f"kubernetes.default.svc.{cluster.domain}",
-            ),
-            ip_addresses=(cluster.api_service_ip, *masters_ips, cluster.loadbalancer.ip, loopback),
-            server=True,
-            purpose="apiserver serving certificate, valid for every way clients reach it",
-        ),
+        _apiserver_spec(cluster),
         # Bound to ClusterRole system:kubelet-api-admin by RBAC, not to system:masters:
         # the apiserver needs kubelet logs/exec, not cluster-admin.
         CertSpec("apiserver-kubelet-client", "kube-apiserver-kubelet-client", client=True,
@@ -147,55 +139,44 @@ def cert_specs(cluster: Cluster) -> list[CertSpec]:
         CertSpec(FRONT_PROXY_CLIENT, FRONT_PROXY_CLIENT, client=True, issuer=FRONT_PROXY_CA_NAME,
                  purpose="apiserver's client certificate at aggregated API servers (aggregation layer)"),
     ]
-    for m in cluster.masters:
-        specs.append(CertSpec(
-            etcd_member_cert_name(m.name), ETCD_MEMBER_CN, dns_names=(m.name,), ip_addresses=(m.ip, loopback),
-            server=True, client=True, issuer=ETCD_CA_NAME,
-            purpose=f"etcd member {m.name}: serving and peer certificate (peers are clients of each other)",
-        ))
-    for w in cluster.kubelet_nodes:
-        specs.append(CertSpec(
-            kubelet_cert_name(w.name), f"system:node:{w.name}", ("system:nodes",),
-            dns_names=(w.name,), ip_addresses=(w.ip,), server=True, client=True,
-            purpose=f"{w.name}'s kubelet: its identity at the apiserver and its serving certificate",
-        ))
-    return specs
 
 
-# --------------------------------------------------------------------------- files
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Atomically write a secret: created 0600 from the start, never world-readable."""
-    _atomic_write(path, data, 0o600)
-
-
-def write_public(path: Path, data: bytes) -> None:
-    _atomic_write(path, data, 0o644)
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _key_pem(key: PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+def _apiserver_spec(cluster: Cluster) -> CertSpec:
+    return CertSpec(
+        "kube-apiserver", "kube-apiserver",
+        dns_names=(
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster",
+            f"kubernetes.default.svc.{cluster.domain}",
+        ),
+        ip_addresses=(cluster.api_service_ip, *(m.ip for m in cluster.masters), cluster.loadbalancer.ip, _LOOPBACK),
+        server=True,
+        purpose="apiserver serving certificate, valid for every way clients reach it",
     )
 
 
-def _new_key(key_type: str) -> PrivateKey:
+def _etcd_member_specs(cluster: Cluster) -> list[CertSpec]:
+    return [CertSpec(
+        etcd_member_cert_name(m.name), ETCD_MEMBER_CN, dns_names=(m.name,), ip_addresses=(m.ip, _LOOPBACK),
+        server=True, client=True, issuer=ETCD_CA_NAME,
+        purpose=f"etcd member {m.name}: serving and peer certificate (peers are clients of each other)",
+    ) for m in cluster.masters]
+
+
+def _kubelet_specs(cluster: Cluster) -> list[CertSpec]:
+    return [CertSpec(
+        kubelet_cert_name(w.name), f"system:node:{w.name}", ("system:nodes",),
+        dns_names=(w.name,), ip_addresses=(w.ip,), server=True, client=True,
+        purpose=f"{w.name}'s kubelet: its identity at the apiserver and its serving certificate",
+    ) for w in cluster.kubelet_nodes]
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def new_key(key_type: str) -> PrivateKey:
     if key_type == "ecdsa-p256":
         return ec.generate_private_key(ec.SECP256R1())
     bits = int(key_type.split("-")[1])
@@ -208,28 +189,10 @@ def _key_matches_type(key: PrivateKey, key_type: str) -> bool:
     return isinstance(key, rsa.RSAPrivateKey) and key.key_size == int(key_type.split("-")[1])
 
 
-def _load_key(path: Path) -> PrivateKey | None:
-    try:
-        # Skipping the RSA consistency check halves rerun time; these are our own files and the
-        # key is compared with its certificate's public key before it is trusted.
-        key = serialization.load_pem_private_key(
-            path.read_bytes(), password=None, unsafe_skip_rsa_key_validation=True
-        )
-    except (OSError, ValueError, TypeError):
-        return None
-    return key if isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)) else None
-
-
-def _load_cert(path: Path) -> x509.Certificate | None:
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-
-
-def _same_public_key(key: PrivateKey, cert: x509.Certificate) -> bool:
-    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return key.public_key().public_bytes(*fmt) == cert.public_key().public_bytes(*fmt)
+def _new_keys(key_type: str, count: int) -> Iterator[PrivateKey]:
+    """``count`` new keys, generated in parallel (RSA generation dominates the cost and releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return iter(list(pool.map(lambda _: new_key(key_type), range(count))))
 
 
 # --------------------------------------------------------------------------- building certs
@@ -258,6 +221,12 @@ def _key_usage(key: PrivateKey, *, ca: bool) -> x509.KeyUsage:
         encipher_only=False,
         decipher_only=False,
     )
+
+
+def new_ca(cluster: Cluster, name: str, now: dt.datetime) -> tuple[x509.Certificate, PrivateKey]:
+    """A new self-signed CA (``name``: one of CA_SUBJECTS) and its key; the CA store keeps it."""
+    key = new_key(cluster.pki.key_type)
+    return _issue_ca(cluster, key, now, name), key
 
 
 def _issue_ca(cluster: Cluster, key: PrivateKey, now: dt.datetime, name: str = CA_NAME) -> x509.Certificate:
@@ -362,91 +331,8 @@ class PkiReport:
         return [n for n, a in self.actions.items() if a != "kept"]
 
 
-
-def _ensure_ca(cluster: Cluster, pki_dir: Path, now: dt.datetime, report: PkiReport, name: str = CA_NAME
-               ) -> tuple[x509.Certificate, PrivateKey]:
-    crt_path, key_path = pki_dir / f"{name}.crt", pki_dir / f"{name}.key"
-    start_over = (f"restore both files from your backup, or delete {pki_dir} entirely to start a new "
-                  "CA (every node then needs the new certificates: rerun the deploy)")
-    if not crt_path.exists() and not key_path.exists():
-        key = _new_key(cluster.pki.key_type)
-        cert = _issue_ca(cluster, key, now, name)
-        write_private(key_path, _key_pem(key))
-        write_public(crt_path, cert.public_bytes(serialization.Encoding.PEM))
-        report.actions[name] = "created"
-        return cert, key
-    cert, key = _load_cert(crt_path), _load_key(key_path)
-    if cert is None or key is None:
-        missing = crt_path if cert is None else key_path
-        raise PkiError(f"the CA is incomplete: {missing} is missing or unreadable. "
-                       f"The CA is never replaced automatically. Fix: {start_over}.")
-    if not _same_public_key(key, cert):
-        raise PkiError(f"{key_path} does not belong to {crt_path}. Fix: {start_over}.")
-    if cert.not_valid_after_utc <= now:
-        raise PkiError(f"the CA expired on {cert.not_valid_after_utc:%Y-%m-%d}. Rotating a CA is a "
-                       f"deliberate act. Fix: {start_over}.")
-    _fix_mode(key_path)
-    report.actions[name] = "kept"
-    return cert, key
-
-
-def rotation_step(pki_dir: Path) -> str:
-    """Where a CA rotation stands: "none", "trust" (new CAs trusted, old ones still sign) or
-    "switch" (new CAs sign, old ones still trusted)."""
-    has = {kind: [n for n in CA_SUBJECTS if (pki_dir / f"{n}.{kind}.crt").exists()] for kind in (NEXT, PREVIOUS)}
-    if has[NEXT] and has[PREVIOUS]:
-        raise PkiError(f"{pki_dir} holds both *.{NEXT}.crt and *.{PREVIOUS}.crt: a CA rotation is half-moved. "
-                       "Fix: restore the folder from your backup (or finish the moves by hand, README: CA rotation).")
-    for kind, names in has.items():
-        if names and len(names) != len(CA_SUBJECTS):
-            missing = sorted(set(CA_SUBJECTS) - set(names))
-            raise PkiError(f"{pki_dir}: a CA rotation is under way but {', '.join(f'{n}.{kind}.crt' for n in missing)} "
-                           "is missing. Fix: restore it from your backup (README: CA rotation).")
-    return "trust" if has[NEXT] else "switch" if has[PREVIOUS] else "none"
-
-
-def _other_ca(pki_dir: Path, name: str) -> Path | None:
-    """The rotation's second CA of this kind (next or previous), if a rotation is under way."""
-    for kind in (NEXT, PREVIOUS):
-        if (path := pki_dir / f"{name}.{kind}.crt").exists():
-            return path
-    return None
-
-
-def trust_bundle(pki_dir: Path, name: str = CA_NAME) -> bytes:
-    """What hosts and kubeconfigs trust for this CA: the signing CA alone, or during a rotation
-    both CAs, oldest first (so the bundle stays the same bytes from step "trust" to "switch")."""
-    pems = [(pki_dir / f"{name}.crt").read_bytes()]
-    if other := _other_ca(pki_dir, name):
-        pems.append(other.read_bytes())
-    certs = sorted(((x509.load_pem_x509_certificate(p), p) for p in pems),
-                   key=lambda cp: (cp[0].not_valid_before_utc, cp[0].serial_number))
-    return b"".join(p for _, p in certs)
-
-
-def known_trust(pki_dir: Path, name: str = CA_NAME) -> set[str]:
-    """sha256 of every CA file a host of this cluster may hold: any one or two of the signing CA,
-    the rotation's other CA and the CAs earlier rotations retired, in either order."""
-    pems = [(pki_dir / f"{name}.crt").read_bytes()]
-    if other := _other_ca(pki_dir, name):
-        pems.append(other.read_bytes())
-    pems += [p.read_bytes() for p in sorted(pki_dir.glob(f"{RETIRED}*/{name}.crt"))]
-    combos = [*pems, *(a + b for a in pems for b in pems if a != b)]
-    return {hashlib.sha256(c).hexdigest() for c in combos}
-
-
-def _check_rotation_ca(pki_dir: Path, name: str, now: dt.datetime) -> None:
-    """The rotation's other CA must be whole and valid, like the signing one."""
-    if (crt_path := _other_ca(pki_dir, name)) is None:
-        return
-    key_path = crt_path.with_suffix(".key")
-    cert, key = _load_cert(crt_path), _load_key(key_path)
-    if cert is None or key is None or not _same_public_key(key, cert):
-        raise PkiError(f"{crt_path.name} and {key_path.name} in {pki_dir} are not a CA and its key. "
-                       "Fix: restore both from your backup (README: CA rotation).")
-    if cert.not_valid_after_utc <= now:
-        raise PkiError(f"{crt_path} expired on {cert.not_valid_after_utc:%Y-%m-%d}. Fix: finish the rotation "
-                       "or restore the folder from your backup (README: CA rotation).")
+# A leaf's plan: its spec, the key to keep (None: a new one) and what the report says.
+LeafPlan = tuple[CertSpec, PrivateKey | None, str]
 
 
 def ensure_pki(cluster: Cluster, pki_dir: Path | None = None, now: dt.datetime | None = None
@@ -459,145 +345,94 @@ def ensure_pki(cluster: Cluster, pki_dir: Path | None = None, now: dt.datetime |
     os.chmod(pki_dir, 0o700)
     report = PkiReport()
     cas = {name: _ensure_ca(cluster, pki_dir, now, report, name) for name in CA_SUBJECTS}
-    rotation_step(pki_dir)  # a half-moved rotation is an error
-    for name in CA_SUBJECTS:
-        _check_rotation_ca(pki_dir, name, now)
-    renew_before = dt.timedelta(days=cluster.pki.renew_before_days)
-    key_type = cluster.pki.key_type
+    check_rotation(pki_dir, now)  # a half-moved rotation, or a broken second CA, is an error
 
-    # Decide first, then generate all new keys in parallel (RSA generation dominates the cost
-    # and releases the GIL).
-    plan: list[tuple[CertSpec, PrivateKey | None, str]] = []
+    # Decide first, then generate all new keys at once.
+    plan = _plan_leaves(cluster, pki_dir, cas, now, report)
+    sa_key = load_key(pki_dir / f"{SERVICE_ACCOUNT}.key")
+    fresh = sum(1 for _, k, _ in plan if k is None) + (sa_key is None)
+    new_keys = _new_keys(cluster.pki.key_type, fresh)
+
+    _issue_leaves(cluster, pki_dir, plan, cas, new_keys, now, report)
+    report.actions[SERVICE_ACCOUNT] = _ensure_service_account(pki_dir, sa_key, new_keys)
+    report.actions.update(ensure_cluster_secrets(pki_dir, weave=cluster.cni == "weave"))
+    return report
+
+
+def _ensure_ca(cluster: Cluster, pki_dir: Path, now: dt.datetime, report: PkiReport, name: str = CA_NAME
+               ) -> tuple[x509.Certificate, PrivateKey]:
+    """The signing CA as the CA store holds it, or a new one when it holds none."""
+    if (ca := signing_ca(pki_dir, name, now)) is not None:
+        report.actions[name] = "kept"
+        return ca
+    cert, key = new_ca(cluster, name, now)
+    save_ca(pki_dir, name, cert, key)
+    report.actions[name] = "created"
+    return cert, key
+
+
+def _plan_leaves(cluster: Cluster, pki_dir: Path, cas: dict[str, tuple[x509.Certificate, PrivateKey]],
+                 now: dt.datetime, report: PkiReport) -> list[LeafPlan]:
+    """The leaves to (re)issue; the ones still right are kept as they are (their keys' mode fixed)."""
+    renew_before = dt.timedelta(days=cluster.pki.renew_before_days)
+    plan: list[LeafPlan] = []
     for spec in cert_specs(cluster):
         crt_path, key_path = pki_dir / f"{spec.name}.crt", pki_dir / f"{spec.name}.key"
-        cert, key = _load_cert(crt_path), _load_key(key_path)
-        if key is not None and not _key_matches_type(key, key_type):
-            plan.append((spec, None, f"re-issued: key type is now {key_type}"))
-        elif cert is None and key is None:
-            plan.append((spec, None, "created"))
-        elif key is None:
-            plan.append((spec, None, "re-issued: key missing or unreadable"))
-        elif cert is None:
-            plan.append((spec, key, "re-issued: certificate missing or unreadable"))
-        elif not _same_public_key(key, cert):
-            plan.append((spec, None, "re-issued: key does not match certificate"))
-        elif reason := _why_reissue(spec, cert, cas[spec.issuer][0], renew_before, now):
-            plan.append((spec, key, f"re-issued: {reason}"))
-        else:
-            _fix_mode(key_path)
+        cert, key = load_cert(crt_path), load_key(key_path)
+        decision = _leaf_decision(spec, cert, key, cas[spec.issuer][0], cluster.pki.key_type, renew_before, now)
+        if decision is None:
+            fix_mode(key_path)
             report.actions[spec.name] = "kept"
-    sa_key = _load_key(pki_dir / f"{SERVICE_ACCOUNT}.key")
-    need_sa = sa_key is None
+        else:
+            plan.append((spec, *decision))
+    return plan
 
-    fresh = sum(1 for _, k, _ in plan if k is None) + need_sa
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        new_keys = iter(list(pool.map(lambda _: _new_key(key_type), range(fresh))))
 
+def _leaf_decision(spec: CertSpec, cert: x509.Certificate | None, key: PrivateKey | None,
+                   ca_cert: x509.Certificate, key_type: str, renew_before: dt.timedelta, now: dt.datetime
+                   ) -> tuple[PrivateKey | None, str] | None:
+    """None to keep the leaf; otherwise the key to keep (None: a new one) and the action to report."""
+    if key is not None and not _key_matches_type(key, key_type):
+        return None, f"re-issued: key type is now {key_type}"
+    if cert is None and key is None:
+        return None, "created"
+    if key is None:
+        return None, "re-issued: key missing or unreadable"
+    if cert is None:
+        return key, "re-issued: certificate missing or unreadable"
+    if not same_public_key(key, cert):
+        return None, "re-issued: key does not match certificate"
+    if reason := _why_reissue(spec, cert, ca_cert, renew_before, now):
+        return key, f"re-issued: {reason}"
+    return None
+
+
+def _issue_leaves(cluster: Cluster, pki_dir: Path, plan: list[LeafPlan],
+                  cas: dict[str, tuple[x509.Certificate, PrivateKey]], new_keys: Iterator[PrivateKey],
+                  now: dt.datetime, report: PkiReport) -> None:
     for spec, key, action in plan:
         new_key = key is None
         key = key or next(new_keys)
         cert = _issue_leaf(spec, key, *cas[spec.issuer], cluster.pki.cert_validity_days, now)
         if new_key:
-            write_private(pki_dir / f"{spec.name}.key", _key_pem(key))
-        write_public(pki_dir / f"{spec.name}.crt", cert.public_bytes(serialization.Encoding.PEM))
+            write_private(pki_dir / f"{spec.name}.key", key_pem(key))
+        write_public(pki_dir / f"{spec.name}.crt", cert_pem(cert))
         report.actions[spec.name] = action
 
-    # Service accounts: a key pair, no certificate. The apiserver verifies with .pub,
-    # signs with .key; the controller-manager signs with .key.
+
+def _ensure_service_account(pki_dir: Path, sa_key: PrivateKey | None, new_keys: Iterator[PrivateKey]) -> str:
+    """Service accounts: a key pair, no certificate. The apiserver verifies with .pub,
+    signs with .key; the controller-manager signs with .key."""
+    need_sa = sa_key is None
     if need_sa:
         sa_key = next(new_keys)
-        write_private(pki_dir / f"{SERVICE_ACCOUNT}.key", _key_pem(sa_key))
+        write_private(pki_dir / f"{SERVICE_ACCOUNT}.key", key_pem(sa_key))
     pub = sa_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     pub_path = pki_dir / f"{SERVICE_ACCOUNT}.pub"
     if need_sa or not pub_path.exists() or pub_path.read_bytes() != pub:
         write_public(pub_path, pub)
-        report.actions[SERVICE_ACCOUNT] = "created" if need_sa else "re-issued: public key rewritten"
-    else:
-        _fix_mode(pki_dir / f"{SERVICE_ACCOUNT}.key")
-        report.actions[SERVICE_ACCOUNT] = "kept"
-
-    report.actions["encryption-config"] = ensure_encryption_config(pki_dir / ENCRYPTION_CONFIG)
-    if cluster.cni == "weave":
-        report.actions[WEAVE_PASSWORD] = ensure_weave_password(pki_dir / WEAVE_PASSWORD)
-    return report
-
-
-def _fix_mode(path: Path) -> None:
-    """Keys that someone loosened are tightened again; contents stay untouched."""
-    if path.exists() and (path.stat().st_mode & 0o777) != 0o600:
-        os.chmod(path, 0o600)
-
-
-# --------------------------------------------------------------------------- encryption at rest
-
-
-def encryption_config(secret_b64: str) -> str:
-    """EncryptionConfiguration for the apiserver: Secrets sealed with secretbox (XSalsa20 +
-    Poly1305, recommended over aescbc), identity last so data written before still reads."""
-    doc = {
-        "apiVersion": "apiserver.config.k8s.io/v1",
-        "kind": "EncryptionConfiguration",
-        "resources": [
-            {
-                "resources": ["secrets"],
-                "providers": [
-                    {"secretbox": {"keys": [{"name": "key1", "secret": secret_b64}]}},
-                    {"identity": {}},
-                ],
-            }
-        ],
-    }
-    return yaml.safe_dump(doc, sort_keys=False)
-
-
-def encryption_secret(path: Path) -> str | None:
-    """The key inside an existing encryption config, or None if absent/unreadable."""
-    try:
-        doc = yaml.safe_load(path.read_text())
-        providers = doc["resources"][0]["providers"]
-        secret = providers[0]["secretbox"]["keys"][0]["secret"]
-        if len(base64.b64decode(secret, validate=True)) == 32:
-            return secret
-    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError, ValueError):
-        return None
-    return None
-
-
-def ensure_encryption_config(path: Path) -> str:
-    """Generate the key once; afterwards keep it (losing it makes every Secret unreadable)."""
-    secret = encryption_secret(path)
-    if secret is None and path.exists():
-        raise PkiError(f"{path} exists but holds no usable secretbox key. Replacing it would make "
-                       "every Secret in etcd unreadable. Fix: restore it from your backup, or delete "
-                       "it only for a cluster whose etcd holds no Secrets yet.")
-    if secret is None:
-        secret = base64.b64encode(secrets.token_bytes(32)).decode()
-        write_private(path, encryption_config(secret).encode())
-        return "created"
-    # A valid file is kept byte for byte: after a key rotation it holds more than one key,
-    # and dropping any would make the Secrets written with it unreadable.
-    _fix_mode(path)
+        return "created" if need_sa else "re-issued: public key rewritten"
+    fix_mode(pki_dir / f"{SERVICE_ACCOUNT}.key")
     return "kept"
-
-
-# --------------------------------------------------------------------------- Weave Net
-
-
-def ensure_weave_password(path: Path) -> str:
-    """Weave Net's mesh password, generated once and then kept: every peer must hold the same
-    one, and a new one would split the mesh until every node restarted with it."""
-    try:
-        current = path.read_text().strip()
-    except OSError:
-        current = ""
-    if len(current) >= 32:
-        _fix_mode(path)
-        return "kept"
-    if path.exists():
-        raise PkiError(f"{path} holds no usable Weave password (32 or more characters). Fix: restore "
-                       "it from your backup, or delete it to make a new one (every weave-net pod then "
-                       "restarts with it).")
-    write_private(path, (secrets.token_urlsafe(32) + "\n").encode())
-    return "created"

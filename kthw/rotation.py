@@ -27,24 +27,21 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 
-from kthw.hostcerts import TRUST_FILES, HostCerts, Reader, owed_restarts, ssh_reader
-from kthw.model import Cluster
-from kthw.pki import (
+from kthw.castore import (
     CA_NAME,
     CA_SUBJECTS,
     NEXT,
-    PREVIOUS,
-    RETIRED,
-    PkiError,
-    _issue_ca,
-    _key_pem,
-    _new_key,
+    add_next_ca,
+    ca_path,
+    promote_next,
+    retire_previous,
     rotation_step,
-    write_private,
-    write_public,
 )
+from kthw.hostcerts import TRUST_FILES, HostCerts, Reader, owed_restarts, ssh_reader
+from kthw.model import Cluster
+from kthw.pki import new_ca
+from kthw.pkifiles import PkiError
 
 
 def _ca_of(path: str) -> str:
@@ -58,7 +55,7 @@ def _load(path: Path) -> x509.Certificate:
 
 def problems_before_switch(pki_dir: Path, hosts: dict[str, HostCerts]) -> list[str]:
     """Everything must trust the new CAs before they sign anything."""
-    new = {name: _load(pki_dir / f"{name}.{NEXT}.crt") for name in CA_SUBJECTS}
+    new = {name: _load(ca_path(pki_dir, name, NEXT)) for name in CA_SUBJECTS}
     out = []
     for node, host in sorted(hosts.items()):
         for path, certs in sorted(host.trust.items()):
@@ -70,7 +67,7 @@ def problems_before_switch(pki_dir: Path, hosts: dict[str, HostCerts]) -> list[s
 
 def problems_before_finish(pki_dir: Path, hosts: dict[str, HostCerts]) -> list[str]:
     """Every certificate in use must come from the new CAs before the old ones are dropped."""
-    signers = [_load(pki_dir / f"{name}.crt") for name in CA_SUBJECTS]
+    signers = [_load(ca_path(pki_dir, name)) for name in CA_SUBJECTS]
 
     def signed_by_new(cert: x509.Certificate) -> bool:
         for ca in signers:
@@ -117,14 +114,7 @@ def begin(cluster: Cluster, now: dt.datetime | None = None) -> list[str]:
     pki = cluster.pki_dir
     _require(pki, "none", "begin")
     now = now or dt.datetime.now(dt.UTC)
-    made = []
-    for name in CA_SUBJECTS:
-        key = _new_key(cluster.pki.key_type)
-        write_private(pki / f"{name}.{NEXT}.key", _key_pem(key))
-        cert = _issue_ca(cluster, key, now, name)
-        write_public(pki / f"{name}.{NEXT}.crt", cert.public_bytes(serialization.Encoding.PEM))
-        made.append(f"{name}.{NEXT}.crt")
-    return made
+    return [add_next_ca(pki, name, *new_ca(cluster, name, now)).name for name in CA_SUBJECTS]
 
 
 def switch(cluster: Cluster, read: Reader) -> list[str]:
@@ -132,11 +122,7 @@ def switch(cluster: Cluster, read: Reader) -> list[str]:
     pki = cluster.pki_dir
     _require(pki, "trust", "switch")
     _refuse_unless_reached(problems_before_switch(pki, read()), "switch", "begin")
-    for name in CA_SUBJECTS:
-        for ext in ("crt", "key"):
-            os.replace(pki / f"{name}.{ext}", pki / f"{name}.{PREVIOUS}.{ext}")
-            os.replace(pki / f"{name}.{NEXT}.{ext}", pki / f"{name}.{ext}")
-    return [f"{name}.crt" for name in CA_SUBJECTS]
+    return [path.name for path in promote_next(pki)]
 
 
 def finish(cluster: Cluster, read: Reader, now: dt.datetime | None = None) -> list[str]:
@@ -144,12 +130,7 @@ def finish(cluster: Cluster, read: Reader, now: dt.datetime | None = None) -> li
     pki = cluster.pki_dir
     _require(pki, "switch", "finish")
     _refuse_unless_reached(problems_before_finish(pki, read()), "finish", "switch")
-    retired = pki / f"{RETIRED}{(now or dt.datetime.now(dt.UTC)):%Y%m%dT%H%M%SZ}"
-    retired.mkdir(mode=0o700)
-    for name in CA_SUBJECTS:
-        for ext in ("crt", "key"):
-            os.replace(pki / f"{name}.{PREVIOUS}.{ext}", retired / f"{name}.{ext}")
-    return [str(retired / f"{name}.crt") for name in CA_SUBJECTS]
+    return [str(path) for path in retire_previous(pki, now or dt.datetime.now(dt.UTC))]
 
 
 def main(cluster: Cluster, step: str | None) -> str:
