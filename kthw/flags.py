@@ -66,6 +66,11 @@ def etcd(c: Cluster, n: Node) -> Flags:
 
 
 def kube_apiserver(c: Cluster, n: Node) -> Flags:
+    return {**_apiserver_serving(n), **_apiserver_clients(c), **_apiserver_aggregation(),
+            **_apiserver_audit(c), "v": 1}
+
+
+def _apiserver_serving(n: Node) -> Flags:
     pki = paths.K8S_PKI
     return {
         "advertise-address": n.ip,
@@ -80,6 +85,13 @@ def kube_apiserver(c: Cluster, n: Node) -> Flags:
         "enable-admission-plugins": "NodeRestriction",  # a kubelet edits only its own Node and pods
         "client-ca-file": f"{pki}/ca.crt",
         "tls-cert-file": f"{pki}/kube-apiserver.crt", "tls-private-key-file": f"{pki}/kube-apiserver.key",
+    }
+
+
+def _apiserver_clients(c: Cluster) -> Flags:
+    """What the apiserver talks to: etcd, the encryption config, the kubelets."""
+    pki = paths.K8S_PKI
+    return {
         "etcd-servers": c.etcd_servers,
         "etcd-cafile": f"{pki}/etcd-ca.crt",
         "etcd-certfile": f"{pki}/apiserver-etcd-client.crt", "etcd-keyfile": f"{pki}/apiserver-etcd-client.key",
@@ -89,7 +101,13 @@ def kube_apiserver(c: Cluster, n: Node) -> Flags:
         "kubelet-client-certificate": f"{pki}/apiserver-kubelet-client.crt",
         "kubelet-client-key": f"{pki}/apiserver-kubelet-client.key",
         "kubelet-preferred-address-types": "InternalIP,Hostname",
-        # the aggregation layer (metrics-server and other extension apiservers), with its own CA
+    }
+
+
+def _apiserver_aggregation() -> Flags:
+    """The aggregation layer (metrics-server and other extension apiservers), with its own CA."""
+    pki = paths.K8S_PKI
+    return {
         "requestheader-client-ca-file": f"{pki}/front-proxy-ca.crt",
         "requestheader-allowed-names": "front-proxy-client",
         "requestheader-username-headers": "X-Remote-User",
@@ -98,6 +116,13 @@ def kube_apiserver(c: Cluster, n: Node) -> Flags:
         "proxy-client-cert-file": f"{pki}/front-proxy-client.crt",
         "proxy-client-key-file": f"{pki}/front-proxy-client.key",
         "enable-aggregator-routing": "true",  # masters reach extension apiservers' pods directly
+    }
+
+
+def _apiserver_audit(c: Cluster) -> Flags:
+    """Service accounts, services, the audit log, and how it stops."""
+    pki = paths.K8S_PKI
+    return {
         "service-account-issuer": c.api_server_url,
         "service-account-key-file": f"{pki}/service-account.pub",
         "service-account-signing-key-file": f"{pki}/service-account.key",
@@ -111,7 +136,6 @@ def kube_apiserver(c: Cluster, n: Node) -> Flags:
         # on stop: keep serving 5 s while HAProxy's checks take this master out, and tell
         # clients to retry elsewhere (failover without failed requests)
         "shutdown-delay-duration": "5s", "shutdown-send-retry-after": "true",
-        "v": 1,
     }
 
 

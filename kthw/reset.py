@@ -62,57 +62,67 @@ def binaries(node: Node) -> list[str]:
 def reset_script(cluster: Cluster, node: Node, ssh_user: str = "root") -> str:
     """The script that takes ``node`` back to before the deploy (idempotent: a second run
     finds nothing and says so). ``ssh_user``: whose upload folder goes too (kthw.ops)."""
-    is_node = node.runs_kubelet
-    paths = removed_paths(node, ssh_user)
-    lines = ["set -u", 'say() { echo "removed: $*"; }']
-    if is_node:
+    lines = ["set -u", 'say() { echo "removed: $*"; }', *_stop(node)]
+    if node.runs_kubelet:
+        lines += _unmount()
+    lines += [
+        f"for p in {' '.join(removed_paths(node, ssh_user))}; do",
+        '  if [ -e "$p" ] || [ -L "$p" ]; then rm -rf "$p" && say "$p"; fi',
+        "done",
+    ]
+    if node.runs_kubelet:
+        lines += _pod_network_gone(cluster)
+    lines += ["systemctl daemon-reload", "systemctl reset-failed >/dev/null 2>&1 || true"]
+    return "\n".join(lines) + "\n"
+
+
+def _stop(node: Node) -> list[str]:
+    """The kubelet first (it would restart the pods), every pod through the runtime while it
+    still runs (it unmounts them and frees their netns), then every service, stopped and disabled."""
+    lines = []
+    if node.runs_kubelet:
         lines += [
             "if systemctl is-active -q kubelet; then systemctl stop kubelet; fi",
-            # every pod, through the runtime, while it still runs (it unmounts and frees their netns)
             "if systemctl is-active -q containerd && command -v crictl >/dev/null; then "
             f"n=$(crictl -r unix://{CONTAINERD_SOCK} pods -q 2>/dev/null | wc -l); "
             f"crictl -r unix://{CONTAINERD_SOCK} rmp -af >/dev/null 2>&1 || true; "
             '[ "$n" -gt 0 ] && say "$n pods"; fi',
-            "units='kubelet'",
         ]
-    else:
-        lines.append("units=''")
-    lines += [
-        f"for u in $units {' '.join(u for u in units(node) if u != 'kubelet')}; do",
+    return lines + [
+        f"for u in {' '.join(units(node))}; do",
         '  if [ -n "$(systemctl list-unit-files --no-legend "$u.service" 2>/dev/null)" ]; then',
         '    systemctl disable --now "$u" >/dev/null 2>&1 || true; say "service $u (stopped, disabled)"',
         "  fi",
         "done",
     ]
-    if is_node:
-        lines += [
-            # containerd leaves its shims (KillMode=process); they hold the containers' mounts
-            # (anchored at the binary's path: this script's own command line holds the name too)
-            f"pkill -f '^{BIN_DIR}/containerd-shim-runc-v2 ' >/dev/null 2>&1 || true",
-            f"findmnt -rn -o TARGET | grep -E '^({MOUNTS})(/|$)' | sort -r | while read -r m; do "
-            'umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done',
-        ]
-    lines += [
-        f"for p in {' '.join(paths)}; do",
-        '  if [ -e "$p" ] || [ -L "$p" ]; then rm -rf "$p" && say "$p"; fi',
+
+
+def _unmount() -> list[str]:
+    # containerd leaves its shims (KillMode=process); they hold the containers' mounts
+    # (anchored at the binary's path: this script's own command line holds the name too)
+    return [
+        f"pkill -f '^{BIN_DIR}/containerd-shim-runc-v2 ' >/dev/null 2>&1 || true",
+        f"findmnt -rn -o TARGET | grep -E '^({MOUNTS})(/|$)' | sort -r | while read -r m; do "
+        'umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done',
+    ]
+
+
+def _pod_network_gone(cluster: Cluster) -> list[str]:
+    """The pod network's interfaces, the iptables rules of kube-proxy, Weave Net, the CNI plugins
+    and our NAT rule, and the routes to pod subnets."""
+    cidrs = sorted({str(n.pod_cidr) for n in cluster.nodes if n.pod_cidr} | {str(cluster.pod_network)})
+    return [
+        f"for l in {' '.join(LINKS)}; do",
+        '  if ip link show "$l" >/dev/null 2>&1; then ip link delete "$l" 2>/dev/null && say "interface $l"; fi',
+        "done",
+        "for t in iptables iptables-legacy iptables-nft ip6tables ip6tables-legacy ip6tables-nft; do",
+        '  command -v "$t-save" >/dev/null || continue',
+        f"  if \"$t-save\" 2>/dev/null | grep -q -E {shlex.quote(RULES)}; then",
+        f"    \"$t-save\" | grep -v -E {shlex.quote(RULES)} | \"$t-restore\" && say \"$t rules of kube-proxy, "
+        'the pod network and the CNI plugins"',
+        "  fi",
+        "done",
+        f"for r in {' '.join(cidrs)}; do",
+        '  while ip route del "$r" 2>/dev/null; do say "route to $r"; done',
         "done",
     ]
-    if is_node:
-        cidrs = sorted({str(n.pod_cidr) for n in cluster.nodes if n.pod_cidr} | {str(cluster.pod_network)})
-        lines += [
-            f"for l in {' '.join(LINKS)}; do",
-            '  if ip link show "$l" >/dev/null 2>&1; then ip link delete "$l" 2>/dev/null && say "interface $l"; fi',
-            "done",
-            "for t in iptables iptables-legacy iptables-nft ip6tables ip6tables-legacy ip6tables-nft; do",
-            '  command -v "$t-save" >/dev/null || continue',
-            f"  if \"$t-save\" 2>/dev/null | grep -q -E {shlex.quote(RULES)}; then",
-            f"    \"$t-save\" | grep -v -E {shlex.quote(RULES)} | \"$t-restore\" && say \"$t rules of kube-proxy, "
-            'the pod network and the CNI plugins"',
-            "  fi",
-            "done",
-            f"for r in {' '.join(cidrs)}; do",
-            '  while ip route del "$r" 2>/dev/null; do say "route to $r"; done',
-            "done",
-        ]
-    lines += ["systemctl daemon-reload", "systemctl reset-failed >/dev/null 2>&1 || true"]
-    return "\n".join(lines) + "\n"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import posixpath
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
 from pyinfra import host
@@ -114,11 +114,8 @@ def upgrading(ctx: HostContext, w: Wants) -> list[str]:
 
 
 def wants(ctx: HostContext) -> Wants:
-    c, facts = ctx.cluster, ctx.facts
     w = Wants(services=[u for u in COMPONENT.units if u != "kthw-pod-network"],  # (bridge CNI only, below)
               queries={"managed_registry_hosts": {"certs_d": CERTS_D, "mark": MANAGED_MARK}})
-    if c.cni == "weave":
-        w.queries["weave_targets"] = {"url": WEAVE_TARGETS_URL}
     w.dirs = [
         Directory(CONTAINERD_DIR), Directory(CERTS_D), Directory(CNI_DIR), Directory(CNI_BIN),
         Directory(CNI_ETC), Directory(CNI_CONF),
@@ -126,14 +123,20 @@ def wants(ctx: HostContext) -> Wants:
         Directory(KUBELET_DIR, 0o700), Directory(KUBELET_PKI, 0o700),
         Directory(KUBE_PROXY_DIR, 0o700),
     ]
+    for part in (_runtime_wants, _kubelet_wants, _kube_proxy_wants, _image_wants, _pod_network_wants):
+        part(ctx, w)
+    return w
+
+
+def _runtime_wants(ctx: HostContext, w: Wants) -> None:
+    """containerd, runc, the CNI plugins and crictl; registry mirrors (artifacts.registry_mirrors:
+    containerd reads hosts.toml at each pull, so a change needs no restart)."""
+    c = ctx.cluster
     w.files["runtime binaries"] = ctx.binaries({"containerd", "runc", "cni-plugins", "crictl"})
-    w.files["kubernetes binaries"] = ctx.binaries({"kubelet", "kube-proxy"})
     w.files["containerd config"] = [
         ctx.template_file(f"{CONTAINERD_DIR}/config.toml", pause_image=PAUSE_IMAGE.format(v=c.versions.pause)),
         ctx.template_file(CRICTL_CONF),
     ]
-    # Registry mirrors (artifacts.registry_mirrors): containerd reads hosts.toml at each pull, so
-    # a change needs no restart.
     mirrors = c.artifacts.registry_mirrors
     w.dirs += [Directory(f"{CERTS_D}/{registry}") for registry in mirrors]
     w.files["registry mirrors"] = [
@@ -142,6 +145,11 @@ def wants(ctx: HostContext) -> Wants:
         for registry, urls in mirrors.items()
     ]
     w.files["containerd unit"] = [ctx.template_file(unit_file("containerd"))]
+
+
+def _kubelet_wants(ctx: HostContext, w: Wants) -> None:
+    facts = ctx.facts
+    w.files["kubernetes binaries"] = ctx.binaries({"kubelet", "kube-proxy"})
     cert = kubelet_cert_name(ctx.node.name)
     # (A master already holds the cluster CA there, placed by the control plane.)
     ca = [] if ctx.is_master else [ctx.pki_file("ca.crt", CLUSTER_CA)]
@@ -158,76 +166,103 @@ def wants(ctx: HostContext) -> Wants:
         taints=[CONTROL_PLANE_TAINT] if ctx.is_master else [], extra_args="kubelet",
     )]
     w.files["kubelet unit"] = [ctx.template_file(unit_file("kubelet"))]
+
+
+def _kube_proxy_wants(ctx: HostContext, w: Wants) -> None:
     w.files["kube-proxy config"] = [
         ctx.kubeconfig_file("kube-proxy", KUBE_PROXY_KUBECONFIG),
-        ctx.template_file(f"{KUBE_PROXY_DIR}/kube-proxy-config.yaml", container=bool(facts.get("container")),
+        ctx.template_file(f"{KUBE_PROXY_DIR}/kube-proxy-config.yaml", container=bool(ctx.facts.get("container")),
                           extra_args="kube-proxy"),
     ]
     w.files["kube-proxy unit"] = [ctx.template_file(unit_file("kube-proxy"))]
-    # Offline image archives (artifacts.images): Weave Net's only where the cluster runs it.
-    images = [i for i in ctx.images() if c.cni == "weave" or "weaveworks/" not in i[2]]
+
+
+def _image_wants(ctx: HostContext, w: Wants) -> None:
+    """Offline image archives (artifacts.images): Weave Net's only where the cluster runs it."""
+    images = [i for i in ctx.images() if ctx.cluster.cni == "weave" or "weaveworks/" not in i[2]]
     if images:
         w.dirs.append(Directory(IMAGES_DIR, 0o755))
         w.files["images"] = [ManagedFile.binary(f"{IMAGES_DIR}/{path.name}", path, sha, mode=0o644)
                              for path, sha, _ in images]
         w.images = [ref for _, _, ref in images if ref]
-    if c.cni == "bridge":
-        w.files["bridge cni"] = [ctx.template_file(f"{CNI_CONF}/10-bridge.conflist"),
-                                 ctx.template_file(f"{CNI_CONF}/99-loopback.conf")]
-        w.services.append("kthw-pod-network")
-        w.queries["pod_routes"] = {}
-        masquerade = (f"-s {ctx.node.pod_cidr} ! -d {c.pod_network} -j MASQUERADE "
-                      "-m comment --comment kthw-pod-network")
-        w.files["pod network unit"] = [ctx.template_file(
-            unit_file("kthw-pod-network"), peers=_peers(ctx), masquerade=masquerade)]
-    return w
+
+
+def _pod_network_wants(ctx: HostContext, w: Wants) -> None:
+    """Weave Net: the peers its router connects to. Bridge CNI: its config, and routes to every
+    other node's pod subnet (a unit of ours)."""
+    c = ctx.cluster
+    if c.cni == "weave":
+        w.queries["weave_targets"] = {"url": WEAVE_TARGETS_URL}
+        return
+    w.files["bridge cni"] = [ctx.template_file(f"{CNI_CONF}/10-bridge.conflist"),
+                             ctx.template_file(f"{CNI_CONF}/99-loopback.conf")]
+    w.services.append("kthw-pod-network")
+    w.queries["pod_routes"] = {}
+    masquerade = (f"-s {ctx.node.pod_cidr} ! -d {c.pod_network} -j MASQUERADE "
+                  "-m comment --comment kthw-pod-network")
+    w.files["pod network unit"] = [ctx.template_file(
+        unit_file("kthw-pod-network"), peers=_peers(ctx), masquerade=masquerade)]
+
+
+@dataclass
+class _Services:
+    """How this node (re)starts its services in this run: in place, or, for a node being
+    upgraded, started if it is not running and restarted later in its turn (the restarts owed)."""
+
+    snap: object
+    in_turn: bool
+    owed: list[Restart] = field(default_factory=list)
+
+    def running(self, unit: str, restart_on: list[Placed], reload_on: list[Placed], name: str) -> None:
+        if self.in_turn:
+            self.owed.append(Restart(unit, restart_on, reload_on))
+            restart_on = []
+        service_running(unit, self.snap, restart_on=restart_on, reload_on=reload_on, name=name)
 
 
 def deploy(ctx: HostContext, w: Wants) -> list[Restart]:
     """The node's operations; returns the restarts it owes in its upgrade turn (none unless
     :func:`upgrading`): an upgraded node's services start on their new binaries only once the
     first master has drained it."""
+    services = _Services(ctx.snapshot, in_turn=bool(upgrading(ctx, w)))
+    directories_present(w.dirs, ctx.snapshot, name="node | directories")
+    _runtime(ctx, w, services)
+    _images(ctx, w)
+    _pod_network(ctx, w)
+    _kubelet_and_proxy(ctx, w, services)
+    return services.owed
+
+
+def _runtime(ctx: HostContext, w: Wants, services: _Services) -> None:
     c, snap = ctx.cluster, ctx.snapshot
-    in_turn = bool(upgrading(ctx, w))
-    owed: list[Restart] = []
-
-    def running(unit: str, restart_on: list[Placed], reload_on: list[Placed], name: str) -> None:
-        if in_turn:
-            owed.append(Restart(unit, restart_on, reload_on))
-            restart_on = []  # started if it is not running; restarted in its turn
-        service_running(unit, snap, restart_on=restart_on, reload_on=reload_on, name=name)
-
-    directories_present(w.dirs, snap, name="node | directories")
     runtime = placed(w.files["runtime binaries"], snap, name="node | containerd, runc, CNI, crictl")
     config = placed(w.files["containerd config"], snap, name="node | containerd config")
     unit = placed(w.files["containerd unit"], snap, name="node | containerd unit")
-    running("containerd", restart_on=[runtime, config, unit], reload_on=[unit], name="node | containerd running")
+    services.running("containerd", restart_on=[runtime, config, unit], reload_on=[unit],
+                     name="node | containerd running")
     files_synced(w.files["registry mirrors"], snap, name="node | registry mirrors")
     # A registry dropped from artifacts.registry_mirrors: remove the hosts.toml we wrote for it.
     dropped = sorted(set(snap.query("managed_registry_hosts") or ()) - set(c.artifacts.registry_mirrors))
     command_when(" && ".join(f"rm -rf {CERTS_D}/{shlex.quote(r)}" for r in dropped) or "true",
                  always=bool(dropped), name="node | registry mirrors no longer configured removed")
-    if "images" in w.files:
-        archives = files_synced(w.files["images"], snap, name="node | offline image archives")
-        # Import when an archive changed or containerd lost an image.
-        missing = [ref for ref in w.images if not snap.image_present(ref)]
-        command_when(
-            f"for f in {IMAGES_DIR}/*.tar; do ctr -n k8s.io images import \"$f\" >/dev/null "
-            "|| exit 1; done",
-            when=[archives], always=bool(missing), name="node | images imported into containerd",
-        )
-    if "bridge cni" in w.files:
-        files_synced(w.files["bridge cni"], snap, name="node | bridge CNI config")
-    if "pod network unit" in w.files:
-        routes = placed(w.files["pod network unit"], snap,
-                        name="node | pod network: routes to other nodes' pods, NAT to the outside")
-        service_running("kthw-pod-network", snap, restart_on=[routes], reload_on=[routes],
-                        name="node | pod network active")
-        # A route to a node no longer in the cluster (the unit only knows today's peers).
-        wanted = {str(p.pod_cidr) for p in _peers(ctx)} | {str(ctx.node.pod_cidr)}
-        stale = sorted(r for r in snap.query("pod_routes") or () if r not in wanted and _in_pod_network(c, r))
-        command_when(" && ".join(f"ip route del {shlex.quote(r)}" for r in stale) or "true", always=bool(stale),
-                     name="node | routes to pods of nodes no longer in the cluster removed")
+
+
+def _images(ctx: HostContext, w: Wants) -> None:
+    if "images" not in w.files:
+        return
+    snap = ctx.snapshot
+    archives = files_synced(w.files["images"], snap, name="node | offline image archives")
+    # Import when an archive changed or containerd lost an image.
+    missing = [ref for ref in w.images if not snap.image_present(ref)]
+    command_when(
+        f"for f in {IMAGES_DIR}/*.tar; do ctr -n k8s.io images import \"$f\" >/dev/null "
+        "|| exit 1; done",
+        when=[archives], always=bool(missing), name="node | images imported into containerd",
+    )
+
+
+def _pod_network(ctx: HostContext, w: Wants) -> None:
+    c, snap = ctx.cluster, ctx.snapshot
     if c.cni == "weave":
         # Weave Net's router retries every address it ever connected to: a node gone from the
         # cluster is forgotten (its IP range is reclaimed by Weave's own daemon once the Node goes).
@@ -235,15 +270,31 @@ def deploy(ctx: HostContext, w: Wants) -> list[Restart]:
         gone = sorted(t for t in snap.query("weave_targets") or () if t not in known)
         command_when(forget_weave_peers(gone), always=bool(gone),
                      name="node | Weave Net peers no longer in the cluster forgotten")
+        return
+    files_synced(w.files["bridge cni"], snap, name="node | bridge CNI config")
+    routes = placed(w.files["pod network unit"], snap,
+                    name="node | pod network: routes to other nodes' pods, NAT to the outside")
+    service_running("kthw-pod-network", snap, restart_on=[routes], reload_on=[routes],
+                    name="node | pod network active")
+    # A route to a node no longer in the cluster (the unit only knows today's peers).
+    wanted = {str(p.pod_cidr) for p in _peers(ctx)} | {str(ctx.node.pod_cidr)}
+    stale = sorted(r for r in snap.query("pod_routes") or () if r not in wanted and _in_pod_network(c, r))
+    command_when(" && ".join(f"ip route del {shlex.quote(r)}" for r in stale) or "true", always=bool(stale),
+                 name="node | routes to pods of nodes no longer in the cluster removed")
+
+
+def _kubelet_and_proxy(ctx: HostContext, w: Wants, services: _Services) -> None:
+    snap = ctx.snapshot
     k8s = placed(w.files["kubernetes binaries"], snap, name="node | kubelet and kube-proxy binaries")
     creds = placed(w.files["kubelet credentials"], snap, name="node | kubelet credentials")
     kconf = placed(w.files["kubelet config"], snap, name="node | kubelet config")
     kunit = placed(w.files["kubelet unit"], snap, name="node | kubelet unit")
-    running("kubelet", restart_on=[k8s, creds, kconf, kunit], reload_on=[kunit], name="node | kubelet running")
+    services.running("kubelet", restart_on=[k8s, creds, kconf, kunit], reload_on=[kunit],
+                     name="node | kubelet running")
     pconf = placed(w.files["kube-proxy config"], snap, name="node | kube-proxy config")
     punit = placed(w.files["kube-proxy unit"], snap, name="node | kube-proxy unit")
-    running("kube-proxy", restart_on=[k8s, pconf, punit], reload_on=[punit], name="node | kube-proxy running")
-    return owed
+    services.running("kube-proxy", restart_on=[k8s, pconf, punit], reload_on=[punit],
+                     name="node | kube-proxy running")
 
 
 def restarted_in_turn(ctx: HostContext, owed: list[Restart]) -> None:
