@@ -18,6 +18,7 @@ from typing import Any
 
 import jinja2
 
+from kthw import paths
 from kthw.artifacts import ArtifactError, Cache, InstalledFile, installed_files, sha256_file
 from kthw.flags import TLS_CIPHER_SUITES, command_line, merged_config, user_args
 from kthw.kubeconfig import write_kubeconfigs
@@ -41,6 +42,7 @@ _jinja = jinja2.Environment(
 
 
 _jinja.globals["tls_cipher_suites"] = TLS_CIPHER_SUITES
+_jinja.globals["paths"] = paths  # host paths in templates come from kthw/paths.py
 
 
 class DeployRefused(Exception):
