@@ -179,5 +179,5 @@ def restore_command(cluster: Cluster, node: Node, stamp: str) -> str:
             f"etcdutl snapshot restore {REMOTE_DB} --name {node.name} "
             f"--initial-cluster {cluster.etcd_initial_cluster} --initial-cluster-token {cluster.name} "
             f"--initial-advertise-peer-urls https://{node.ip}:2380 --data-dir {ETCD_DATA} "
-            "--bump-revision 1000000000 --mark-compacted >/dev/null && chmod 700 {ETCD_DATA}")
+            f"--bump-revision 1000000000 --mark-compacted >/dev/null && chmod 700 {ETCD_DATA}")
 

@@ -127,3 +127,7 @@ def test_the_source_master_and_the_restore_command(cluster):
     assert "mv /var/lib/etcd /var/lib/etcd.before-restore-20261127T140000Z" in cmd
     assert "--name master-2" in cmd and f"--initial-cluster {cluster.etcd_initial_cluster}" in cmd
     assert f"--initial-cluster-token {cluster.name}" in cmd and "--mark-compacted" in cmd
+    # every placeholder filled (a lab run caught `chmod 700 {ETCD_DATA}` sent as it stood)
+    assert "{" not in cmd and cmd.endswith("--mark-compacted >/dev/null && chmod 700 /var/lib/etcd")
+    for command in (snapshot_command("etcdctl"), handover_command("vagrant")):
+        assert "{" not in command
