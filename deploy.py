@@ -9,7 +9,9 @@ from the same line) closes each stage that another group waits on.
     2. masters       etcd (TLS, initial cluster from the model), healthy before going on
     -- barrier --
     3. masters       kube-apiserver, kube-controller-manager, kube-scheduler
-       loadbalancer  HAProxy in front of every apiserver
+       every node    HAProxy in front of every apiserver: on the load balancer for operators,
+                     on each Kubernetes node's loopback (127.0.0.1:7445) for its kubelet and
+                     kube-proxy
     -- barrier --
        first master  etcd members of masters gone from the cluster file removed (HAProxy no
                      longer sends requests to them)
@@ -25,7 +27,7 @@ from the same line) closes each stage that another group waits on.
 from pyinfra import host
 from pyinfra.operations import server
 
-from operations import addons, base, control_plane, etcd, loadbalancer, node, upgrade
+from operations import addons, apiserver_proxy, base, control_plane, etcd, node, upgrade
 from operations.plan import host_plan
 
 ctx, wants = host_plan(host)
@@ -38,8 +40,8 @@ server.shell(name="--- barrier: etcd is up ---", commands=[])
 
 if control_plane in wants:
     control_plane.deploy(ctx, wants[control_plane])
-if loadbalancer in wants:
-    loadbalancer.deploy(ctx, wants[loadbalancer])
+if apiserver_proxy in wants:
+    apiserver_proxy.deploy(ctx, wants[apiserver_proxy])
 
 server.shell(name="--- barrier: control plane is up ---", commands=[])
 

@@ -43,8 +43,10 @@ BASE = Component(
     # the live sysctl values stay until a reboot
     kept=(paths.HOSTNAME, paths.HOSTS),
 )
-LOADBALANCER = Component(
-    "loadbalancer", frozenset({"loadbalancer"}),
+# HAProxy in front of every apiserver: on the load balancer (the operator's entrance) and on
+# every Kubernetes node's loopback (its kubelet's and kube-proxy's way to the API).
+APISERVER_PROXY = Component(
+    "apiserver proxy", frozenset(ROLES),
     package_units=("haproxy",),  # Debian's package (left installed: it may have been there before)
     files=(paths.HAPROXY_CFG,),
 )
@@ -85,7 +87,7 @@ ADDONS = Component(
 )
 
 # In the order they run on a host.
-ALL = (BASE, ETCD, CONTROL_PLANE, LOADBALANCER, NODE, ADDONS)
+ALL = (BASE, ETCD, CONTROL_PLANE, APISERVER_PROXY, NODE, ADDONS)
 
 
 def for_role(role: str, first_master: bool = False) -> tuple[Component, ...]:

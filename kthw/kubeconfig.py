@@ -4,8 +4,10 @@ Who talks to which apiserver:
 
 - components on a master (controller-manager, scheduler, the masters' admin) use their own
   apiserver at 127.0.0.1:6443, so a dead load balancer does not stop the control plane;
-- everything else (kubelets, kube-proxy, the operator) goes through HAProxy on the load
-  balancer, so a dead master does not stop them.
+- every node's kubelet and kube-proxy use the HAProxy on that node's loopback
+  (127.0.0.1:7445, operations/apiserver_proxy.py), which reaches every apiserver: neither a
+  dead master nor a dead load balancer cuts a node off;
+- the operator goes through HAProxy on the load balancer, the cluster's entrance.
 
 Example::
 
@@ -35,7 +37,7 @@ class KubeconfigSpec:
 
 
 def kubeconfig_specs(cluster: Cluster) -> list[KubeconfigSpec]:
-    lb, local = cluster.api_server_url, cluster.local_api_server_url
+    lb, local, node = cluster.api_server_url, cluster.local_api_server_url, cluster.node_api_server_url
     specs = [
         KubeconfigSpec("admin", "admin", "admin", lb, "the operator's kubectl, through the load balancer"),
         KubeconfigSpec("admin-local", "admin", "admin", local, "kubectl on a master, to its own apiserver"),
@@ -43,11 +45,12 @@ def kubeconfig_specs(cluster: Cluster) -> list[KubeconfigSpec]:
                        "system:kube-controller-manager", local, "kube-controller-manager on each master"),
         KubeconfigSpec("kube-scheduler", "kube-scheduler", "system:kube-scheduler", local,
                        "kube-scheduler on each master"),
-        KubeconfigSpec("kube-proxy", "kube-proxy", "system:kube-proxy", lb, "kube-proxy on each worker"),
+        KubeconfigSpec("kube-proxy", "kube-proxy", "system:kube-proxy", node,
+                       "kube-proxy on each node, through its local proxy"),
     ]
     for w in cluster.kubelet_nodes:
         specs.append(KubeconfigSpec(kubelet_cert_name(w.name), kubelet_cert_name(w.name),
-                                    f"system:node:{w.name}", lb, f"{w.name}'s kubelet"))
+                                    f"system:node:{w.name}", node, f"{w.name}'s kubelet, through its local proxy"))
     return specs
 
 

@@ -45,6 +45,9 @@ DEFAULT_CLUSTER_FILE = REPO_ROOT / "cluster.yaml"
 # KTHW_CLUSTER picks another model file (the lab's second topology, a user's own cluster).
 CLUSTER_ENV = "KTHW_CLUSTER"
 API_PORT = 6443
+# Every Kubernetes node's own way to the API: HAProxy on its loopback, health-checking every
+# apiserver (the port Talos' KubePrism uses; nothing else of ours listens there).
+NODE_API_PORT = 7445
 
 Role = Literal["loadbalancer", "master", "worker"]
 Cni = Literal["weave", "bridge"]
@@ -273,13 +276,20 @@ class Cluster:
 
     @property
     def api_server_url(self) -> str:
-        """What everything off the masters talks to: HAProxy on the load balancer."""
+        """The operator's entrance (and the service-account issuer): HAProxy on the load balancer."""
         return f"https://{self.loadbalancer.ip}:{API_PORT}"
 
     @property
     def local_api_server_url(self) -> str:
         """What components on a master talk to: their own apiserver."""
         return f"https://127.0.0.1:{API_PORT}"
+
+    @property
+    def node_api_server_url(self) -> str:
+        """What every node's kubelet and kube-proxy talk to: the HAProxy on its own loopback,
+        which reaches every apiserver (a master's own first), so no single machine is between a
+        node and the API."""
+        return f"https://127.0.0.1:{NODE_API_PORT}"
 
     @property
     def etcd_initial_cluster(self) -> str:

@@ -350,7 +350,7 @@ def files_synced(files: Sequence[ManagedFile], snapshot: Snapshot, check: str = 
     Example::
 
         files_synced([ManagedFile.text("/etc/haproxy/haproxy.cfg", cfg)], snap,
-                     check="haproxy -c -q -f {path}", name="loadbalancer | haproxy.cfg")
+                     check="haproxy -c -q -f {path}", name="apiserver proxy | haproxy.cfg")
     """
     changes = [c for c in (_FileChange(f, snapshot.file(f.dest)) for f in files)
                if c.content or c.mode or c.owner]

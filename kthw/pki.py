@@ -110,7 +110,7 @@ def etcd_member_cert_name(node_name: str) -> str:
     return f"etcd-server-{node_name}"
 
 
-_LOOPBACK = IPv4Address("127.0.0.1")
+_LOOPBACK = IPv4Address("127.0.0.1")  # a master's own components, and every node's local apiserver proxy
 
 
 def cert_specs(cluster: Cluster) -> list[CertSpec]:

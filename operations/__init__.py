@@ -10,10 +10,10 @@ from __future__ import annotations
 from types import ModuleType
 
 from kthw import components
-from operations import addons, base, control_plane, etcd, loadbalancer, node
+from operations import addons, apiserver_proxy, base, control_plane, etcd, node
 
 MODULES: dict[components.Component, ModuleType] = {
-    m.COMPONENT: m for m in (base, etcd, control_plane, loadbalancer, node, addons)}
+    m.COMPONENT: m for m in (base, etcd, control_plane, apiserver_proxy, node, addons)}
 ALL_COMPONENTS = tuple(MODULES[c] for c in components.ALL)
 
 

@@ -20,7 +20,8 @@ COMPONENT = components.BASE
 
 # Debian/Ubuntu packages each role needs besides what the box ships. Masters are Kubernetes
 # nodes too (operations/node.py), so they get what kubelet and kube-proxy need.
-KUBERNETES_NODE = ["socat", "conntrack", "ipset", "iptables", "ethtool", "kmod", "openssl"]
+# haproxy: each node's own way to the apiservers (operations/apiserver_proxy.py).
+KUBERNETES_NODE = ["socat", "conntrack", "ipset", "iptables", "ethtool", "kmod", "openssl", "haproxy"]
 PACKAGES = {
     "loadbalancer": ["haproxy"],
     "master": KUBERNETES_NODE,

@@ -217,6 +217,8 @@ class Probe:
         self.interval = interval
         self.requests = 0
         self.failures: list[str] = []
+        self.failed_at: list[float] = []  # time.monotonic() of each failure (when it was seen)
+        self.ok_at: list[float] = []  # and of each success, where a subclass records them
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -225,6 +227,7 @@ class Probe:
 
     def failed(self, what: str) -> None:
         self.failures.append(f"{time.strftime('%T')} {what}")
+        self.failed_at.append(time.monotonic())
 
     def _run(self) -> None:
         i = 0
@@ -262,6 +265,8 @@ class RequestLoop(Probe):
                  check=False, timeout=60)
         if out.returncode != 0:
             self.failed(f"kubectl {' '.join(args)}: {out.stderr.strip()[-300:]}")
+        else:
+            self.ok_at.append(time.monotonic())
 
     def round(self, i: int) -> None:
         self._one("get", "nodes", "-o", "name")

@@ -91,7 +91,7 @@ def test_masters_are_tainted_control_plane_nodes(lab):
             assert not control_plane and "node-role.kubernetes.io/control-plane" not in labels, name
 
 
-NODE_UNITS = ["containerd", "kubelet", "kube-proxy"]
+NODE_UNITS = ["haproxy", "containerd", "kubelet", "kube-proxy"]  # haproxy: the node's way to the API
 UNITS = {"master": ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", *NODE_UNITS],
          "worker": NODE_UNITS, "loadbalancer": ["haproxy"]}
 

@@ -1,7 +1,8 @@
 """Masters come and go by editing the cluster file, while the cluster serves: a master added
-joins etcd (member add, then it starts as existing), gets its apiserver behind HAProxy and the
-apiserver certificate the new address; a master taken out is dropped by HAProxy, then removed
-from etcd. Reads and writes through the load balancer run throughout. On the reference
+joins etcd (member add, then it starts as existing), gets its apiserver behind every HAProxy
+(the load balancer's and each node's own, reloaded without dropping the kubelet's connections)
+and the apiserver certificate the new address; a master taken out is dropped by HAProxy, then
+removed from etcd. Reads and writes through the load balancer run throughout. On the reference
 topology 2 -> 3 -> 2 masters, on the three-master one 3 -> 4 -> 3."""
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ def deploy(cluster_file, label: str, lab: Lab) -> None:
     start = time.monotonic()
     sh([sys.executable, "-m", "pyinfra", "-y", "inventory.py", "deploy.py"], env={"KTHW_CLUSTER": str(cluster_file)})
     lab.timings[label] = time.monotonic() - start
+
+
+def proxy_state(lab: Lab, node: str) -> tuple[str, set[str]]:
+    """The node's HAProxy (its main PID) and the kubelet's open connections to it (local ports)."""
+    pid = lab.ssh(node, "systemctl show -p MainPID --value haproxy").strip()
+    out = lab.ssh(node, "ss -Htnp state established '( dport = :7445 )' | grep kubelet | awk '{print $3}'")
+    return pid, set(out.split())
 
 
 def members(lab: Lab) -> list[str]:
@@ -66,8 +74,15 @@ def test_a_master_joins_and_leaves_while_the_cluster_serves(lab):
             sh([sys.executable, "-m", "pyinfra", "-y", "inventory.py", "reset.py", "--limit", room], env=lab.env)
             sh(["lxc-stop", "-n", f"kthw-{room}"])
         sh(["lab/up"], env={"KTHW_CLUSTER": str(grown)}, timeout=900)
+        worker = lab.cluster.workers[0].name
+        proxy_before = proxy_state(lab, worker)
+        assert proxy_before[1], f"{worker}'s kubelet has no connection to its local apiserver proxy"
         with RequestLoop(lab) as loop:
             deploy(grown, f"deploy with {name} added", lab)
+            # every node's own proxy knows the new apiserver, reloaded: the kubelet's connections stay
+            assert f"{new['ip']}:6443" in lab.ssh(worker, "cat /etc/haproxy/haproxy.cfg")
+            pid, connections = proxy_state(lab, worker)
+            assert pid == proxy_before[0] and proxy_before[1] <= connections, (proxy_before, pid, connections)
             assert members(lab) == sorted([*was, name])
             health = lab.ssh(first, f"{ETCDCTL} endpoint health --cluster -w json")
             assert [h["health"] for h in json.loads(health)] == [True] * (len(was) + 1), health
@@ -79,6 +94,7 @@ def test_a_master_joins_and_leaves_while_the_cluster_serves(lab):
             deploy(base, f"deploy with {name} removed", lab)
             assert members(lab) == was
             assert new["ip"] not in lab.ssh(lb, "cat /etc/haproxy/haproxy.cfg")
+            assert new["ip"] not in lab.ssh(worker, "cat /etc/haproxy/haproxy.cfg")
             lab.wait(f"{name}'s Node object gone", lambda: f"node/{name}" not in lab.kubectl(
                 "get", "nodes", "-o", "name"), timeout=60)
             # its DaemonSet pods go with the Node object (the pod garbage collector, within a minute)

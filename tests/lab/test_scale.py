@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from tests.lab.lab import LAB_DIR, VAGRANT_ENV, Lab, reference_only, sh
+from tests.lab.test_cluster import UNITS as UNIT_LISTS
 from tests.lab.test_cluster import smoke_image
 
 NEW = {"name": "worker-3", "role": "worker", "ip": "192.168.56.23", "cpus": 1, "memory": 1024}
-UNITS = {"master": "etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy",
-         "worker": "containerd kubelet kube-proxy", "loadbalancer": "haproxy"}
+UNITS = {role: " ".join(units) for role, units in UNIT_LISTS.items()}
 
 
 def started(lab: Lab) -> dict[str, str]:

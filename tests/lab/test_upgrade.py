@@ -8,89 +8,16 @@ from __future__ import annotations
 import json
 import sys
 import time
-import urllib.request
 
 import pytest
 import yaml
 
 from kthw.model import load_cluster
-from tests.lab.lab import Lab, Probe, RequestLoop, reference_only, sh
-from tests.lab.test_cluster import ADMIN, SERVE, smoke_image
+from tests.lab.lab import Lab, RequestLoop, reference_only, sh
+from tests.lab.test_cluster import ADMIN
+from tests.lab.workloads import NodePortLoop, web_service
 
 NEW = "v1.37.2"
-# Two replicas that may share a node, a PodDisruptionBudget that keeps one serving while a drain
-# evicts the other, and the usual graceful stop: readiness first, endpoints gone before the
-# server stops (preStop).
-WORKLOAD = """
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: kthw-upgrade-web}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: kthw-upgrade-web}}}}
-  template:
-    metadata: {{labels: {{app: kthw-upgrade-web}}}}
-    spec:
-      affinity:
-        podAntiAffinity:
-          preferredDuringSchedulingIgnoredDuringExecution:
-            - weight: 100
-              podAffinityTerm:
-                labelSelector: {{matchLabels: {{app: kthw-upgrade-web}}}}
-                topologyKey: kubernetes.io/hostname
-      containers:
-        - name: web
-          image: {image}
-          imagePullPolicy: Never
-          command: [sh, -c, '{serve}']
-          ports: [{{containerPort: 8080}}]
-          readinessProbe: {{httpGet: {{port: 8080, path: /}}, periodSeconds: 1}}
-          lifecycle: {{preStop: {{exec: {{command: [sleep, "5"]}}}}}}
----
-apiVersion: policy/v1
-kind: PodDisruptionBudget
-metadata: {{name: kthw-upgrade-web}}
-spec:
-  minAvailable: 1
-  selector: {{matchLabels: {{app: kthw-upgrade-web}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: kthw-upgrade-web}}
-spec:
-  type: NodePort
-  selector: {{app: kthw-upgrade-web}}
-  ports: [{{port: 80, targetPort: 8080}}]
-"""
-
-
-class NodePortLoop(Probe):
-    """GET http://<worker>:<nodePort>/ on every worker, each a new connection, ``interval`` s
-    apart, while the block runs."""
-
-    def __init__(self, urls: list[str], interval: float = 0.25):
-        super().__init__(0)
-        self.urls, self.pause = urls, interval
-
-    def round(self, i: int) -> None:
-        for url in self.urls:
-            self.requests += 1
-            try:
-                with urllib.request.urlopen(url, timeout=5) as res:
-                    res.read()
-            except OSError as exc:
-                self.failed(f"{url}: {exc}")
-            self._stop.wait(self.pause)
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as res:
-            return bool(res.read())
-    except OSError:
-        return False
-
-
 def versions(lab: Lab, node: str, binaries: str) -> set[str]:
     out = lab.script(node, f"for b in {binaries}; do /usr/local/bin/$b --version; done")
     return {line.split()[-1] for line in out.splitlines() if line.strip()}
@@ -115,16 +42,10 @@ def test_a_rolling_upgrade_keeps_the_nodeport_answering(lab):
     # the new version's binaries, built like the first (cached once built: ~7 min cold)
     sh(["lab/artifacts/build", "kubernetes"], env={"KTHW_CLUSTER": str(newer)}, timeout=5400)
 
-    manifest = lab.cluster_file.with_suffix(".upgrade-web.yaml")
-    manifest.write_text(WORKLOAD.format(image=smoke_image(lab), serve=SERVE))
-    lab.kubectl("apply", "-f", str(manifest))
-    lab.kubectl("rollout", "status", "deployment/kthw-upgrade-web", "--timeout=180s", timeout=200)
+    manifest, urls = web_service(lab, "kthw-upgrade-web")
     # no bare pod left by another test (a drain stops at a pod no controller would recreate)
     lab.kubectl("delete", "pods", "--all", "-n", "default", "--field-selector=status.phase!=Running",
                 "--wait=false", check=False)
-    port = lab.kubectl("get", "svc", "kthw-upgrade-web", "-o", "jsonpath={.spec.ports[0].nodePort}")
-    urls = [f"http://{w.ip}:{port}/" for w in lab.cluster.workers]
-    lab.wait("the NodePort on every worker", lambda: all(answers(u) for u in urls), timeout=60, interval=1)
 
     with NodePortLoop(urls) as web, RequestLoop(lab) as api:
         deploy(newer, f"upgrade {old} -> {NEW}", lab)
@@ -161,4 +82,4 @@ def test_a_rolling_upgrade_keeps_the_nodeport_answering(lab):
     assert out.returncode != 0 and "an older minor version" in out.stdout + out.stderr
     assert lab.script("master-1", "systemctl show -p ExecMainStartTimestampMonotonic --value kube-apiserver") == before
     assert versions(lab, "worker-1", "kubelet") == {NEW}
-    lab.kubectl("delete", "-f", str(manifest), "--wait=false", check=False)
+    lab.kubectl("delete", "-f", manifest, "--wait=false", check=False)

@@ -151,7 +151,9 @@ def test_a_new_master_joins_etcd_and_a_departed_one_is_removed(tmp_path, default
     out = run_pyinfra(grown, "--dry", "--json", state="converged", env=env)
     changed = {p["name"]: p["hosts_with_change"] for p in json.loads(out.stdout)["plan"] if p["hosts_with_change"]}
     assert changed["etcd | joins the running cluster if there is one (member add)"] == ["@fake/master-3"]
-    assert changed["loadbalancer | haproxy.cfg (checked by haproxy -c)"] == ["@fake/loadbalancer"]
+    # every HAProxy in front of the apiservers learns of it: the load balancer's and each node's
+    assert set(changed["apiserver proxy | haproxy.cfg (checked by haproxy -c)"]) == {
+        f"@fake/{n}" for n in ("loadbalancer", "master-1", "master-2", "master-3", "worker-1", "worker-2")}
     # the apiserver certificate gains the new address: every apiserver restarts, one at a time
     assert set(changed["control plane | kube-apiserver restarted on change, one master at a time"]) == {
         "@fake/master-1", "@fake/master-2"}

@@ -29,14 +29,15 @@ def fresh_plan(default_cluster):
 
 def test_each_group_gets_only_its_components(fresh_plan):
     lb = names_for(fresh_plan, "loadbalancer")
-    assert {n.split(" | ")[0] for n in lb} == {"base", "loadbalancer"}
+    assert {n.split(" | ")[0] for n in lb} == {"base", "apiserver proxy"}
+    # Every Kubernetes node reaches the apiservers through its own proxy.
     for worker in ("worker-1", "worker-2"):
-        assert {n.split(" | ")[0] for n in names_for(fresh_plan, worker)} == {"base", "node"}
+        assert {n.split(" | ")[0] for n in names_for(fresh_plan, worker)} == {"base", "apiserver proxy", "node"}
     # Masters are Kubernetes nodes too (tainted): the CNI reaches them, so do the apiservers' calls.
     assert {n.split(" | ")[0] for n in names_for(fresh_plan, "master-1")} == {
-        "base", "etcd", "control plane", "node", "addons"}
-    assert {n.split(" | ")[0] for n in names_for(fresh_plan, "master-2")} == {"base", "etcd", "control plane",
-                                                                              "node"}
+        "base", "etcd", "control plane", "apiserver proxy", "node", "addons"}
+    assert {n.split(" | ")[0] for n in names_for(fresh_plan, "master-2")} == {
+        "base", "etcd", "control plane", "apiserver proxy", "node"}
 
 
 def test_stages_are_ordered_across_groups(fresh_plan):
@@ -45,8 +46,8 @@ def test_stages_are_ordered_across_groups(fresh_plan):
     removal = "etcd | members of masters no longer in the cluster file removed"
     etcd_last = max(i for n, i in pos.items() if n.startswith("etcd |") and n != removal)
     cp_first = min(i for n, i in pos.items() if n.startswith("control plane |"))
-    lb_first = min(i for n, i in pos.items() if n.startswith("loadbalancer |"))
-    cp_last = max(i for n, i in pos.items() if n.startswith(("control plane |", "loadbalancer |")))
+    lb_first = min(i for n, i in pos.items() if n.startswith("apiserver proxy |"))
+    cp_last = max(i for n, i in pos.items() if n.startswith(("control plane |", "apiserver proxy |")))
     worker_first = min(i for n, i in pos.items() if n.startswith("node |"))
     worker_last = max(i for n, i in pos.items() if n.startswith("node |"))
     addons_first = min(i for n, i in pos.items() if n.startswith("addons |"))
@@ -91,7 +92,7 @@ def test_workers_never_get_the_ca_key_or_other_nodes_keys(default_cluster):
 
 def test_loadbalancer_gets_only_haproxy(default_cluster):
     ctx, wants = _wants(default_cluster, "loadbalancer")
-    assert [m.__name__ for m in collect(ctx)] == ["operations.base", "operations.loadbalancer"]
+    assert [m.__name__ for m in collect(ctx)] == ["operations.base", "operations.apiserver_proxy"]
     assert not any(f.secret for w in wants.values() for f in w.all_files())
 
 

@@ -30,14 +30,22 @@ def rendered(path, node: str, **facts) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("topology", ["default", "3 masters"])
-def test_haproxy_accepts_the_config(tmp_path, default_path, topology):
+@pytest.mark.parametrize("node", ["loadbalancer", "master-1", "worker-1"])
+def test_haproxy_accepts_the_config(tmp_path, default_path, topology, node):
     path = default_path if topology == "default" else cluster_file(
         tmp_path, scaled(3, 2, yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text())))
-    cfg = rendered(path, "loadbalancer")["/etc/haproxy/haproxy.cfg"].decode()
-    masters = re.findall(r"^\s+server (\S+) (\S+):6443$", cfg, re.M)
-    assert len(masters) == (2 if topology == "default" else 3)
-    # Check as haproxy would run it, but bound to loopback so this machine can test it.
+    cfg = rendered(path, node)["/etc/haproxy/haproxy.cfg"].decode()
+    masters = re.findall(r"^\s+server (\S+) (\S+):6443( backup)?$", cfg, re.M)
+    assert [m[0] for m in masters] == [f"master-{i}" for i in range(1, 3 if topology == "default" else 4)]
+    # The load balancer listens for operators; a node on its loopback, for itself.
     lb_ip = prepared_cluster(str(path)).loadbalancer.ip
+    assert re.findall(r"^\s+bind (\S+)$", cfg, re.M) == [
+        f"{lb_ip}:6443" if node == "loadbalancer" else "127.0.0.1:7445"]
+    # A master prefers its own apiserver; the others serve it only while that one is not ready.
+    backups = [name for name, _, backup in masters if backup]
+    assert backups == ([name for name, _, _ in masters if name != "master-1"] if node == "master-1" else [])
+    assert ("option allbackups" in cfg) == bool(backups)
+    # Check as haproxy would run it, but bound to loopback so this machine can test it.
     (tmp_path / "haproxy.cfg").write_text(cfg.replace(f"bind {lb_ip}:", "bind 127.0.0.1:"))
     out = subprocess.run(["haproxy", "-c", "-f", tmp_path / "haproxy.cfg"], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
