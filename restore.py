@@ -1,18 +1,21 @@
 """Restore etcd from a backup:  pyinfra inventory.py restore.py --data snapshot=.kthw/<cluster>/backups/etcd-<time>.db
 
-Every master's etcd starts over from the snapshot, the way etcd documents it, and the control
-plane comes back. Before any host is touched, the backup is checked (kthw/backup.py): whole
-(sha256), of this cluster, its Secrets readable with the cluster's encryption config; the hosts
-hold this cluster's identity (kthw/preflight.py). It runs on every node at once, so it refuses a
-run that leaves any machine out (--limit, --exclude, a stopped machine).
+Every etcd member (the masters', and a load balancer's etcd-only one) starts over from the
+snapshot, the way etcd documents it, and the control plane comes back. Before any host is
+touched, the backup is checked (kthw/backup.py): whole (sha256), of this cluster, its Secrets
+readable with the cluster's encryption config; the hosts hold this cluster's identity
+(kthw/preflight.py). It runs on every node at once, so it refuses a run that leaves any machine
+out (--limit, --exclude, a stopped machine).
 
-    1. masters  the snapshot uploaded (0600)
-    2. masters  kube-scheduler, kube-controller-manager and kube-apiserver stopped, then etcd
-    3. masters  the old data dir kept aside (/var/lib/etcd.before-restore-<time>), a new one
+    1. members  the snapshot uploaded (0600) to every etcd member: the masters, and the load
+                balancer if it holds an etcd-only member
+    2. masters  kube-scheduler, kube-controller-manager and kube-apiserver stopped
+       members  etcd stopped
+    3. members  the old data dir kept aside (/var/lib/etcd.before-restore-<time>), a new one
                 restored from the snapshot for each member (etcdutl snapshot restore)
-    4. masters  etcd started on all at once (a member waits for its peers), healthy
-    5. masters  kube-apiserver started and ready, then the controller-manager and scheduler;
-                the snapshot removed
+    4. members  etcd started on all at once (a member waits for its peers), healthy
+    5. masters  kube-apiserver started and ready, then the controller-manager and scheduler
+       members  the snapshot removed
     -- barrier --
     6. nodes    kubelet and kube-proxy restarted, so none keeps state from after the snapshot
 """
@@ -38,25 +41,28 @@ except BackupError as exc:
 check_identity(host, cluster, node)
 stamp = run_stamp()
 
-if node.is_master:
+if node.runs_etcd:  # every master, and the load balancer's etcd-only member if there is one
     # Always uploaded (every restore removes it at the end): no need to ask the host first.
     snap = Snapshot({"files": {REMOTE_DB: None}}, {"files": [REMOTE_DB]})
     upload = ManagedFile(REMOTE_DB, backup.sha_file.read_text().split()[0], local=backup.db, mode=0o600,
                          secret=True)
     server.shell(name="restore | backup folder (0700)", commands=[f"mkdir -p -m 700 {REMOTE_DB.rsplit('/', 1)[0]}"])
-    files_synced([upload], snap, name=f"restore | {backup.db.name} uploaded to every master")
-    server.shell(name="restore | control plane stopped on every master",
-                 commands=["systemctl stop kube-scheduler kube-controller-manager kube-apiserver"])
-    server.shell(name="restore | etcd stopped on every master", commands=["systemctl stop etcd"])
+    files_synced([upload], snap, name=f"restore | {backup.db.name} uploaded to every etcd member")
+    if node.is_master:
+        server.shell(name="restore | control plane stopped on every master",
+                     commands=["systemctl stop kube-scheduler kube-controller-manager kube-apiserver"])
+    server.shell(name="restore | etcd stopped on every member", commands=["systemctl stop etcd"])
     server.shell(name=f"restore | etcd data restored from the snapshot (old: {ETCD_RESTORE_ASIDE}{stamp})",
                  commands=[restore_command(cluster, node, stamp)])
-    server.shell(name="restore | etcd started on every master and healthy",
+    server.shell(name="restore | etcd started on every member and healthy",
                  commands=["systemctl start --no-block etcd", wait_until(ETCD_HEALTHY, "etcd")])
-    server.shell(name="restore | kube-apiserver started and ready, then the controller-manager and scheduler",
-                 commands=["systemctl start kube-apiserver",
-                           wait_until(APISERVER_READY, "kube-apiserver",
-                                      on_failure=f"{KUBECTL} get --raw '/readyz?verbose'"),
-                           "systemctl start kube-controller-manager kube-scheduler", f"rm -f {REMOTE_DB}"])
+    if node.is_master:
+        server.shell(name="restore | kube-apiserver started and ready, then the controller-manager and scheduler",
+                     commands=["systemctl start kube-apiserver",
+                               wait_until(APISERVER_READY, "kube-apiserver",
+                                          on_failure=f"{KUBECTL} get --raw '/readyz?verbose'"),
+                               "systemctl start kube-controller-manager kube-scheduler"])
+    server.shell(name="restore | the uploaded snapshot removed", commands=[f"rm -f {REMOTE_DB}"])
 
 server.shell(name="--- barrier: control plane restored ---", commands=[])
 

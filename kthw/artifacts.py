@@ -522,13 +522,14 @@ def write_pins(pins: dict[str, str], path: Path = UPSTREAM_CHECKSUMS) -> None:
     _write_atomic(path, "\n".join(header + body) + "\n")
 
 
-def installed_files(cluster: Cluster, role: str, cache: Cache | None = None) -> list[InstalledFile]:
-    """Every binary a host of ``role`` receives, fetched and verified locally."""
+def installed_files(cluster: Cluster, roles: frozenset[str], cache: Cache | None = None) -> list[InstalledFile]:
+    """Every binary a host with these roles (kthw.components.roles_of) receives, fetched and
+    verified locally."""
     cache = cache or Cache(cluster)
     expected = cache._expected()
     out = []
     for art in CATALOGUE:
-        if role not in art.roles:
+        if not roles & art.roles:
             continue
         archive, digest = cache.fetch(art, expected)
         version = getattr(cluster.versions, art.component)

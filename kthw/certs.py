@@ -1,10 +1,11 @@
 """Every certificate on every node, with the days it has left: ``python -m kthw certs``.
 
-For a cron job or a monitoring check: it reads every master and worker over SSH (one command
-each, the same as ``rotate-ca``: certificate files and the certificates inside kubeconfigs,
-never a key), prints one line per certificate and exits 1 when any expires within the renewal
-window (``pki.renew_before_days``, or ``--within DAYS``). A leaf certificate is renewed by
-rerunning the deploy; a CA by rotating it (docs/pki.md: CA rotation).
+For a cron job or a monitoring check: it reads every node that holds certificates (masters,
+workers, an etcd-only member) over SSH (one command each, the same as ``rotate-ca``: certificate
+files and the certificates inside kubeconfigs, never a key), prints one line per certificate and
+exits 1 when any expires within the renewal window (``pki.renew_before_days``, or ``--within
+DAYS``). A leaf certificate is renewed by rerunning the deploy; a CA by rotating it
+(docs/pki.md: CA rotation).
 
     $ python -m kthw certs
     NODE       FILE                                         CERTIFICATE             EXPIRES     DAYS

@@ -45,17 +45,37 @@ def roles_present(spec: ClusterFile, recorded: Recorded) -> Found:
 
 
 def etcd_quorum(spec: ClusterFile, recorded: Recorded) -> Found:
-    """Warns of an even count of masters: etcd's quorum then survives no more losses than one master fewer."""
+    """An etcd-only member goes on a load balancer, once, and only where it makes the member count
+    odd; an even count of members is warned of (quorum then survives no more losses than one
+    member fewer)."""
+    p: list[Problem] = []
     masters = sum(n.role == "master" for n in spec.nodes)
-    if not masters or masters % 2:
-        return [], []
-    return [], [
+    extra = [(i, n) for i, n in enumerate(spec.nodes) if n.etcd]
+    for i, n in extra:
+        key = f"nodes[{i}] ({n.name}).etcd"
+        if n.role != "loadbalancer":
+            p.append(Problem(key, "true", f"is only meaningful on a load balancer ({n.role}s "
+                             + ("always run etcd)" if n.role == "master" else "never run etcd)"),
+                             "remove it from this node"))
+        elif masters % 2:
+            p.append(Problem(key, "true", f"would make {masters + 1} etcd members with {masters} masters: an even "
+                             f"count, whose quorum ({(masters + 1) // 2 + 1}) survives no more losses than "
+                             f"{masters} members", "remove it: the etcd-only member is for an even count of masters"))
+    if len(extra) > 1:
+        p.append(Problem("nodes[].etcd", "true", f"is set on {len(extra)} nodes",
+                         "set it on one load balancer only (the one third vote)"))
+    members = masters + len(extra)
+    if p or not masters or members % 2:
+        return p, []
+    return p, [
         f"{masters} masters make an etcd cluster of {masters} members: "
         f"quorum is {masters // 2 + 1}, so it tolerates no more member losses than "
-        f"{masters - 1} members would. Use an odd number (3) to survive losing one."
+        f"{masters - 1} members would. Use an odd number (3) to survive losing one, or give the "
+        "load balancer an etcd-only member (etcd: true on its entry)."
         if masters > 2 else
         f"{masters} masters make a 2-member etcd cluster (the reference design): quorum is 2, "
-        "so losing either master stops all writes. Use 3 masters to survive losing one."
+        "so losing either master stops all writes. Give the load balancer an etcd-only member "
+        "(etcd: true on its entry) or use 3 masters to survive losing one."
     ]
 
 

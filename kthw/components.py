@@ -16,6 +16,7 @@ from kthw import paths
 
 ROLES = ("loadbalancer", "master", "worker")
 FIRST_MASTER = "first master"  # a pseudo-role: cluster-level objects are applied once, from there
+ETCD_MEMBER = "etcd member"  # a pseudo-role: every master, and a load balancer given `etcd: true`
 
 
 @dataclass(frozen=True, eq=False)  # one object per component: compared and hashed by identity
@@ -51,7 +52,7 @@ APISERVER_PROXY = Component(
     files=(paths.HAPROXY_CFG,),
 )
 ETCD = Component(
-    "etcd", frozenset({"master"}),
+    "etcd", frozenset({ETCD_MEMBER}),
     units=("etcd",), artifacts=("etcd",),
     folders=(paths.ETCD_DIR,),
     data=(paths.ETCD_DATA, f"{paths.ETCD_RESTORE_ASIDE}*"),
@@ -90,14 +91,27 @@ ADDONS = Component(
 ALL = (BASE, ETCD, CONTROL_PLANE, APISERVER_PROXY, NODE, ADDONS)
 
 
-def for_role(role: str, first_master: bool = False) -> tuple[Component, ...]:
-    """The components a node of ``role`` runs, in order."""
-    return tuple(c for c in ALL if role in c.roles or (first_master and FIRST_MASTER in c.roles))
+def roles_of(node, first_master: bool = False) -> frozenset[str]:
+    """A node's role (kthw.model.Node) with the pseudo-roles it takes on.
+
+    >>> from kthw.model import load_cluster
+    >>> sorted(roles_of(load_cluster("cluster.yaml").masters[0]))
+    ['etcd member', 'master']
+    """
+    return frozenset({node.role, *([ETCD_MEMBER] if node.runs_etcd else []),
+                      *([FIRST_MASTER] if first_master else [])})
+
+
+def for_node(node, first_master: bool = False) -> tuple[Component, ...]:
+    """The components ``node`` runs, in order."""
+    roles = roles_of(node, first_master)
+    return tuple(c for c in ALL if c.roles & roles)
 
 
 def roles_installing(artifact: str) -> frozenset[str]:
-    """The roles whose nodes receive ``artifact`` (every role a component installing it runs on)."""
-    return frozenset(r for c in ALL if artifact in c.artifacts for r in c.roles if r in ROLES)
+    """The roles and pseudo-roles whose nodes receive ``artifact`` (those of every component
+    installing it)."""
+    return frozenset(r for c in ALL if artifact in c.artifacts for r in c.roles)
 
 
 def certificate_reads() -> dict[str, tuple[str, ...]]:

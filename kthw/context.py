@@ -20,6 +20,7 @@ import jinja2
 
 from kthw import paths
 from kthw.artifacts import ArtifactError, Cache, InstalledFile, installed_files, sha256_file
+from kthw.components import roles_of
 from kthw.flags import TLS_CIPHER_SUITES, command_line, merged_config, user_args
 from kthw.kubeconfig import write_kubeconfigs
 from kthw.model import API_PORT, REPO_ROOT, Cluster, Node, load_cluster, record_pod_subnets
@@ -112,12 +113,12 @@ _binaries_lock = threading.Lock()
 _binaries: dict[tuple[str, str], list[InstalledFile]] = {}
 
 
-def binaries_for(cluster: Cluster, role: str) -> list[InstalledFile]:
-    """Fetched, verified and unpacked once per run and role, shared by every host."""
+def binaries_for(cluster: Cluster, roles: frozenset[str]) -> list[InstalledFile]:
+    """Fetched, verified and unpacked once per run and set of roles, shared by every host."""
     with _binaries_lock:
-        key = (str(cluster.source), role)
+        key = (str(cluster.source), roles)
         if key not in _binaries:
-            _binaries[key] = installed_files(cluster, role, Cache(cluster))
+            _binaries[key] = installed_files(cluster, roles, Cache(cluster))
         return _binaries[key]
 
 
@@ -191,10 +192,10 @@ class HostContext:
         return offline_images(self.cluster)
 
     def binaries(self, names: set[str] | None = None) -> list[ManagedFile]:
-        found = [b for b in binaries_for(self.cluster, self.node.role) if names is None or b.artifact in names]
+        found = [b for b in binaries_for(self.cluster, roles_of(self.node)) if names is None or b.artifact in names]
         if names is not None and (missing := names - {b.artifact for b in found}):
             # A component asking for what the catalogue does not give this role would
             # otherwise see "nothing to install" and report the host as up to date.
             raise ValueError(f"artifacts {sorted(missing)} are not installed on {self.node.role} nodes: "
-                             "add the role to their entries in kthw/artifacts.py (CATALOGUE)")
+                             "add them to the component's artifacts in kthw/components.py")
         return [ManagedFile.binary(b.dest, b.local, b.sha256) for b in found]

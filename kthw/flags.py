@@ -51,9 +51,9 @@ def etcd(c: Cluster, n: Node) -> Flags:
         "data-dir": paths.ETCD_DATA,
         # clients and peers: TLS both ways, with etcd's own CA (not the cluster's)
         "cert-file": f"{d}/etcd-server.crt", "key-file": f"{d}/etcd-server.key",
-        "trusted-ca-file": f"{d}/etcd-ca.crt", "client-cert-auth": True,
+        "trusted-ca-file": paths.ETCD_CA, "client-cert-auth": True,
         "peer-cert-file": f"{d}/etcd-server.crt", "peer-key-file": f"{d}/etcd-server.key",
-        "peer-trusted-ca-file": f"{d}/etcd-ca.crt", "peer-client-cert-auth": True,
+        "peer-trusted-ca-file": paths.ETCD_CA, "peer-client-cert-auth": True,
         "peer-cert-allowed-cn": ETCD_MEMBER_CN,  # only the members' own certificates peer
         "tls-min-version": "TLS1.2", "cipher-suites": SUITES,
         "listen-client-urls": f"https://{n.ip}:2379,https://127.0.0.1:2379",

@@ -122,12 +122,12 @@ Reader = Callable[[], dict[str, HostCerts]]
 
 
 def ssh_reader(cluster: Cluster) -> Reader:
-    """Read every node that holds certificates (the masters and workers), all of them up."""
+    """Read every node that holds certificates (masters, workers, an etcd-only member), all of them up."""
     from kthw.inventory import InventoryError, connections
     from kthw.ssh import SshError, as_root, ssh_run
 
     def read() -> dict[str, HostCerts]:
-        names = [n.name for n in cluster.nodes if n.role != "loadbalancer"]
+        names = [n.name for n in cluster.nodes if n.holds_certificates]
         try:
             conns = connections(cluster, limit=names)
         except InventoryError as exc:

@@ -104,6 +104,9 @@ class NodeSection(_Section):
     memory: Annotated[int, Field(ge=256, le=262144)] = 1024  # MiB
     pod_cidr: IPv4Network | None = None  # masters and workers; default: the node's slot in network.pods
     ssh: SshSection | None = None
+    # A load balancer only: an etcd-only member there (no control plane), the third vote that
+    # lets two masters lose either one and keep quorum. Masters always run etcd.
+    etcd: bool = False
 
 
 class VersionsSection(_Section):
@@ -208,6 +211,7 @@ class Node:
     memory: int
     pod_cidr: IPv4Network | None
     ssh: SshSection | None
+    etcd: bool = False  # an etcd-only member on a load balancer (masters run etcd regardless)
 
     @property
     def is_master(self) -> bool:
@@ -221,6 +225,16 @@ class Node:
     def runs_kubelet(self) -> bool:
         """Masters and workers are Kubernetes nodes (masters tainted: control plane only)."""
         return self.role in ("master", "worker")
+
+    @property
+    def runs_etcd(self) -> bool:
+        """Every master holds an etcd member; a load balancer given ``etcd: true`` holds one too."""
+        return self.role == "master" or self.etcd
+
+    @property
+    def holds_certificates(self) -> bool:
+        """Whether the deploy places certificates here (Kubernetes nodes and etcd members)."""
+        return self.runs_kubelet or self.runs_etcd
 
 
 @dataclass(frozen=True)
@@ -291,13 +305,18 @@ class Cluster:
         node and the API."""
         return f"https://127.0.0.1:{NODE_API_PORT}"
 
+    @cached_property
+    def etcd_members(self) -> tuple[Node, ...]:
+        """Every etcd member: the masters, then a load balancer's etcd-only member if it has one."""
+        return (*self.masters, *(n for n in self.nodes if n.runs_etcd and not n.is_master))
+
     @property
     def etcd_initial_cluster(self) -> str:
-        return ",".join(f"{m.name}=https://{m.ip}:2380" for m in self.masters)
+        return ",".join(f"{m.name}=https://{m.ip}:2380" for m in self.etcd_members)
 
     @property
     def etcd_servers(self) -> str:
-        return ",".join(f"https://{m.ip}:2379" for m in self.masters)
+        return ",".join(f"https://{m.ip}:2379" for m in self.etcd_members)
 
     @property
     def pki_dir(self) -> Path:
@@ -381,7 +400,7 @@ def _build(spec: ClusterFile, auto: list[IPv4Network | None], state_dir: Path, s
     nodes = []
     for n, default in zip(spec.nodes, auto, strict=True):
         pod_cidr = n.pod_cidr or default
-        nodes.append(Node(n.name, n.role, n.ip, n.cpus, n.memory, pod_cidr, n.ssh))
+        nodes.append(Node(n.name, n.role, n.ip, n.cpus, n.memory, pod_cidr, n.ssh, n.etcd))
     return Cluster(
         name=spec.cluster.name,
         domain=spec.cluster.domain,

@@ -26,8 +26,9 @@ BACKUP_DIR = f"{KTHW_DIR}/backup"  # backup.py's and restore.py's snapshot on a 
 # a root `cp` moves them (pyinfra's default temp dir is a shared /tmp).
 UPLOAD_DIR = ".kthw-upload"
 
-# --- etcd (masters)
+# --- etcd (masters, and a load balancer's etcd-only member)
 ETCD_DIR = "/etc/etcd"
+ETCD_CA = f"{ETCD_DIR}/etcd-ca.crt"  # etcd's own CA (trust bundle), not the cluster's
 ETCD_DATA = "/var/lib/etcd"
 ETCD_RESTORE_ASIDE = "/var/lib/etcd.before-restore-"  # + time: data a restore kept aside
 

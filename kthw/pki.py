@@ -162,7 +162,7 @@ def _etcd_member_specs(cluster: Cluster) -> list[CertSpec]:
         etcd_member_cert_name(m.name), ETCD_MEMBER_CN, dns_names=(m.name,), ip_addresses=(m.ip, _LOOPBACK),
         server=True, client=True, issuer=ETCD_CA_NAME,
         purpose=f"etcd member {m.name}: serving and peer certificate (peers are clients of each other)",
-    ) for m in cluster.masters]
+    ) for m in cluster.etcd_members]
 
 
 def _kubelet_specs(cluster: Cluster) -> list[CertSpec]:

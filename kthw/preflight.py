@@ -25,7 +25,7 @@ from pyinfra.api.exceptions import PyinfraError
 from kthw import paths
 from kthw.facts import HostState
 from kthw.model import Cluster, ClusterConfigError, Node, load_cluster
-from kthw.pki import CA_NAME, known_trust
+from kthw.pki import CA_NAME, ETCD_CA_NAME, known_trust
 
 # --data kthw_replace_identity=yes: act on hosts that hold another identity, on purpose.
 REPLACE_IDENTITY = "kthw_replace_identity"
@@ -79,19 +79,21 @@ def identity_refusal(host_name: str, cluster: Cluster, differing: list[str]) -> 
 
 
 def check_identity(host, cluster: Cluster, node: Node) -> None:
-    """The host's cluster CA against the local PKI's (one remote command), for the playbooks
-    that do not deploy. A host without one (the load balancer, a machine already reset) passes."""
-    if not node.runs_kubelet or yes(host, REPLACE_IDENTITY):
+    """The host's CA against the local PKI's (one remote command), for the playbooks that do not
+    deploy: the cluster CA on a Kubernetes node, etcd's CA on an etcd-only member. A host without
+    one (a plain load balancer, a machine already reset) passes."""
+    if not node.holds_certificates or yes(host, REPLACE_IDENTITY):
         return
-    held = host.get_fact(HostState, spec={"files": [paths.CLUSTER_CA]})["files"].get(paths.CLUSTER_CA)
+    where, ca = (paths.CLUSTER_CA, CA_NAME) if node.runs_kubelet else (paths.ETCD_CA, ETCD_CA_NAME)
+    held = host.get_fact(HostState, spec={"files": [where]})["files"].get(where)
     if held is None:
         return
-    if not (cluster.pki_dir / f"{CA_NAME}.crt").exists():
+    if not (cluster.pki_dir / f"{ca}.crt").exists():
         raise PyinfraError(f"{host.name} runs a cluster, and {cluster.pki_dir} holds no PKI to tell whether it is "
                            "this one. Nothing was touched. Fix: `python -m kthw pki adopt` (copies the running "
                            f"cluster's identity here), or rerun with --data {REPLACE_IDENTITY}=yes if you are sure.")
-    if held[0] not in known_trust(cluster.pki_dir, CA_NAME):
-        raise PyinfraError(identity_refusal(host.name, cluster, [paths.CLUSTER_CA]))
+    if held[0] not in known_trust(cluster.pki_dir, ca):
+        raise PyinfraError(identity_refusal(host.name, cluster, [where]))
 
 
 def playbook(host, book: Playbook, identity: bool = True) -> tuple[Cluster, Node]:

@@ -27,7 +27,7 @@ from kthw.paths import BIN_DIR, CONTAINERD_RUN, CONTAINERD_SOCK, CONTAINERD_STAT
 def undone(node: Node) -> tuple[components.Component, ...]:
     """The components reset undoes on ``node`` (kthw/components.py). Every master counts as the
     first one: any of them may have been first when the cluster file listed others."""
-    return components.for_role(node.role, first_master=node.is_master)
+    return components.for_node(node, first_master=node.is_master)
 
 
 def units(node: Node) -> list[str]:
@@ -56,7 +56,8 @@ LOCAL_STATE_MOVED: list[bool] = []
 
 def binaries(node: Node) -> list[str]:
     """Every binary the deploy installs on this node (kthw/artifacts.py CATALOGUE)."""
-    return sorted({dest for a in CATALOGUE if node.role in a.roles for _, dest in a.installs})
+    roles = components.roles_of(node)
+    return sorted({dest for a in CATALOGUE if roles & a.roles for _, dest in a.installs})
 
 
 def reset_script(cluster: Cluster, node: Node, ssh_user: str = "root") -> str:

@@ -17,6 +17,6 @@ MODULES: dict[components.Component, ModuleType] = {
 ALL_COMPONENTS = tuple(MODULES[c] for c in components.ALL)
 
 
-def components_for(role: str, first_master: bool = False) -> list[ModuleType]:
-    """The components a node with this role runs, in order."""
-    return [MODULES[c] for c in components.for_role(role, first_master)]
+def components_for(node, first_master: bool = False) -> list[ModuleType]:
+    """The components ``node`` (kthw.model.Node) runs, in order."""
+    return [MODULES[c] for c in components.for_node(node, first_master)]

@@ -1,6 +1,8 @@
-"""etcd on every master: binaries → TLS material → data dir → unit → running → healthy.
+"""etcd on every master (and on a load balancer given ``etcd: true``): binaries → TLS material
+→ data dir → unit → running → healthy.
 
-One member per master, TLS for clients and peers: each member has its own server+client
+One member per master (plus the optional etcd-only member on the load balancer: the third vote
+of a two-master cluster), TLS for clients and peers: each member has its own server+client
 certificate from etcd's own CA (the only CA it trusts), valid for its own address only, and
 peers must present one of these (CN etcd-server), never another etcd-CA client certificate;
 initial cluster from the model. Health is checked after every (re)start, before the control
@@ -33,7 +35,7 @@ from kthw.ops import (
     service_restarted_in_turn,
     service_running,
 )
-from kthw.paths import ETCD_DATA, ETCD_DIR, unit_file
+from kthw.paths import ETCD_CA, ETCD_DATA, ETCD_DIR, unit_file
 from kthw.pki import etcd_member_cert_name
 
 COMPONENT = components.ETCD
@@ -46,7 +48,7 @@ def wants(ctx: HostContext) -> Wants:
     w.dirs = [Directory(ETCD_DIR, 0o700), Directory(ETCD_DATA, 0o700)]
     w.files["binaries"] = ctx.binaries({"etcd"})
     w.files["certificates"] = [
-        ctx.pki_file("etcd-ca.crt", f"{ETCD_DIR}/etcd-ca.crt"),  # etcd's own CA, not the cluster's
+        ctx.pki_file("etcd-ca.crt", ETCD_CA),  # etcd's own CA, not the cluster's
         ctx.pki_file(f"{etcd_member_cert_name(ctx.node.name)}.crt", f"{ETCD_DIR}/etcd-server.crt"),
         ctx.pki_file(f"{etcd_member_cert_name(ctx.node.name)}.key", f"{ETCD_DIR}/etcd-server.key"),
     ]
@@ -61,7 +63,7 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     certs = placed(w.files["certificates"], snap, name="etcd | certificates")
     unit = placed(w.files["unit"], snap, name="etcd | systemd unit")
     # A master without etcd data joins the running cluster, if there is one (else all start new).
-    others = [f"https://{m.ip}:2379" for m in ctx.cluster.masters if m != ctx.node]
+    others = [f"https://{m.ip}:2379" for m in ctx.cluster.etcd_members if m != ctx.node]
     command_when(etcd_join(ctx.node.name, f"https://{ctx.node.ip}:2380", others),
                  always=bool(others) and not snap.query("etcd_data"),
                  name="etcd | joins the running cluster if there is one (member add)")
@@ -71,7 +73,7 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     restarted = service_restarted_in_turn(
         "etcd", snap, restart_on=[binaries, certs, unit], ready=ETCD_HEALTHY,
         guard=only_if_peers_healthy(ETCD_HEALTHY, etcd_members_healthy(
-            [f"https://{m.ip}:2379" for m in ctx.cluster.masters if m != ctx.node]), "etcd"),
+            [f"https://{m.ip}:2379" for m in ctx.cluster.etcd_members if m != ctx.node]), "etcd"),
         name="etcd | restarted on change, one member at a time", _serial=True,
     )
     command_when(
@@ -81,12 +83,13 @@ def deploy(ctx: HostContext, w: Wants) -> None:
 
 
 def departed_members_removed(ctx: HostContext) -> None:
-    """On the first master: etcd members whose master left the cluster file are removed, one
+    """On the first master: etcd members whose node left the cluster file (or lost ``etcd: true``)
+    are removed, one
     ``etcdctl member remove`` each (the removed member's etcd then stops by itself). A departing
     member that leads hands the lead to this master first: removing the leader itself would
     cost an election, and the writes in flight fail with "request timed out"."""
     members = ctx.snapshot.query("etcd_members") or ()
-    peers = {f"https://{m.ip}:2380" for m in ctx.cluster.masters}
+    peers = {f"https://{m.ip}:2380" for m in ctx.cluster.etcd_members}
     me = next((mid for mid, _, urls, _ in members if f"https://{ctx.node.ip}:2380" in urls), "")
     gone = [(mid, name, clients) for mid, name, urls, clients in members if not peers.intersection(urls)]
     steps = []
@@ -95,5 +98,5 @@ def departed_members_removed(ctx: HostContext) -> None:
             steps.append(f"{{ {etcd_lead_moved(clients[0], me)}; }}")
         steps.append(f"{ETCDCTL} member remove {mid} >/dev/null")
     command_when(" && ".join(steps) or "true", always=bool(gone),
-                 name="etcd | members of masters no longer in the cluster file removed"
+                 name="etcd | members no longer in the cluster file removed"
                  + (f" ({', '.join(n or mid for mid, n, _ in gone)})" if gone else ""))

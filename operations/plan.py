@@ -24,7 +24,7 @@ from operations import components_for, node
 
 def collect(ctx: HostContext) -> dict[ModuleType, Wants]:
     """{component: what it wants on this host}, in the order the components run."""
-    return {m: m.wants(ctx) for m in components_for(ctx.node.role, ctx.is_first_master)}
+    return {m: m.wants(ctx) for m in components_for(ctx.node, ctx.is_first_master)}
 
 
 def snapshot_spec(wants: dict[ModuleType, Wants]) -> dict:

@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import time
+
+import pytest
+import yaml
 
 from tests.lab.lab import Lab, Probe, RequestLoop, reference_only, sh
 from tests.lab.test_cluster import ADMIN
+from tests.lab.test_masters import ETCDCTL
 from tests.lab.workloads import InClusterClient, NodePortLoop, web_service
 
 OUTAGE = 180  # seconds the load balancer stays away: past the node controller's grace period
+DEPLOY = [sys.executable, "-m", "pyinfra", "-y", "inventory.py", "deploy.py"]
+
+
+def members(lab: Lab, on: str) -> list[str]:
+    listed = json.loads(lab.ssh(on, f"{ETCDCTL} member list -w json"))["members"]
+    return sorted(m.get("name", "") for m in listed)
 
 
 class ReadyWatch(Probe):
@@ -85,4 +96,67 @@ def test_losing_the_load_balancer_cuts_off_only_the_operator(lab):
     # the operator's requests fail while the load balancer is away, and only then
     assert api.failures and all(stopped <= t <= back + 5 for t in api.failed_at), api.failures[-5:]
     assert recovered <= 5
+    assert not [name for name, p in lab.plan().items() if p["hosts_with_change"]]
+
+
+def holder(lab: Lab, lease: str, on: str) -> str:
+    """The node whose kube-scheduler or kube-controller-manager leads, asked on master ``on`` of
+    its own apiserver."""
+    out = lab.ssh(on, f"{ADMIN} -n kube-system get lease {lease} -o jsonpath={{.spec.holderIdentity}}",
+                  check=False, timeout=30)
+    return out.strip().split("_")[0]
+
+
+@pytest.mark.day_two
+def test_an_etcd_member_on_the_load_balancer_keeps_quorum_when_a_master_dies(lab):
+    """`etcd: true` on the load balancer gives the two masters a third vote: the master that
+    leads the scheduler is killed without notice, writes go on, etcd keeps quorum and both
+    leases end on the other master. Then the member goes again (a plain deploy of the reference)."""
+    reference_only(lab)
+    raw = yaml.safe_load(lab.cluster_file.read_text())
+    next(n for n in raw["nodes"] if n["role"] == "loadbalancer")["etcd"] = True
+    witness = lab.cluster_file.with_name(lab.cluster_file.stem + "-etcd-on-lb.yaml")
+    witness.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {"KTHW_CLUSTER": str(witness)}
+    started = time.monotonic()
+    sh(DEPLOY, env=env)
+    lab.timings["deploy: etcd member on the load balancer"] = time.monotonic() - started
+    first, second = (m.name for m in lab.cluster.masters)
+    assert members(lab, first) == sorted([first, second, lab.cluster.loadbalancer.name])
+
+    manifest, urls = web_service(lab, "kthw-drill-web")
+    victim = holder(lab, "kube-scheduler", first)
+    survivor = second if victim == first else first
+    try:
+        with NodePortLoop(urls) as web, InClusterClient(lab) as client, RequestLoop(lab) as api:
+            time.sleep(5)
+            killed = time.monotonic()
+            sh(["lxc-stop", "--kill", "-n", f"kthw-{victim}"])  # without notice, as a power cut would
+            moved = lab.wait("both leases on the surviving master", lambda: {
+                holder(lab, "kube-scheduler", survivor), holder(lab, "kube-controller-manager", survivor)
+            } == {survivor} or None, timeout=120, interval=1)
+            leases_moved = time.monotonic() - killed
+            health = json.loads(lab.ssh(survivor, f"{ETCDCTL} endpoint health --cluster -w json", check=False) or "[]")
+            time.sleep(20)  # writes go on with one master
+    finally:
+        sh(["lxc-start", "-n", f"kthw-{victim}"])
+        lab.refresh_ssh_config(victim)
+        lab.kubectl("delete", "-f", manifest, "--wait=false", check=False)
+    print(f"\n{victim} killed, etcd member on the load balancer: operator {len(api.failures)} of {api.requests} "
+          f"requests failed, in-cluster {len(client.failures)} of {client.requests}, NodePort {len(web.failures)} "
+          f"of {web.requests}; both leases on {survivor} {leases_moved:.0f} s after the kill")
+    assert moved
+    assert sorted(h["endpoint"] for h in health if h["health"]) == sorted(
+        f"https://{n.ip}:2379" for n in lab.cluster.nodes if n.name in (survivor, lab.cluster.loadbalancer.name))
+    assert len(api.failures) <= 2 and api.requests > 60, api.failures
+    assert web.failures == [], web.failures[:10]
+    # back with every machine: the run with the member changes nothing, then the member goes again
+    lab.wait("every node Ready", lambda: set(lab.kubectl(
+        "get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}").split()) == {"True"},
+        timeout=180)
+    dry = [sys.executable, "-m", "pyinfra", "inventory.py", "deploy.py", "--dry", "--json"]
+    plan = json.loads(sh(dry, env=env).stdout)["plan"]
+    assert not [p["name"] for p in plan if p["hosts_with_change"]]
+    lab.deploy(label="deploy: etcd member on the load balancer removed")
+    assert members(lab, first) == sorted([first, second])
     assert not [name for name, p in lab.plan().items() if p["hosts_with_change"]]

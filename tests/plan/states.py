@@ -65,11 +65,11 @@ def converged_state(cluster: Cluster, node: Node) -> dict:
                                      "runtime": "containerd://" + str(cluster.versions.containerd).lstrip("v"),
                                      "ready": True, "unschedulable": False, "drained": False}
                             for n in cluster.kubelet_nodes}
-    state["etcd_data"] = node.is_master  # every member has joined and holds data
+    state["etcd_data"] = node.runs_etcd  # every member has joined and holds data
     # every master keeps the record of the nodes' pod subnets the deploy wrote
     state["text_of"] = {POD_SUBNETS_RECORD: pod_subnets_text(pod_subnets(cluster))} if node.is_master else {}
     state["etcd_members"] = [[f"{i + 1:x}", m.name, [f"https://{m.ip}:2380"], [f"https://{m.ip}:2379"]]
-                             for i, m in enumerate(cluster.masters)]
+                             for i, m in enumerate(cluster.etcd_members)]
     return state
 
 

@@ -48,8 +48,8 @@ def test_a_restore_stops_the_control_plane_restores_every_member_and_restarts_th
                                                              "@fake/worker-1", "@fake/worker-2"]
     names = list(ops)
     assert names.index("restore | control plane stopped on every master") < names.index(
-        "restore | etcd stopped on every master") < names.index("restore | etcd started on every master and healthy")
-    assert ops["restore | etcd stopped on every master"] == masters
+        "restore | etcd stopped on every member") < names.index("restore | etcd started on every member and healthy")
+    assert ops["restore | etcd stopped on every member"] == masters
     assert ops["restore | kubelet and kube-proxy restarted"] == nodes
     # the snapshot is secret: --diff names it, never prints it
     out = run_pyinfra(default_cluster, "--dry", "--diff", "--data", f"snapshot={snapshot}", state="converged",
@@ -164,7 +164,7 @@ def test_a_new_master_joins_etcd_and_a_departed_one_is_removed(tmp_path, default
     assert len(removed) == 1 and "member remove 3 " in removed[0], removed
     # handing the lead to the first master first, if master-3 leads
     assert "--endpoints=https://192.168.56.13:2379" in removed[0] and "move-leader 1 " in removed[0]
-    assert "members of masters no longer in the cluster file removed (master-3)" in out.stderr
+    assert "members no longer in the cluster file removed (master-3)" in out.stderr
 
 
 def test_weave_routers_forget_a_node_no_longer_in_the_cluster(default_cluster):
@@ -269,3 +269,46 @@ def test_a_version_skew_the_policy_forbids_is_refused_before_any_host_is_touched
     out = run_pyinfra(newer, "--dry", "--limit", "@fake/worker-1", state="converged", env=env, check=False)
     assert out.returncode != 0
     assert "master-1, master-2 are not in this run (--limit)" in out.stdout + out.stderr
+
+
+def test_the_load_balancer_gains_an_etcd_only_member_and_loses_it_again(tmp_path, default_cluster):
+    """`etcd: true` on the load balancer: a third member joins the running cluster there (no
+    control plane, no kubelet), every member and apiserver learns of it; taken away, it is
+    removed from etcd like a departed master."""
+    def witness(nodes):
+        nodes[0]["etcd"] = True
+    grown = with_nodes(tmp_path, default_cluster, witness)
+    env = {"KTHW_FAKE_STATE_CLUSTER": str(default_cluster)}
+    changed = changed_hosts(run_pyinfra(grown, "--dry", "--json", state="converged", env=env))
+    assert changed["etcd | joins the running cluster if there is one (member add)"] == ["@fake/loadbalancer"]
+    assert changed["etcd | binaries"] == ["@fake/loadbalancer"]
+    assert set(changed["etcd | restarted on change, one member at a time"]) == {"@fake/master-1", "@fake/master-2"}
+    assert set(changed["control plane | kube-apiserver restarted on change, one master at a time"]) == {
+        "@fake/master-1", "@fake/master-2"}  # --etcd-servers names the new member
+    assert not [name for name, hosts in changed.items() if "@fake/loadbalancer" in hosts
+                and name.split(" | ")[0] in ("control plane", "node")]
+    # converged with it: nothing to do
+    assert changed_hosts(run_pyinfra(grown, "--dry", "--json", state="converged")) == {}
+    # and back: the first master removes the load balancer's member
+    out = run_pyinfra(default_cluster, "-y", "-vv", state="converged", env={"KTHW_FAKE_STATE_CLUSTER": str(grown)})
+    removed = [line for line in out.stderr.splitlines() if "member remove" in line]
+    assert len(removed) == 1 and "member remove 3 " in removed[0], removed
+    assert "members no longer in the cluster file removed (loadbalancer)" in out.stderr
+
+
+def test_a_restore_includes_the_etcd_only_member(tmp_path, default_cluster):
+    def witness(nodes):
+        nodes[0]["etcd"] = True
+    cluster = with_nodes(tmp_path, default_cluster, witness)
+    out = run_pyinfra(cluster, "--dry", "--json", "--data", f"snapshot={a_backup(cluster)}", state="converged",
+                      deploy="restore.py")
+    ops = changed_hosts(out)
+    assert ops["restore | etcd stopped on every member"] == ["@fake/loadbalancer", "@fake/master-1",
+                                                             "@fake/master-2"]
+    assert "@fake/loadbalancer" not in ops["restore | control plane stopped on every master"]
+    # each member restores its own data dir, for a cluster of all three
+    out = run_pyinfra(cluster, "-y", "-vv", "--data", f"snapshot={a_backup(cluster)}", state="converged",
+                      deploy="restore.py")
+    restores = [line for line in out.stderr.splitlines() if "etcdutl snapshot restore" in line]
+    assert len(restores) == 3 and any("--name loadbalancer " in line for line in restores), restores
+    assert all("loadbalancer=https://192.168.56.30:2380" in line for line in restores), restores

@@ -43,7 +43,7 @@ def test_each_group_gets_only_its_components(fresh_plan):
 def test_stages_are_ordered_across_groups(fresh_plan):
     order = list(fresh_plan)
     pos = {name: i for i, name in enumerate(order)}
-    removal = "etcd | members of masters no longer in the cluster file removed"
+    removal = "etcd | members no longer in the cluster file removed"
     etcd_last = max(i for n, i in pos.items() if n.startswith("etcd |") and n != removal)
     cp_first = min(i for n, i in pos.items() if n.startswith("control plane |"))
     lb_first = min(i for n, i in pos.items() if n.startswith("apiserver proxy |"))

@@ -21,6 +21,11 @@ from kthw.artifacts import (
 from kthw.model import DEFAULT_CLUSTER_FILE, ClusterConfigError, load_cluster, parse_cluster
 from tests.conftest import cluster_file
 
+# the roles (kthw.components.roles_of) of a master, a worker and the load balancer
+MASTER = frozenset({"master", "etcd member"})
+WORKER = frozenset({"worker"})
+LOADBALANCER = frozenset({"loadbalancer"})
+
 
 @pytest.fixture
 def cluster(tmp_path):
@@ -28,19 +33,19 @@ def cluster(tmp_path):
 
 
 def test_every_role_gets_its_binaries(cluster):
-    masters = {f.dest for f in installed_files(cluster, "master")}
-    workers = {f.dest for f in installed_files(cluster, "worker")}
+    masters = {f.dest for f in installed_files(cluster, MASTER)}
+    workers = {f.dest for f in installed_files(cluster, WORKER)}
     assert {"/usr/local/bin/kube-apiserver", "/usr/local/bin/etcd", "/usr/local/bin/etcdctl",
             "/usr/local/bin/kubectl"} <= masters
     assert {"/usr/local/bin/kubelet", "/usr/local/bin/containerd", "/usr/local/sbin/runc",
             "/opt/cni/bin/bridge", "/usr/local/bin/crictl"} <= workers
     assert workers < masters  # masters are Kubernetes nodes too: the node runtime goes everywhere
     assert "/usr/local/bin/kube-apiserver" not in workers
-    assert installed_files(cluster, "loadbalancer") == []
+    assert installed_files(cluster, LOADBALANCER) == []
 
 
 def test_unpacked_members_carry_their_own_sha256(cluster):
-    for f in installed_files(cluster, "worker"):
+    for f in installed_files(cluster, WORKER):
         assert hashlib.sha256(f.local.read_bytes()).hexdigest() == f.sha256
 
 
@@ -50,7 +55,7 @@ def test_a_file_that_does_not_match_its_pin_is_refused(cluster):
     with open(target, "ab") as fh:
         fh.write(b"tampered")
     with pytest.raises(ArtifactError, match="does not match the pinned"):
-        installed_files(cluster, "master", Cache(cluster))
+        installed_files(cluster, MASTER, Cache(cluster))
 
 
 def test_a_version_without_a_pin_is_refused_with_the_fix(tmp_path):
@@ -59,7 +64,7 @@ def test_a_version_without_a_pin_is_refused_with_the_fix(tmp_path):
     text = path.read_text().replace("kubernetes: v1.36.3", "kubernetes: v1.36.4")
     path.write_text(text)
     with pytest.raises(ArtifactError, match="no sha256 is known for kubernetes/v1.36.4"):
-        installed_files(load_cluster(path), "master")
+        installed_files(load_cluster(path), MASTER)
 
 
 def test_upstream_pinned_without_pins_names_the_table(tmp_path):
@@ -68,7 +73,7 @@ def test_upstream_pinned_without_pins_names_the_table(tmp_path):
     raw["artifacts"] = {"source": "upstream", "verify": "pinned", "cache_dir": str(tmp_path / "cache")}
     cluster = parse_cluster(raw, source=tmp_path / "cluster.yaml")
     with pytest.raises(ArtifactError, match="no sha256 is known for .* in kthw/checksums/upstream-amd64.sha256"):
-        installed_files(cluster, "master", Cache(cluster))
+        installed_files(cluster, MASTER, Cache(cluster))
 
 
 def test_verify_accepts_only_its_two_values(raw_cluster):

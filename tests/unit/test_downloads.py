@@ -38,6 +38,11 @@ VERSIONS = RAW["versions"]
 KUBELET = next(a for a in CATALOGUE if a.name == "kubelet")
 ETCD = next(a for a in CATALOGUE if a.name == "etcd")
 
+# the roles (kthw.components.roles_of) of a master, a worker and the load balancer
+MASTER = frozenset({"master", "etcd member"})
+WORKER = frozenset({"worker"})
+LOADBALANCER = frozenset({"loadbalancer"})
+
 
 # --------------------------------------------------------------------------- the release host
 
@@ -188,7 +193,7 @@ def up(tmp_path, monkeypatch, host, tls):
 
 def test_first_use_verifies_records_and_says_so(up, capsys):
     cluster = up.cluster()
-    files = installed_files(cluster, "worker") + installed_files(cluster, "master")
+    files = installed_files(cluster, WORKER) + installed_files(cluster, MASTER)
     assert {f.dest for f in files} >= {"/usr/local/bin/kubelet", "/usr/local/bin/etcd"}
 
     rels = sorted(up.digest)
@@ -208,11 +213,11 @@ def test_first_use_verifies_records_and_says_so(up, capsys):
 
 
 def test_a_rerun_trusts_the_lock_and_the_cache(up, capsys):
-    installed_files(up.cluster(), "worker")
+    installed_files(up.cluster(), WORKER)
     lock_before = up.lock.read_text()
     capsys.readouterr()
     up.host.hits.clear()
-    installed_files(up.cluster(), "worker")  # a new Cache, as a new deploy makes
+    installed_files(up.cluster(), WORKER)  # a new Cache, as a new deploy makes
     assert up.host.hits == Counter()  # neither a checksum file nor a binary was fetched again
     assert up.lock.read_text() == lock_before
     assert capsys.readouterr().err == ""
@@ -223,7 +228,7 @@ def test_a_tampered_binary_is_refused_and_nothing_recorded(up, capsys):
     rel, url = KUBELET.path(v), KUBELET.url(v)
     up.host.files[path_of(url)] = b"not the release"
     with pytest.raises(ArtifactError) as err:
-        installed_files(up.cluster(), "worker")
+        installed_files(up.cluster(), WORKER)
     msg = str(err.value)
     for part in (rel, url, up.digest[rel], hashlib.sha256(b"not the release").hexdigest()):
         assert part in msg
@@ -234,7 +239,7 @@ def test_a_tampered_binary_is_refused_and_nothing_recorded(up, capsys):
 
 
 def test_a_changed_checksum_file_disagreeing_with_the_lock_stops(up):
-    installed_files(up.cluster(), "worker")
+    installed_files(up.cluster(), WORKER)
     v = VERSIONS["kubernetes"]
     rel, evil = KUBELET.path(v), b"a re-published kubelet"
     evil_digest = hashlib.sha256(evil).hexdigest()
@@ -244,7 +249,7 @@ def test_a_changed_checksum_file_disagreeing_with_the_lock_stops(up):
     lock_before = up.lock.read_text()
     up.host.hits.clear()
     with pytest.raises(ArtifactError) as err:
-        installed_files(up.cluster(), "worker")
+        installed_files(up.cluster(), WORKER)
     msg = str(err.value)
     for part in (rel, KUBELET.sums_url(v), up.digest[rel], evil_digest, "now publishes"):
         assert part in msg
@@ -253,13 +258,13 @@ def test_a_changed_checksum_file_disagreeing_with_the_lock_stops(up):
 
 
 def test_a_changed_binary_disagreeing_with_the_lock_stops(up):
-    installed_files(up.cluster(), "worker")
+    installed_files(up.cluster(), WORKER)
     v = VERSIONS["kubernetes"]
     rel = KUBELET.path(v)
     up.host.files[path_of(KUBELET.url(v))] = b"swapped"  # the checksum file still says the old value
     shutil.rmtree(up.cache_dir)
     with pytest.raises(ArtifactError) as err:
-        installed_files(up.cluster(), "worker")
+        installed_files(up.cluster(), WORKER)
     msg = str(err.value)
     for part in (rel, KUBELET.url(v), up.digest[rel], hashlib.sha256(b"swapped").hexdigest(), str(up.lock)):
         assert part in msg
@@ -269,7 +274,7 @@ def test_a_missing_checksum_file_is_a_clear_error(up):
     v = VERSIONS["kubernetes"]
     del up.host.files[path_of(KUBELET.sums_url(v))]
     with pytest.raises(ArtifactError, match=r"kubelet\.sha256 answered HTTP 404") as err:
-        installed_files(up.cluster(), "worker")
+        installed_files(up.cluster(), WORKER)
     assert KUBELET.sums_url(v) in str(err.value)
     assert up.host.hits[path_of(KUBELET.url(v))] == 0
     assert not up.lock.exists()
@@ -290,7 +295,7 @@ def test_an_unreachable_host_is_a_clear_error_and_quick(up, monkeypatch):
     monkeypatch.setattr(artifacts, "UPSTREAM_BASES", bases(f"https://127.0.0.1:{port}"))
     start = time.monotonic()
     with pytest.raises(ArtifactError) as err:
-        installed_files(up.cluster(), "worker")
+        installed_files(up.cluster(), WORKER)
     assert time.monotonic() - start < 5
     msg = str(err.value)
     assert msg.startswith(f"cannot reach https://127.0.0.1:{port}/dl.k8s.io/")
@@ -301,16 +306,16 @@ def test_an_unreachable_host_is_a_clear_error_and_quick(up, monkeypatch):
 def test_plain_http_is_refused_for_first_use(up, monkeypatch):
     monkeypatch.setattr(artifacts, "UPSTREAM_BASES", bases(up.host.base.replace("https://", "http://")))
     with pytest.raises(ArtifactError, match=r"refusing http://127\.0\.0\.1:\d+/dl\.k8s\.io/.*needs https://"):
-        installed_files(up.cluster(), "worker")
+        installed_files(up.cluster(), WORKER)
     assert up.host.hits == Counter()
 
 
 def test_pinned_refuses_what_the_table_lacks_and_never_writes_a_lock(up):
     with pytest.raises(ArtifactError, match="no sha256 is known for kubernetes/"):
-        installed_files(up.cluster(verify="pinned"), "worker")
+        installed_files(up.cluster(verify="pinned"), WORKER)
     assert up.host.hits == Counter()
     up.table.write_text("# the committed table\n" + "".join(f"{d}  {r}\n" for r, d in up.digest.items()))
-    installed_files(up.cluster(verify="pinned"), "worker")
+    installed_files(up.cluster(verify="pinned"), WORKER)
     assert not up.lock.exists()
     assert up.sums_hits() == 0
 
@@ -320,7 +325,7 @@ def test_the_committed_table_wins_over_the_lock(up, capsys):
     rel = KUBELET.path(v)
     up.table.write_text(f"{up.digest[rel]}  {rel}\n")
     up.lock.write_text(f"{'f' * 64}  {rel}\n")  # a stale or wrong lock line
-    files = installed_files(up.cluster(), "worker")
+    files = installed_files(up.cluster(), WORKER)
     assert next(f for f in files if f.artifact == "kubelet").sha256 == up.digest[rel]
     assert up.host.hits[path_of(KUBELET.sums_url(v))] == 0  # the table needs no checksum file
     assert parse_sha256sums(up.lock.read_text())[rel] == "f" * 64  # ignored, not rewritten
@@ -356,11 +361,11 @@ def test_a_plain_http_mirror_serves_only_what_this_checkout_pins(up, plain_host)
     cluster = mirrored(up, plain_host)
     rel = KUBELET.path(VERSIONS["kubernetes"])
     with pytest.raises(ArtifactError, match="refusing kubernetes/.* from the plain-http mirror") as err:
-        installed_files(cluster, "worker")
+        installed_files(cluster, WORKER)
     assert "serve the mirror over https" in str(err.value)
     assert not [p for p in plain_host.hits if not p.endswith("SHA256SUMS")]  # no release file fetched
     up.table.write_text("".join(f"{d}  {r}\n" for r, d in up.digest.items()))  # every file pinned
-    files = installed_files(cluster, "worker")
+    files = installed_files(cluster, WORKER)
     assert next(f for f in files if f.artifact == "kubelet").sha256 == up.digest[rel]
 
 
@@ -370,7 +375,7 @@ def test_a_mirror_list_that_disagrees_with_the_committed_table_is_refused(up, ho
     up.table.write_text(f"{up.digest[rel]}  {rel}\n")
     with pytest.raises(ArtifactError, match=f"{rel}: the mirror's .* lists sha256 {'e' * 64}, but this checkout "
                                             f"pins {up.digest[rel]}"):
-        installed_files(cluster, "worker")
+        installed_files(cluster, WORKER)
     assert host.hits[f"/mirror/{rel}"] == 0
 
 
@@ -381,7 +386,7 @@ def test_a_cached_mirror_list_is_fetched_again_for_a_file_it_lacks(up, host):
     cluster = mirrored(up, host, listed={r: d for r, d in up.digest.items() if r != rel})
     Cache(cluster)._expected()  # cached without the kubelet's line, as before a version bump
     host.files["/mirror/SHA256SUMS"] = "".join(f"{d}  {r}\n" for r, d in up.digest.items()).encode()
-    files = installed_files(cluster, "worker")
+    files = installed_files(cluster, WORKER)
     assert next(f for f in files if f.artifact == "kubelet").sha256 == up.digest[rel]
     assert host.hits["/mirror/SHA256SUMS"] == 2  # once cached, once more for the missing line
     # a list that still lacks it names the URL and the cached file

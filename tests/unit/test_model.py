@@ -71,6 +71,33 @@ def test_four_masters_warn_too():
     assert "quorum is 3" in c.warnings[0]
 
 
+def test_the_warning_names_the_etcd_only_member_and_that_silences_it(raw_cluster):
+    assert "etcd: true on its entry" in load_cluster().warnings[0]
+    raw_cluster["nodes"][0]["etcd"] = True  # the load balancer
+    c = parse_cluster(raw_cluster)
+    assert c.warnings == ()
+    assert [m.name for m in c.etcd_members] == ["master-1", "master-2", "loadbalancer"]
+    assert c.etcd_initial_cluster.endswith(",loadbalancer=https://192.168.56.30:2380")
+    assert c.etcd_servers.count("https://") == 3
+    assert c.loadbalancer.runs_etcd and not c.loadbalancer.runs_kubelet
+
+
+@pytest.mark.parametrize("index, expected", [
+    (1, "nodes[1] (master-1).etcd = 'true': is only meaningful on a load balancer (masters always run etcd)"),
+    (3, "nodes[3] (worker-1).etcd = 'true': is only meaningful on a load balancer (workers never run etcd)"),
+])
+def test_an_etcd_only_member_goes_on_a_load_balancer_only(raw_cluster, index, expected):
+    raw_cluster["nodes"][index]["etcd"] = True
+    assert only_problem(raw_cluster).startswith(expected)
+
+
+def test_an_etcd_only_member_that_would_make_the_count_even_is_refused():
+    raw = scaled(3, 1)
+    next(n for n in raw["nodes"] if n["role"] == "loadbalancer")["etcd"] = True
+    msg = only_problem(raw)
+    assert "would make 4 etcd members with 3 masters" in msg and "Fix: remove it" in msg
+
+
 def test_explicit_pod_cidr_is_kept(raw_cluster):
     raw_cluster["nodes"][4]["pod_cidr"] = "10.244.7.0/24"
     c = parse_cluster(raw_cluster)

@@ -236,6 +236,21 @@ def test_changing_a_master_ip_reissues_exactly_the_certs_that_carry_it(fresh):
     assert IPv4Address("192.168.56.13") in ips and IPv4Address("192.168.56.12") not in ips
 
 
+def test_an_etcd_only_member_on_the_load_balancer_gets_its_own_member_certificate(fresh, tmp_path):
+    raw, state, cluster = fresh
+    raw["nodes"][0]["etcd"] = True
+    report = ensure_pki(make_cluster(raw, state))
+    assert report.changed == ["etcd-server-loadbalancer"]  # nothing else carries it
+    cert = load(cluster.pki_dir, "etcd-server-loadbalancer")
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "etcd-server"
+    assert cert.issuer == load(cluster.pki_dir, "etcd-ca").subject
+    dns, ips = cert_sans(cert)
+    assert dns == {"loadbalancer"} and set(ips) == {IPv4Address("192.168.56.30"), IPv4Address("127.0.0.1")}
+    ok = subprocess.run(["openssl", "verify", "-purpose", "sslserver", "-CAfile", cluster.pki_dir / "etcd-ca.crt",
+                         cluster.pki_dir / "etcd-server-loadbalancer.crt"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+
+
 def test_renaming_a_worker_issues_its_new_cert(fresh):
     raw, state, cluster = fresh
     raw["nodes"][4]["name"] = "worker-9"

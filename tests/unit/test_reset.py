@@ -32,18 +32,30 @@ def test_each_role_loses_what_the_deploy_gave_it(tmp_path):
     assert "iptables-restore" not in lb and "KUBE-|WEAVE|CNI-|kthw-pod-network" in worker
 
 
+def test_an_etcd_only_member_loses_etcd_and_nothing_of_a_node(tmp_path):
+    raw = yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text())
+    raw["nodes"][0]["etcd"] = True
+    c = make_cluster(raw, tmp_path)
+    lb = reset_script(c, c.node("loadbalancer"))
+    subprocess.run(["sh", "-n", "-c", lb], check=True)
+    assert "/var/lib/etcd " in lb and "/usr/local/bin/etcd" in lb and "haproxy" in lb
+    assert "kubelet" not in lb and "kube-apiserver" not in lb
+
+
 def placed_and_removed(tmp_path) -> tuple[dict, dict]:
     """{node: every path the deploy places there} and {node: what reset removes there}, for the
-    reference cluster with Weave Net and with the bridge CNI and offline images."""
+    reference cluster with Weave Net, with the bridge CNI and offline images, and with an
+    etcd-only member on the load balancer."""
     from kthw.context import NEUTRAL_FACTS, HostContext, prepared_cluster
     from kthw.reset import removed_paths
     from operations.plan import collect
     from tests.conftest import cluster_file
 
     placed, removed = {}, {}
-    for variant in ("weave", "bridge"):
+    for variant in ("weave", "bridge", "witness"):
         raw = yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text())
-        raw["cni"] = variant
+        raw["cni"] = "bridge" if variant == "bridge" else "weave"
+        raw["nodes"][0]["etcd"] = variant == "witness"
         path = cluster_file(tmp_path / variant, raw)
         if variant == "bridge":  # offline image archives too
             images = tmp_path / "images"
