@@ -12,6 +12,7 @@ from the same line) closes each stage that another group waits on.
        every node    HAProxy in front of every apiserver: on the load balancer for operators,
                      on each Kubernetes node's loopback (127.0.0.1:7445) for its kubelet and
                      kube-proxy
+       loadbalancers keepalived: the virtual IP (network.api_vip) where HAProxy works
     -- barrier --
        first master  etcd members of masters gone from the cluster file removed (HAProxy no
                      longer sends requests to them)
@@ -27,12 +28,12 @@ from the same line) closes each stage that another group waits on.
 from pyinfra import host
 from pyinfra.operations import server
 
-from operations import addons, apiserver_proxy, base, control_plane, etcd, node, upgrade
+from operations import addons, apiserver_proxy, base, control_plane, etcd, keepalived, node, upgrade
 from operations.plan import host_plan
 
 ctx, wants = host_plan(host)
 
-base.deploy(ctx, wants[base])
+base.deploy(ctx, wants[base], packages=[p for w in wants.values() for p in w.packages])
 if etcd in wants:
     etcd.deploy(ctx, wants[etcd])
 
@@ -42,6 +43,8 @@ if control_plane in wants:
     control_plane.deploy(ctx, wants[control_plane])
 if apiserver_proxy in wants:
     apiserver_proxy.deploy(ctx, wants[apiserver_proxy])
+if keepalived in wants:
+    keepalived.deploy(ctx, wants[keepalived])
 
 server.shell(name="--- barrier: control plane is up ---", commands=[])
 

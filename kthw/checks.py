@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping
 from ipaddress import IPv4Network
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from kthw.model_errors import MISSING, Problem
@@ -36,12 +37,42 @@ def roles_present(spec: ClusterFile, recorded: Recorded) -> Found:
     if roles["worker"] == 0:
         p.append(Problem("nodes", MISSING, "has no node with role: worker",
                          "add at least one worker (pods run there)"))
-    if roles["loadbalancer"] != 1:
+    if roles["loadbalancer"] not in (1, 2):
         p.append(Problem("nodes", MISSING,
                          f"has {roles['loadbalancer']} nodes with role: loadbalancer, "
-                         "the design needs exactly one",
-                         "keep exactly one loadbalancer node (HAProxy in front of every apiserver)"))
+                         "the design needs one (or two sharing network.api_vip)",
+                         "keep one loadbalancer node (HAProxy in front of every apiserver), or two "
+                         "with a virtual IP in network.api_vip"))
     return p, []
+
+
+def api_vip(spec: ClusterFile, recorded: Recorded) -> Found:
+    """network.api_vip comes with exactly two load balancers, and is a free address of the node
+    network (keepalived moves it between them)."""
+    vip, net = spec.network.api_vip, spec.network.nodes
+    lbs = sum(n.role == "loadbalancer" for n in spec.nodes)
+    if vip is None:
+        if lbs == 2:
+            return [Problem("network.api_vip", MISSING, "is needed with two load balancers",
+                            f"give them a free address of {net} to share, e.g. {_free_address(spec)}")], []
+        return [], []
+    key = "network.api_vip"
+    if lbs != 2:
+        return [Problem(key, str(vip), f"needs two nodes with role: loadbalancer, the file has {lbs}",
+                        "add a second load balancer, or remove network.api_vip")], []
+    if vip not in net or vip in (net.network_address, net.broadcast_address, net.network_address + 1):
+        return [Problem(key, str(vip), f"is not a free host address of network.nodes ({net}) (.1 is the "
+                        "Vagrant host's)", f"pick an unused address inside {net}, e.g. {_free_address(spec)}")], []
+    if taken := [n.name for n in spec.nodes if n.ip == vip]:
+        return [Problem(key, str(vip), f"is {taken[0]}'s address",
+                        f"pick an address no node uses, e.g. {_free_address(spec)}")], []
+    return [], []
+
+
+def _free_address(spec: ClusterFile):
+    used = {n.ip for n in spec.nodes}
+    net = spec.network.nodes
+    return next((a for a in islice(net.hosts(), 9, None) if a not in used), "another address")
 
 
 def etcd_quorum(spec: ClusterFile, recorded: Recorded) -> Found:
@@ -269,6 +300,7 @@ def pki_validity(spec: ClusterFile, recorded: Recorded) -> Found:
 # In the order their problems (and warnings) are reported.
 CHECKS: list[Check] = [
     roles_present,
+    api_vip,
     etcd_quorum,
     unique_names_and_ips,
     networks_disjoint,

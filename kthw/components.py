@@ -51,6 +51,13 @@ APISERVER_PROXY = Component(
     package_units=("haproxy",),  # Debian's package (left installed: it may have been there before)
     files=(paths.HAPROXY_CFG,),
 )
+# keepalived on two load balancers: the virtual IP of network.api_vip follows a working HAProxy
+# (on a load balancer without one it only makes sure a former deploy's keepalived is gone).
+KEEPALIVED = Component(
+    "keepalived", frozenset({"loadbalancer"}),
+    package_units=("keepalived",),
+    files=(paths.KEEPALIVED_CONF,),
+)
 ETCD = Component(
     "etcd", frozenset({ETCD_MEMBER}),
     units=("etcd",), artifacts=("etcd",),
@@ -88,7 +95,7 @@ ADDONS = Component(
 )
 
 # In the order they run on a host.
-ALL = (BASE, ETCD, CONTROL_PLANE, APISERVER_PROXY, NODE, ADDONS)
+ALL = (BASE, ETCD, CONTROL_PLANE, APISERVER_PROXY, KEEPALIVED, NODE, ADDONS)
 
 
 def roles_of(node, first_master: bool = False) -> frozenset[str]:

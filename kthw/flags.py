@@ -123,10 +123,10 @@ def _apiserver_audit(c: Cluster) -> Flags:
     """Service accounts, services, the audit log, and how it stops."""
     pki = paths.K8S_PKI
     return {
-        "service-account-issuer": c.api_server_url,
+        "service-account-issuer": c.service_account_issuer,
         "service-account-key-file": f"{pki}/service-account.pub",
         "service-account-signing-key-file": f"{pki}/service-account.key",
-        "api-audiences": c.api_server_url,
+        "api-audiences": c.service_account_issuer,
         "service-cluster-ip-range": c.service_network,
         "service-node-port-range": "30000-32767",
         "audit-policy-file": f"{paths.ETC_K8S}/audit-policy.yaml",

@@ -83,6 +83,9 @@ class NetworkSection(_Section):
     pod_subnet_prefix: Annotated[int, Field(ge=8, le=28)] = 24
     services: IPv4Network = IPv4Network("10.96.0.0/16")
     cluster_dns: IPv4Address = IPv4Address("10.96.0.10")
+    # With two load balancers: the virtual IP they share (keepalived, VRRP), the operator's
+    # entrance. Inside `nodes`, no node's address.
+    api_vip: IPv4Address | None = None
 
 
 class SshSection(_Section):
@@ -212,6 +215,7 @@ class Node:
     pod_cidr: IPv4Network | None
     ssh: SshSection | None
     etcd: bool = False  # an etcd-only member on a load balancer (masters run etcd regardless)
+    api_vip: IPv4Address | None = None  # on the load balancers of a cluster with network.api_vip: they share it
 
     @property
     def is_master(self) -> bool:
@@ -273,8 +277,18 @@ class Cluster:
         return tuple(n for n in self.nodes if n.runs_kubelet)
 
     @cached_property
+    def loadbalancers(self) -> tuple[Node, ...]:
+        """One, or two sharing network.api_vip."""
+        return tuple(n for n in self.nodes if n.role == "loadbalancer")
+
+    @property
     def loadbalancer(self) -> Node:
-        return next(n for n in self.nodes if n.role == "loadbalancer")
+        """The first load balancer (the only one, unless two share a virtual IP)."""
+        return self.loadbalancers[0]
+
+    @property
+    def api_vip(self) -> IPv4Address | None:
+        return self.loadbalancer.api_vip
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -290,7 +304,14 @@ class Cluster:
 
     @property
     def api_server_url(self) -> str:
-        """The operator's entrance (and the service-account issuer): HAProxy on the load balancer."""
+        """The operator's entrance: HAProxy on the load balancer, or on whichever of two holds
+        the virtual IP."""
+        return f"https://{self.api_vip or self.loadbalancer.ip}:{API_PORT}"
+
+    @property
+    def service_account_issuer(self) -> str:
+        """Names the tokens' issuer: the first load balancer's URL, as before any virtual IP
+        (adding a second load balancer must not invalidate every service-account token)."""
         return f"https://{self.loadbalancer.ip}:{API_PORT}"
 
     @property
@@ -400,7 +421,8 @@ def _build(spec: ClusterFile, auto: list[IPv4Network | None], state_dir: Path, s
     nodes = []
     for n, default in zip(spec.nodes, auto, strict=True):
         pod_cidr = n.pod_cidr or default
-        nodes.append(Node(n.name, n.role, n.ip, n.cpus, n.memory, pod_cidr, n.ssh, n.etcd))
+        vip = spec.network.api_vip if n.role == "loadbalancer" else None
+        nodes.append(Node(n.name, n.role, n.ip, n.cpus, n.memory, pod_cidr, n.ssh, n.etcd, vip))
     return Cluster(
         name=spec.cluster.name,
         domain=spec.cluster.domain,

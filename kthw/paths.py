@@ -66,8 +66,10 @@ KUBE_PROXY_KUBECONFIG = f"{KUBE_PROXY_DIR}/kubeconfig"
 WEAVE_DATA = "/var/lib/weave"
 WEAVE_TARGETS_URL = "http://127.0.0.1:6784/status/targets"  # the local Weave router: whom it connects to
 
-# --- the load balancer
+# --- the apiserver proxy (load balancers and every Kubernetes node)
 HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
+# --- two load balancers sharing network.api_vip
+KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 
 
 def unit_file(unit: str) -> str:

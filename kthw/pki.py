@@ -151,7 +151,9 @@ def _apiserver_spec(cluster: Cluster) -> CertSpec:
             "kubernetes.default.svc.cluster",
             f"kubernetes.default.svc.{cluster.domain}",
         ),
-        ip_addresses=(cluster.api_service_ip, *(m.ip for m in cluster.masters), cluster.loadbalancer.ip, _LOOPBACK),
+        ip_addresses=(cluster.api_service_ip, *(m.ip for m in cluster.masters),
+                      *(lb.ip for lb in cluster.loadbalancers), *([cluster.api_vip] if cluster.api_vip else []),
+                      _LOOPBACK),
         server=True,
         purpose="apiserver serving certificate, valid for every way clients reach it",
     )

@@ -36,11 +36,13 @@ class Backend:
 
 
 def listen_address(ctx: HostContext) -> str:
-    """Where this host's HAProxy listens: the load balancer's IP and the API port there (for
-    operators), the loopback elsewhere (for the node itself; the apiserver on a master holds
-    port 6443 on every address)."""
+    """Where this host's HAProxy listens: the load balancer's IP (or every address, where it may
+    hold the virtual IP) and the API port there, for operators; the loopback elsewhere, for the
+    node itself (the apiserver on a master holds port 6443 on every address)."""
     if ctx.is_loadbalancer:
-        return f"{ctx.node.ip}:{API_PORT}"
+        # With a virtual IP, on every address: the VIP comes and goes with keepalived, and
+        # HAProxy must answer on it the moment it arrives.
+        return f"*:{API_PORT}" if ctx.node.api_vip else f"{ctx.node.ip}:{API_PORT}"
     return f"127.0.0.1:{NODE_API_PORT}"
 
 
@@ -52,7 +54,7 @@ def backends(ctx: HostContext) -> list[Backend]:
 
 
 def wants(ctx: HostContext) -> Wants:
-    w = Wants(services=list(COMPONENT.package_units))
+    w = Wants(services=list(COMPONENT.package_units), packages=["haproxy"])
     w.files["config"] = [ctx.template_file(HAPROXY_CFG, listen=listen_address(ctx), backends=backends(ctx))]
     return w
 

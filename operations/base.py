@@ -1,4 +1,5 @@
-"""Every node: name, /etc/hosts, no swap, kernel prerequisites, packages.
+"""Every node: name, /etc/hosts, no swap, kernel prerequisites, the Debian packages every
+component of the node asks for (one apt-get, before anything needs them).
 
 Operations, in order: hostname → hosts file → swap off → kernel modules → sysctls →
 packages.
@@ -18,15 +19,6 @@ from kthw.paths import FSTAB, HOSTNAME, HOSTS, MODULES_CONF, SYSCTL_CONF
 
 COMPONENT = components.BASE
 
-# Debian/Ubuntu packages each role needs besides what the box ships. Masters are Kubernetes
-# nodes too (operations/node.py), so they get what kubelet and kube-proxy need.
-# haproxy: each node's own way to the apiservers (operations/apiserver_proxy.py).
-KUBERNETES_NODE = ["socat", "conntrack", "ipset", "iptables", "ethtool", "kmod", "openssl", "haproxy"]
-PACKAGES = {
-    "loadbalancer": ["haproxy"],
-    "master": KUBERNETES_NODE,
-    "worker": KUBERNETES_NODE,
-}
 MODULES = ("overlay", "br_netfilter")
 # Kubernetes nodes route pod traffic and let bridged traffic through iptables (kube-proxy).
 SYSCTLS = {
@@ -37,7 +29,7 @@ SYSCTLS = {
 
 
 def wants(ctx: HostContext) -> Wants:
-    w = Wants(packages=PACKAGES[ctx.node.role])
+    w = Wants()
     w.files["hostname"] = [ManagedFile.text(HOSTNAME, f"{ctx.node.name}\n")]
     w.files["hosts file"] = [ctx.template_file(HOSTS)]
     if not ctx.is_loadbalancer:
@@ -120,7 +112,8 @@ def packages_installed(packages: list[str], snapshot: Snapshot):
                "apt-get install -y -qq --no-install-recommends " + " ".join(missing))
 
 
-def deploy(ctx: HostContext, w: Wants) -> None:
+def deploy(ctx: HostContext, w: Wants, packages: list[str]) -> None:
+    """``packages``: every component's Debian packages (their Wants), installed at once."""
     snap = ctx.snapshot
     files_synced(w.files["hostname"], snap, name="base | hostname file")
     hostname_set(ctx.node.name, snap, name="base | hostname")
@@ -131,4 +124,4 @@ def deploy(ctx: HostContext, w: Wants) -> None:
                      name="base | kernel modules and sysctls persisted")
         kernel_modules_loaded(MODULES, snap, name="base | kernel modules present")
         sysctls_applied(SYSCTLS, snap, name="base | sysctls applied")
-    packages_installed(w.packages, snap, name="base | packages")
+    packages_installed(sorted(set(packages)), snap, name="base | packages")

@@ -58,6 +58,8 @@ from kthw.paths import (
 from kthw.pki import kubelet_cert_name
 
 COMPONENT = components.NODE
+# Debian/Ubuntu packages kubelet and kube-proxy need besides what the box ships.
+PACKAGES = ["socat", "conntrack", "ipset", "iptables", "ethtool", "kmod", "openssl"]
 
 PAUSE_IMAGE = "registry.k8s.io/pause:{v}"
 
@@ -115,7 +117,7 @@ def upgrading(ctx: HostContext, w: Wants) -> list[str]:
 
 def wants(ctx: HostContext) -> Wants:
     w = Wants(services=[u for u in COMPONENT.units if u != "kthw-pod-network"],  # (bridge CNI only, below)
-              queries={"managed_registry_hosts": {"certs_d": CERTS_D, "mark": MANAGED_MARK}})
+              packages=list(PACKAGES), queries={"managed_registry_hosts": {"certs_d": CERTS_D, "mark": MANAGED_MARK}})
     w.dirs = [
         Directory(CONTAINERD_DIR), Directory(CERTS_D), Directory(CNI_DIR), Directory(CNI_BIN),
         Directory(CNI_ETC), Directory(CNI_CONF),

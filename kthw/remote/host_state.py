@@ -283,6 +283,28 @@ def managed_registry_hosts(arg):
 
 
 @question
+def units_left(arg):
+    """Of these units (ones no component of this host runs any more), those still active or
+    enabled: a former deploy's, to stop."""
+    res = subprocess.run(["systemctl", "show", "-p", "Id,ActiveState,UnitFileState", *[u + ".service" for u in arg]],
+                         capture_output=True, text=True)
+    found = []
+    for block in res.stdout.strip().split("\n\n") if res.returncode == 0 else []:
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if props.get("ActiveState") == "active" or props.get("UnitFileState") == "enabled":
+            found.append(props.get("Id", "").removesuffix(".service"))
+    return found
+
+
+@question
+def interface_of(arg):
+    """The network interface that holds this address (keepalived puts the virtual IP beside it)."""
+    res = subprocess.run(["ip", "-4", "-o", "addr", "show", "to", arg], capture_output=True, text=True)
+    fields = res.stdout.split() if res.returncode == 0 else []
+    return fields[1] if len(fields) > 1 else ""
+
+
+@question
 def text_of(arg):
     """Small text files the deploy compares with what it would write ({path: text or None}),
     e.g. the record of the nodes' pod subnets on a master."""

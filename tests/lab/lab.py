@@ -142,11 +142,14 @@ class Lab:
         self.wait("the load balancer to serve again",
                   lambda: self.kubectl("get", "--raw", "/readyz", check=False) == "ok", timeout=60, interval=2)
 
-    def refresh_ssh_config(self, node: str) -> None:
+    def refresh_ssh_config(self, node: str, cluster_file: Path | None = None) -> None:
         """After a machine restarted outside `lab/up` its management address changed: rewrite the
-        ssh-config lab/up wrote, once the machine answers again."""
+        ssh-config lab/up wrote (for ``cluster_file``'s machines, default the lab's), once the
+        machine answers again."""
+        env = {"KTHW_CLUSTER": str(cluster_file)} if cluster_file else self.env
+
         def answers() -> bool:
-            out = sh(["vagrant", "ssh-config"], env={**self.env, **VAGRANT_ENV}, check=False)
+            out = sh(["vagrant", "ssh-config"], env={**env, **VAGRANT_ENV}, check=False)
             if out.returncode != 0:
                 return False
             (LAB_DIR / "ssh-config").write_text(out.stdout)

@@ -17,7 +17,7 @@ import time
 import pytest
 import yaml
 
-from tests.lab.lab import Lab, Probe, RequestLoop, reference_only, sh
+from tests.lab.lab import LAB_DIR, VAGRANT_ENV, Lab, Probe, RequestLoop, reference_only, sh
 from tests.lab.test_cluster import ADMIN
 from tests.lab.test_masters import ETCDCTL
 from tests.lab.workloads import InClusterClient, NodePortLoop, web_service
@@ -159,4 +159,74 @@ def test_an_etcd_member_on_the_load_balancer_keeps_quorum_when_a_master_dies(lab
     assert not [p["name"] for p in plan if p["hosts_with_change"]]
     lab.deploy(label="deploy: etcd member on the load balancer removed")
     assert members(lab, first) == sorted([first, second])
+    assert not [name for name, p in lab.plan().items() if p["hosts_with_change"]]
+
+
+def vip_holder(lab: Lab, lbs: list[str], vip: str) -> str | None:
+    for name in lbs:
+        out = lab.ssh(name, f"ip -4 -o addr show to {vip}", check=False, timeout=10)
+        if vip in out:
+            return name
+    return None
+
+
+@pytest.mark.day_two
+def test_two_load_balancers_hand_the_virtual_ip_over_when_one_dies(lab):
+    """A second load balancer and network.api_vip: the one holding the address is killed
+    without notice; the other takes it within seconds, the operator's requests through it
+    barely notice, and the killed one comes back without taking it again. Then the second load
+    balancer goes (a plain deploy of the reference, which retires keepalived)."""
+    reference_only(lab)
+    lb = lab.cluster.loadbalancer
+    second = {"name": f"{lb.name}-2", "role": "loadbalancer", "ip": str(lb.ip + 1), "cpus": 1, "memory": 512}
+    vip = str(lb.ip + 10)
+    taken = {str(n.ip) for n in lab.cluster.nodes}
+    assert second["ip"] not in taken and vip not in taken
+    raw = yaml.safe_load(lab.cluster_file.read_text())
+    raw["nodes"].insert(1, second)
+    raw["network"]["api_vip"] = vip
+    pair = lab.cluster_file.with_name(lab.cluster_file.stem + "-two-lbs.yaml")
+    pair.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {"KTHW_CLUSTER": str(pair)}
+    names = [lb.name, second["name"]]
+    try:
+        sh(["lab/up"], env=env, timeout=900)
+        started = time.monotonic()
+        sh(DEPLOY, env=env)
+        lab.timings["deploy: second load balancer and virtual IP"] = time.monotonic() - started
+        holder = lab.wait("the virtual IP on a load balancer", lambda: vip_holder(lab, names, vip), timeout=30)
+        other = next(n for n in names if n != holder)
+        assert lab.kubectl("get", "--raw", "/readyz") == "ok"  # the operator's kubeconfig names the VIP now
+        with RequestLoop(lab) as api:
+            time.sleep(5)
+            killed = time.monotonic()
+            sh(["lxc-stop", "--kill", "-n", f"kthw-{holder}"])  # without notice
+            lab.wait("the virtual IP on the other load balancer", lambda: vip_holder(lab, [other], vip),
+                     timeout=30, interval=0.1)
+            moved = time.monotonic() - killed
+            time.sleep(10)
+            sh(["lxc-start", "-n", f"kthw-{holder}"])
+            lab.refresh_ssh_config(holder, pair)
+            lab.wait(f"{holder}'s keepalived running again", lambda: lab.ssh(
+                holder, "systemctl is-active keepalived", check=False).strip() == "active", timeout=60)
+            time.sleep(15)  # long enough for a flap to show
+            after = vip_holder(lab, names, vip)
+        print(f"\nvirtual IP moved {holder} -> {other} {moved:.1f} s after the kill; operator: {len(api.failures)} "
+              f"of {api.requests} requests failed; {holder} back: the address stayed on {after}")
+        assert moved <= 3, moved
+        assert len(api.failures) <= 2, api.failures
+        assert after == other and all(t < killed + moved + 5 for t in api.failed_at), api.failures
+        dry = [sys.executable, "-m", "pyinfra", "inventory.py", "deploy.py", "--dry", "--json"]
+        assert not [p["name"] for p in json.loads(sh(dry, env=env).stdout)["plan"] if p["hosts_with_change"]]
+    finally:
+        # back to one load balancer: the second one reset and destroyed, the first one's keepalived retired
+        sh([sys.executable, "-m", "pyinfra", "-y", "inventory.py", "reset.py", "--limit", second["name"]],
+           env=env, check=False)
+        sh(f"lxc-stop --kill -n kthw-{second['name']} >/dev/null 2>&1; "
+           f"lxc-destroy -n kthw-{second['name']} >/dev/null 2>&1; true")
+        sh(["vagrant", "destroy", "-f", second["name"]], env={**env, **VAGRANT_ENV}, check=False)
+        (LAB_DIR / "ssh-config").write_text(sh(["vagrant", "ssh-config"], env={**lab.env, **VAGRANT_ENV}).stdout)
+    lab.deploy(label="deploy: back to one load balancer")
+    assert vip_holder(lab, [lb.name], vip) is None
+    assert lab.ssh(lb.name, "systemctl is-enabled keepalived", check=False).strip() != "enabled"
     assert not [name for name, p in lab.plan().items() if p["hosts_with_change"]]

@@ -62,6 +62,8 @@ for _hosts in _groups.values():
             for _section in ("files", "dirs", "services", "sysctls", "packages", "manifests"):
                 for _key, _value in _new[_section].items():
                     _state[_section].setdefault(_key, _value)
+        # units the state runs (the real question narrows them to those asked about)
+        _state["units_left"] = [_u for _u, (_active, _) in _state["services"].items() if _active == "active"]
         if _mode == "renewed" and _node.is_master:
             for _path in ("/etc/etcd/etcd-server.crt", "/var/lib/kubernetes/pki/kube-apiserver.crt"):
                 _state["files"][_path][0] = "0" * 64

@@ -22,9 +22,13 @@ DRIFT = {
 }
 
 
+# What every fake host answers besides the neutral facts: the node's address is on eth1.
+HOST_FACTS = {"resolved": True, "interface_of": "eth1"}
+
+
 def _wants(cluster: Cluster, node: Node):
     cluster = prepared_cluster(str(cluster.source))
-    ctx = HostContext(cluster, cluster.node(node.name), {**NEUTRAL_FACTS, "resolved": True})
+    ctx = HostContext(cluster, cluster.node(node.name), {**NEUTRAL_FACTS, **HOST_FACTS})
     return collect(ctx)
 
 
@@ -36,7 +40,7 @@ def fresh_state(cluster: Cluster, node: Node) -> dict:
             "services": {s: ["inactive", ""] for s in spec["services"]},
             "sysctls": dict.fromkeys(spec["sysctls"], "0"), "packages": dict.fromkeys(spec["packages"], False),
             "manifests": dict.fromkeys(spec["manifests"], "missing"), "images": [],
-            "control_plane_labelled": [], "managed_registry_hosts": [],
+            "control_plane_labelled": [], "managed_registry_hosts": [], "interface_of": HOST_FACTS["interface_of"],
             "swap": ["/swap.img"], "fstab_swap": ["/swap.img none swap sw 0 0"],
             "overlay": True, "br_netfilter": True, "hostname": "ubuntu-jammy",
             "etc_hostname": "ubuntu-jammy", "resolved": True, "cgroup": "v2", "container": "", "sys_resource": True}

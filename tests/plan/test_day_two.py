@@ -312,3 +312,34 @@ def test_a_restore_includes_the_etcd_only_member(tmp_path, default_cluster):
     restores = [line for line in out.stderr.splitlines() if "etcdutl snapshot restore" in line]
     assert len(restores) == 3 and any("--name loadbalancer " in line for line in restores), restores
     assert all("loadbalancer=https://192.168.56.30:2380" in line for line in restores), restores
+
+
+def two_load_balancers(nodes):
+    nodes.insert(1, {"name": "loadbalancer-2", "role": "loadbalancer", "ip": "192.168.56.31", "cpus": 1,
+                     "memory": 512})
+
+
+def test_a_second_load_balancer_shares_a_virtual_ip_and_gives_it_back(tmp_path, default_cluster):
+    """network.api_vip with two load balancers: keepalived on both, HAProxy answering on the
+    virtual IP; nothing changes on the nodes (they use their own proxies). Without it again, the
+    first load balancer's keepalived goes."""
+    import yaml
+
+    vip = with_nodes(tmp_path, default_cluster, two_load_balancers)
+    raw = yaml.safe_load(vip.read_text())
+    raw["network"]["api_vip"] = "192.168.56.40"
+    vip.write_text(yaml.safe_dump(raw))
+    changed = changed_hosts(run_pyinfra(vip, "--dry", "--json", state="converged",
+                                        env={"KTHW_FAKE_STATE_CLUSTER": str(default_cluster)}))
+    lbs = ["@fake/loadbalancer", "@fake/loadbalancer-2"]
+    assert changed["keepalived | keepalived.conf (checked by keepalived -t)"] == lbs
+    assert changed["keepalived | running"] == lbs
+    assert set(changed["apiserver proxy | haproxy.cfg (checked by haproxy -c)"]) == set(lbs)
+    # nodes' own files do not change (their proxies never named a load balancer)
+    assert not [name for name, hosts in changed.items() if name.startswith("node |")]
+    assert changed_hosts(run_pyinfra(vip, "--dry", "--json", state="converged")) == {}
+    # back to one load balancer: its keepalived is stopped and its config removed
+    out = run_pyinfra(default_cluster, "-y", "-vv", state="converged", env={"KTHW_FAKE_STATE_CLUSTER": str(vip)},
+                      check=False)
+    retire = "systemctl disable --now keepalived && rm -f /etc/keepalived/keepalived.conf"
+    assert retire in out.stderr, out.stderr[-3000:]

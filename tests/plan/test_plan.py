@@ -92,7 +92,9 @@ def test_workers_never_get_the_ca_key_or_other_nodes_keys(default_cluster):
 
 def test_loadbalancer_gets_only_haproxy(default_cluster):
     ctx, wants = _wants(default_cluster, "loadbalancer")
-    assert [m.__name__ for m in collect(ctx)] == ["operations.base", "operations.apiserver_proxy"]
+    assert [m.__name__ for m in collect(ctx)] == ["operations.base", "operations.apiserver_proxy",
+                                                  "operations.keepalived"]  # (only: no former one left running)
+    assert [p for w in wants.values() for p in w.packages] == ["haproxy"]
     assert not any(f.secret for w in wants.values() for f in w.all_files())
 
 

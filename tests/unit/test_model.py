@@ -204,7 +204,7 @@ def test_no_worker(raw_cluster):
 
 def test_exactly_one_loadbalancer(raw_cluster):
     raw_cluster["nodes"] = [n for n in raw_cluster["nodes"] if n["role"] != "loadbalancer"]
-    assert "exactly one" in only_problem(raw_cluster)
+    assert "needs one (or two sharing network.api_vip)" in only_problem(raw_cluster)
 
 
 def test_unknown_role(raw_cluster):
@@ -405,3 +405,41 @@ def test_plain_http_mirrors_are_warned_about(raw_cluster):
                for w in warnings)
     assert not any("docker.io" in w for w in warnings)
     assert any(w.startswith("artifacts.mirror_url: http://files.lan/kthw is plain http") for w in warnings)
+
+
+def with_second_load_balancer(raw, vip="192.168.56.40"):
+    raw["nodes"].insert(1, {"name": "loadbalancer-2", "role": "loadbalancer", "ip": "192.168.56.31"})
+    if vip:
+        raw["network"]["api_vip"] = vip
+    return raw
+
+
+def test_two_load_balancers_share_a_virtual_ip(raw_cluster):
+    c = parse_cluster(with_second_load_balancer(raw_cluster))
+    assert [lb.name for lb in c.loadbalancers] == ["loadbalancer", "loadbalancer-2"]
+    assert c.api_server_url == "https://192.168.56.40:6443"  # the operator's entrance
+    # tokens keep their issuer: the first load balancer's URL, as before the second came
+    assert c.service_account_issuer == "https://192.168.56.30:6443"
+    assert {str(lb.api_vip) for lb in c.loadbalancers} == {"192.168.56.40"}
+    assert not [n for n in c.nodes if n.role != "loadbalancer" and n.api_vip]
+
+
+@pytest.mark.parametrize("vip, expected", [
+    (None, "network.api_vip: is needed with two load balancers"),
+    ("192.168.56.31", "network.api_vip = '192.168.56.31': is loadbalancer-2's address"),
+    ("192.168.57.40", "network.api_vip = '192.168.57.40': is not a free host address of network.nodes"),
+    ("192.168.56.1", "network.api_vip = '192.168.56.1': is not a free host address of network.nodes"),
+])
+def test_a_bad_virtual_ip_is_refused(raw_cluster, vip, expected):
+    assert only_problem(with_second_load_balancer(raw_cluster, vip)).startswith(expected)
+
+
+def test_a_virtual_ip_needs_two_load_balancers(raw_cluster):
+    raw_cluster["network"]["api_vip"] = "192.168.56.40"
+    assert "needs two nodes with role: loadbalancer, the file has 1" in only_problem(raw_cluster)
+
+
+def test_three_load_balancers_are_refused(raw_cluster):
+    with_second_load_balancer(raw_cluster)
+    raw_cluster["nodes"].insert(1, {"name": "loadbalancer-3", "role": "loadbalancer", "ip": "192.168.56.32"})
+    assert "has 3 nodes with role: loadbalancer" in "\n".join(problems(raw_cluster))

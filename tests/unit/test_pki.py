@@ -371,3 +371,12 @@ def test_cli_never_prints_key_material(tmp_path, monkeypatch, capsys):
     for text in (out.out, out.err):
         assert "PRIVATE KEY" not in text
         assert secret not in text
+
+
+def test_the_apiserver_certificate_covers_both_load_balancers_and_the_virtual_ip(tmp_path, raw_cluster):
+    raw_cluster["nodes"].insert(1, {"name": "loadbalancer-2", "role": "loadbalancer", "ip": "192.168.56.31"})
+    raw_cluster["network"]["api_vip"] = "192.168.56.40"
+    cluster = make_cluster(raw_cluster, tmp_path)
+    ensure_pki(cluster)
+    _, ips = cert_sans(load(cluster.pki_dir, "kube-apiserver"))
+    assert {IPv4Address("192.168.56.30"), IPv4Address("192.168.56.31"), IPv4Address("192.168.56.40")} <= set(ips)

@@ -4,6 +4,7 @@ systemd-analyze verify) and by their own parsers otherwise."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import yaml
 
 from kthw.context import NEUTRAL_FACTS, HostContext, prepared_cluster
 from kthw.model import DEFAULT_CLUSTER_FILE
+from operations.keepalived import CONFIG_TEST
 from operations.plan import collect
 from tests.conftest import cluster_file, scaled
 
@@ -193,7 +195,7 @@ def test_audit_policy_parses(default_path):
 
 def test_tools_are_present():
     """The checks above need these; scripts/setup installs them. Say so loudly if not."""
-    for tool in ("haproxy", "systemd-analyze", "openssl"):
+    for tool in ("haproxy", "keepalived", "systemd-analyze", "openssl"):
         assert shutil.which(tool), f"{tool} is missing: run scripts/setup"
 
 
@@ -300,3 +302,47 @@ def test_extra_args_merge_into_the_kubelet_and_kube_proxy_configs(tmp_path, defa
     # without extra_args the files are the templates' own text, byte for byte
     plain = rendered(default_path, "worker-1")["/var/lib/kubelet/kubelet-config.yaml"]
     assert b"# nobody unauthenticated talks to the kubelet" in plain
+
+
+@pytest.fixture(scope="module")
+def vip_path(tmp_path_factory):
+    """The reference with a second load balancer sharing 192.168.56.40."""
+    raw = yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text())
+    raw["nodes"].insert(1, {"name": "loadbalancer-2", "role": "loadbalancer", "ip": "192.168.56.31"})
+    raw["network"]["api_vip"] = "192.168.56.40"
+    return cluster_file(tmp_path_factory.mktemp("vip"), raw)
+
+
+@pytest.mark.parametrize("node, peer, priority", [("loadbalancer", "192.168.56.31", 150),
+                                                   ("loadbalancer-2", "192.168.56.30", 100)])
+def test_keepalived_accepts_the_config(tmp_path, vip_path, node, peer, priority):
+    text = rendered(vip_path, node, interface_of="eth1")["/etc/keepalived/keepalived.conf"].decode()
+    assert re.search(r"virtual_ipaddress \{\s+192\.168\.56\.40/24 dev eth1\s+\}", text)
+    assert re.search(rf"unicast_peer \{{\s+{re.escape(peer)}\s+\}}", text) and f"priority {priority}\n" in text
+    assert "state BACKUP" in text and "nopreempt" in text  # the holder keeps it: no flap on a return
+    # Check it as keepalived would run it, on an interface this machine has (not loopback).
+    here = next(i for i in sorted(os.listdir("/sys/class/net")) if i != "lo")
+    (tmp_path / "keepalived.conf").write_text(text.replace(" eth1", f" {here}"))
+    out = subprocess.run(CONFIG_TEST.format(path=tmp_path / "keepalived.conf"), shell=True, capture_output=True,
+                         text=True)
+    said = [line for line in out.stderr.splitlines() if line.strip() not in ("", "Terminated")]  # (the shell's)
+    assert out.returncode == 0 and not said, out.stdout + out.stderr
+    # and the same test catches a mistake
+    (tmp_path / "keepalived.conf").write_text(text.replace("advert_int", "advert_interval"))
+    assert subprocess.run(CONFIG_TEST.format(path=tmp_path / "keepalived.conf"), shell=True,
+                          capture_output=True).returncode != 0
+
+
+def test_haproxy_on_two_load_balancers_answers_on_the_virtual_ip(tmp_path, vip_path):
+    cfg = rendered(vip_path, "loadbalancer-2", interface_of="eth1")["/etc/haproxy/haproxy.cfg"].decode()
+    assert re.findall(r"^\s+bind (\S+)$", cfg, re.M) == ["*:6443"]  # the VIP may arrive any moment
+    (tmp_path / "haproxy.cfg").write_text(cfg.replace("bind *:6443", "bind 127.0.0.1:16443"))
+    out = subprocess.run(["haproxy", "-c", "-f", tmp_path / "haproxy.cfg"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_load_balancer_whose_address_no_interface_holds_is_refused(vip_path):
+    from kthw.context import DeployRefused
+
+    with pytest.raises(DeployRefused, match="no network interface holds 192.168.56.31"):
+        rendered(vip_path, "loadbalancer-2", interface_of="")

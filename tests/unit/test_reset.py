@@ -44,18 +44,21 @@ def test_an_etcd_only_member_loses_etcd_and_nothing_of_a_node(tmp_path):
 
 def placed_and_removed(tmp_path) -> tuple[dict, dict]:
     """{node: every path the deploy places there} and {node: what reset removes there}, for the
-    reference cluster with Weave Net, with the bridge CNI and offline images, and with an
-    etcd-only member on the load balancer."""
+    reference cluster with Weave Net, with the bridge CNI and offline images, with an etcd-only
+    member on the load balancer, and with two load balancers sharing a virtual IP."""
     from kthw.context import NEUTRAL_FACTS, HostContext, prepared_cluster
     from kthw.reset import removed_paths
     from operations.plan import collect
     from tests.conftest import cluster_file
 
     placed, removed = {}, {}
-    for variant in ("weave", "bridge", "witness"):
+    for variant in ("weave", "bridge", "witness", "vip"):
         raw = yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text())
         raw["cni"] = "bridge" if variant == "bridge" else "weave"
         raw["nodes"][0]["etcd"] = variant == "witness"
+        if variant == "vip":
+            raw["nodes"].insert(1, {"name": "loadbalancer-2", "role": "loadbalancer", "ip": "192.168.56.31"})
+            raw["network"]["api_vip"] = "192.168.56.40"
         path = cluster_file(tmp_path / variant, raw)
         if variant == "bridge":  # offline image archives too
             images = tmp_path / "images"
