@@ -321,7 +321,8 @@ def test_a_rolling_restart_by_the_deploy_costs_no_request(lab, tmp_path):
 def test_a_master_killed_without_notice_costs_no_request(lab):
     if len(masters(lab)) < 3:
         pytest.skip("a 2-member etcd has no quorum without either master: the reference design's known "
-                    "limit (the cluster model warns about it); the 3-master topology runs this test")
+                    "limit (the cluster model warns about it); the 3-master topology runs this test, and "
+                    "test_drills.py runs it with an etcd member on the load balancer")
     victim = masters(lab)[-1]
     container = f"kthw-{victim}"
     name = f"kthw-quorum-{re.sub(r'[^a-z0-9]', '', victim)}"
