@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pyinfra.api import FactBase
 
-from kthw import paths
+from kthw import components, paths
 from kthw.commands import ETCDCTL
 from kthw.paths import ETCD_DIR, HASH_CACHE, K8S_PKI, KUBELET_PKI
 
@@ -123,8 +123,8 @@ class EtcdHealth(FactBase):
         return {"members": [], "health": {}}
 
 
-KTHW_UNITS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "haproxy",
-              "containerd", "kubelet", "kube-proxy")
+# Every service a component runs (kthw/components.py), ours and the packages' (HAProxy, keepalived).
+KTHW_UNITS = tuple(dict.fromkeys(u for c in components.ALL for u in (*c.units, *c.package_units)))
 
 
 class KthwServices(FactBase):
