@@ -10,6 +10,7 @@ changes nothing.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 import time
@@ -17,6 +18,8 @@ import time
 import pytest
 import yaml
 
+from kthw.backup import available
+from kthw.model import load_cluster
 from tests.lab.lab import LAB_DIR, VAGRANT_ENV, Lab, Probe, RequestLoop, reference_only, sh
 from tests.lab.test_cluster import ADMIN
 from tests.lab.test_masters import ETCDCTL
@@ -122,7 +125,25 @@ def test_an_etcd_member_on_the_load_balancer_keeps_quorum_when_a_master_dies(lab
     sh(DEPLOY, env=env)
     lab.timings["deploy: etcd member on the load balancer"] = time.monotonic() - started
     first, second = (m.name for m in lab.cluster.masters)
-    assert members(lab, first) == sorted([first, second, lab.cluster.loadbalancer.name])
+    lb = lab.cluster.loadbalancer.name
+    assert members(lab, first) == sorted([first, second, lb])
+    # `kthw certs` reads the member's certificates too
+    certs = sh([sys.executable, "-m", "kthw", "certs"], env=env).stdout
+    assert re.search(rf"^{lb}\s+/etc/etcd/etcd-server.crt\s", certs, re.M), certs
+    # a backup restores onto all three members (a Secret deleted after it comes back)
+    lab.kubectl("create", "secret", "generic", "kthw-witness-probe", "--from-literal=k=before")
+    before = set(available(load_cluster(witness)))
+    sh([*DEPLOY[:-1], "backup.py"], env=env)
+    db = sorted(set(available(load_cluster(witness))) - before)[-1]
+    lab.kubectl("delete", "secret", "kthw-witness-probe")
+    sh([*DEPLOY[:-1], "restore.py", "--data", f"snapshot={db}"], env=env)
+    assert lab.kubectl("get", "secret", "kthw-witness-probe", "-o", "jsonpath={.data.k}") == "YmVmb3Jl"
+    assert members(lab, first) == sorted([first, second, lb])
+    assert lab.script(lb, "ls -d /var/lib/etcd.before-restore-* | wc -l").strip() == "1"
+    lab.kubectl("delete", "secret", "kthw-witness-probe")
+    lab.wait("every node Ready after the restore", lambda: set(lab.kubectl(
+        "get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}").split()) == {"True"},
+        timeout=180)
 
     manifest, urls = web_service(lab, "kthw-drill-web")
     victim = holder(lab, "kube-scheduler", first)
@@ -147,7 +168,7 @@ def test_an_etcd_member_on_the_load_balancer_keeps_quorum_when_a_master_dies(lab
           f"of {web.requests}; both leases on {survivor} {leases_moved:.0f} s after the kill")
     assert moved
     assert sorted(h["endpoint"] for h in health if h["health"]) == sorted(
-        f"https://{n.ip}:2379" for n in lab.cluster.nodes if n.name in (survivor, lab.cluster.loadbalancer.name))
+        f"https://{n.ip}:2379" for n in lab.cluster.nodes if n.name in (survivor, lb))
     assert len(api.failures) <= 2 and api.requests > 60, api.failures
     assert web.failures == [], web.failures[:10]
     # back with every machine: the run with the member changes nothing, then the member goes again
