@@ -110,7 +110,9 @@ sa=/var/run/secrets/kubernetes.io/serviceaccount
 cat > /tmp/kubeconfig <<EOF
 apiVersion: v1
 kind: Config
-clusters: [{name: in-cluster, cluster: {server: "https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT", certificate-authority: $sa/ca.crt}}]
+clusters:
+- name: in-cluster
+  cluster: {server: "https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT", certificate-authority: $sa/ca.crt}
 users: [{name: sa, user: {tokenFile: $sa/token}}]
 contexts: [{name: in-cluster, context: {cluster: in-cluster, user: sa}}]
 current-context: in-cluster
