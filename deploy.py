@@ -22,6 +22,8 @@ from the same line) closes each stage that another group waits on.
        in turn       first master drains it before, waits until it is Ready and uncordons it
                      after (two barriers per node)
     -- barrier --
+       load balancer an etcd-only member taken out of the file (and so out of etcd): stopped
+                     and removed
     5. first master  RBAC for apiserver -> kubelet, the CNI add-on, CoreDNS
 """
 
@@ -34,7 +36,7 @@ from operations.plan import host_plan
 ctx, wants = host_plan(host)
 
 base.deploy(ctx, wants[base], packages=[p for w in wants.values() for p in w.packages])
-if etcd in wants:
+if etcd in wants and ctx.node.runs_etcd:
     etcd.deploy(ctx, wants[etcd])
 
 server.shell(name="--- barrier: etcd is up ---", commands=[])
@@ -56,6 +58,9 @@ if node in wants:
     upgrade.deploy(ctx, owed)
 
 server.shell(name="--- barrier: nodes are up ---", commands=[])
+
+if etcd in wants and not ctx.node.runs_etcd:  # a load balancer whose etcd-only member was removed
+    etcd.retired(ctx)
 
 if addons in wants:
     addons.deploy(ctx, wants[addons])

@@ -31,6 +31,9 @@ class Component:
     data: tuple[str, ...] = ()  # what its services make at run time (reset removes it; globs allowed)
     kept: tuple[str, ...] = ()  # what it places that reset leaves, on purpose
     reads: dict[str, tuple[str, ...]] = field(default_factory=dict)  # unit -> certificate files/folders
+    # roles whose nodes may hold it from a former deploy without running it now (an option turned
+    # off): there its module's retired_wants()/deploy() find and remove what is left
+    retired_on: frozenset[str] = frozenset()
 
     def unit_files(self) -> tuple[str, ...]:
         return tuple(paths.unit_file(u) for u in self.units)
@@ -59,7 +62,7 @@ KEEPALIVED = Component(
     files=(paths.KEEPALIVED_CONF,),
 )
 ETCD = Component(
-    "etcd", frozenset({ETCD_MEMBER}),
+    "etcd", frozenset({ETCD_MEMBER}), retired_on=frozenset({"loadbalancer"}),  # `etcd: true` dropped
     units=("etcd",), artifacts=("etcd",),
     folders=(paths.ETCD_DIR,),
     data=(paths.ETCD_DATA, f"{paths.ETCD_RESTORE_ASIDE}*"),

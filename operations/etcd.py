@@ -17,6 +17,7 @@ it requests (deploy.py calls :func:`departed_members_removed` after the control-
 from __future__ import annotations
 
 from kthw import components
+from kthw.artifacts import CATALOGUE
 from kthw.commands import (
     ETCD_HEALTHY,
     ETCDCTL,
@@ -100,3 +101,20 @@ def departed_members_removed(ctx: HostContext) -> None:
     command_when(" && ".join(steps) or "true", always=bool(gone),
                  name="etcd | members no longer in the cluster file removed"
                  + (f" ({', '.join(n or mid for mid, n, _ in gone)})" if gone else ""))
+
+
+def retired_wants(ctx: HostContext) -> Wants:
+    """What a load balancer that no longer has ``etcd: true`` asks: whether etcd is left there."""
+    return Wants(queries={"units_left": list(COMPONENT.units)})
+
+
+def retired(ctx: HostContext) -> None:
+    """On a load balancer whose etcd-only member left the cluster file: its etcd stopped and
+    disabled, and its unit, certificates, data and binaries removed, as reset would. deploy.py
+    calls it last, once the first master removed the member: stopped any earlier, it would
+    leave the masters' rolling etcd restarts without quorum."""
+    left = "etcd" in (ctx.snapshot.query("units_left") or ())
+    gone = [*COMPONENT.folders, *COMPONENT.data, *COMPONENT.unit_files(),
+            *(dest for a in CATALOGUE if a.name in COMPONENT.artifacts for _, dest in a.installs)]
+    command_when(f"systemctl disable --now etcd && rm -rf {' '.join(gone)} && systemctl daemon-reload",
+                 always=left, name="etcd | the load balancer's former member stopped and removed")

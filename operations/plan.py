@@ -19,12 +19,16 @@ from kthw.ops import Snapshot
 from kthw.pki import PkiError
 from kthw.preflight import REPLACE_IDENTITY, identity_refusal, nodes_in_run
 from kthw.upgrade import VERSIONED, limit_refusal, skew_refusal
-from operations import components_for, node
+from operations import ALL_COMPONENTS, components_for, node
 
 
 def collect(ctx: HostContext) -> dict[ModuleType, Wants]:
-    """{component: what it wants on this host}, in the order the components run."""
-    return {m: m.wants(ctx) for m in components_for(ctx.node, ctx.is_first_master)}
+    """{component: what it wants on this host}, in the order the components run. A component
+    the node may hold from a former deploy (``retired_on``: its role) without running it now
+    asks only what its ``retired_wants`` needs to find and remove it."""
+    running = components_for(ctx.node, ctx.is_first_master)
+    return {m: (m.wants(ctx) if m in running else m.retired_wants(ctx)) for m in ALL_COMPONENTS
+            if m in running or ctx.node.role in m.COMPONENT.retired_on}
 
 
 def snapshot_spec(wants: dict[ModuleType, Wants]) -> dict:
@@ -39,7 +43,9 @@ def snapshot_spec(wants: dict[ModuleType, Wants]) -> dict:
         spec["packages"] += w.packages
         spec["manifests"] += w.manifests
         spec["images"] += w.images
-        spec["questions"].update(w.queries)
+        for name, arg in w.queries.items():  # two components asking one question: both lists
+            have = spec["questions"].get(name)
+            spec["questions"][name] = sorted({*have, *arg}) if isinstance(have, list) else arg
     # When each service and add-on was last restarted or applied by the deploy (kthw.ops.APPLIED_DIR).
     spec["applied"] = spec["services"] + [f"addon-{posixpath.basename(m)}" for m in spec["manifests"]]
     # A binary's running version is asked only if it is about to be replaced (version-skew check).

@@ -294,6 +294,11 @@ def test_the_load_balancer_gains_an_etcd_only_member_and_loses_it_again(tmp_path
     removed = [line for line in out.stderr.splitlines() if "member remove" in line]
     assert len(removed) == 1 and "member remove 3 " in removed[0], removed
     assert "members no longer in the cluster file removed (loadbalancer)" in out.stderr
+    # then, last, the load balancer's etcd is stopped and its files removed
+    lines = out.stderr.splitlines()
+    retire = [i for i, line in enumerate(lines) if "systemctl disable --now etcd && rm -rf /etc/etcd" in line]
+    assert len(retire) == 1 and "/usr/local/bin/etcdctl" in lines[retire[0]], retire
+    assert retire[0] > max(i for i, line in enumerate(lines) if "member remove" in line)
 
 
 def test_a_restore_includes_the_etcd_only_member(tmp_path, default_cluster):
