@@ -172,6 +172,11 @@ def test_an_etcd_member_on_the_load_balancer_keeps_quorum_when_a_master_dies(lab
     assert len(api.failures) <= 2 and api.requests > 60, api.failures
     assert web.failures == [], web.failures[:10]
     # back with every machine: the run with the member changes nothing, then the member goes again
+    # (the killed master's services first settle: its controller-manager and scheduler restart
+    # every 5 s until its apiserver answers)
+    units = "etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy"
+    lab.wait(f"{victim}'s services active", lambda: set(lab.ssh(
+        victim, f"systemctl is-active {units}", check=False).split()) == {"active"}, timeout=180)
     lab.wait("every node Ready", lambda: set(lab.kubectl(
         "get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}").split()) == {"True"},
         timeout=180)
@@ -180,6 +185,8 @@ def test_an_etcd_member_on_the_load_balancer_keeps_quorum_when_a_master_dies(lab
     assert not [p["name"] for p in plan if p["hosts_with_change"]]
     lab.deploy(label="deploy: etcd member on the load balancer removed")
     assert members(lab, first) == sorted([first, second])
+    assert lab.script(lb, "systemctl is-enabled etcd 2>/dev/null; ls -d /etc/etcd /var/lib/etcd "
+                      "/usr/local/bin/etcd 2>/dev/null || true").strip() in ("", "disabled")
     assert not [name for name, p in lab.plan().items() if p["hosts_with_change"]]
 
 
