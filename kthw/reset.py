@@ -91,7 +91,10 @@ def _stop(node: Node) -> list[str]:
         ]
     return lines + [
         f"for u in {' '.join(units(node))}; do",
-        '  if [ -n "$(systemctl list-unit-files --no-legend "$u.service" 2>/dev/null)" ]; then',
+        # only one that runs or starts at boot: a package's unit (HAProxy's) stays, stopped, and
+        # a second reset must find nothing to do
+        '  if systemctl is-active -q "$u" 2>/dev/null ||',
+        '     [ "$(systemctl is-enabled "$u" 2>/dev/null)" = enabled ]; then',
         '    systemctl disable --now "$u" >/dev/null 2>&1 || true; say "service $u (stopped, disabled)"',
         "  fi",
         "done",
