@@ -15,7 +15,8 @@ from the same line) closes each stage that another group waits on.
        loadbalancers keepalived: the virtual IP (network.api_vip) where HAProxy works
     -- barrier --
        first master  etcd members of masters gone from the cluster file removed (HAProxy no
-                     longer sends requests to them)
+                     longer sends requests to them); in step 2 of an encryption-key rotation,
+                     every Secret rewritten with the new key (kthw/key_rotation.py)
     4. masters and   containerd, runc, CNI plugins, kubelet, kube-proxy (+ bridge CNI routes);
        workers       masters register tainted: only the CNI and kube-system pods run there
        each node,    a node whose binaries change (an upgrade) restarts only in its turn: the
@@ -52,6 +53,8 @@ server.shell(name="--- barrier: control plane is up ---", commands=[])
 
 if etcd in wants and ctx.is_first_master:
     etcd.departed_members_removed(ctx)
+if control_plane in wants and ctx.is_first_master:
+    control_plane.secrets_rewritten(ctx)  # step 2 of an encryption-key rotation
 
 if node in wants:
     owed = node.deploy(ctx, wants[node])

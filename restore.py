@@ -14,6 +14,9 @@ out (--limit, --exclude, a stopped machine).
     3. members  the old data dir kept aside (/var/lib/etcd.before-restore-<time>), a new one
                 restored from the snapshot for each member (etcdutl snapshot restore)
     4. members  etcd started on all at once (a member waits for its peers), healthy
+       masters  a backup sealed with keys the cluster dropped since (a finished key rotation):
+                the encryption config with them added back as reading keys, here and locally
+                (the next deploy rewrites those Secrets with the current key)
     5. masters  kube-apiserver started and ready, then the controller-manager and scheduler
        members  the snapshot removed
     -- barrier --
@@ -22,11 +25,13 @@ out (--limit, --exclude, a stopped machine).
 
 from pyinfra import host
 from pyinfra.api.exceptions import PyinfraError
-from pyinfra.operations import server
+from pyinfra.operations import python, server
 
-from kthw.backup import REMOTE_DB, BackupError, check_backup, restore_command, run_stamp
+from kthw.backup import REMOTE_DB, BackupError, check_backup, keys_after_restore, restore_command, run_stamp
+from kthw.cluster_secrets import ENCRYPTION_CONFIG, encryption_config, read_encryption_keys, write_encryption_config
 from kthw.commands import APISERVER_READY, ETCD_HEALTHY, KUBECTL, wait_until
 from kthw.ops import ManagedFile, Snapshot, files_synced
+from kthw.paths import ENCRYPTION_CONFIG as HOST_ENCRYPTION_CONFIG
 from kthw.paths import ETCD_RESTORE_ASIDE
 from kthw.preflight import Playbook, check_identity, playbook
 
@@ -36,8 +41,11 @@ cluster, node = playbook(host, Playbook("restore.py", whole=True,
                          identity=False)
 try:  # the backup first: it is local, and a refusal then costs no host a command
     backup = check_backup(cluster, host.data.get("snapshot"))
+    keys = keys_after_restore(cluster, backup)
 except BackupError as exc:
     raise PyinfraError(str(exc)) from None
+# A backup from before a finished key rotation needs its old key back, as a reading key.
+keys_added = keys != read_encryption_keys(cluster.pki_dir / ENCRYPTION_CONFIG)
 check_identity(host, cluster, node)
 stamp = run_stamp()
 
@@ -56,6 +64,13 @@ if node.runs_etcd:  # every master, and the load balancer's etcd-only member if 
                  commands=[restore_command(cluster, node, stamp)])
     server.shell(name="restore | etcd started on every member and healthy",
                  commands=["systemctl start --no-block etcd", wait_until(ETCD_HEALTHY, "etcd")])
+    if node.is_master and keys_added:
+        if node == cluster.masters[0]:  # the operator's copy, once, when the run gets this far
+            python.call(name="restore | the backup's keys added to the local encryption config (reading keys)",
+                        function=write_encryption_config, path=cluster.pki_dir / ENCRYPTION_CONFIG, keys=keys)
+        config = ManagedFile.text(HOST_ENCRYPTION_CONFIG, encryption_config(keys), mode=0o600, secret=True)
+        files_synced([config], Snapshot({"files": {HOST_ENCRYPTION_CONFIG: None}}, {"files": [HOST_ENCRYPTION_CONFIG]}),
+                     name="restore | encryption config with the backup's keys on every master")
     if node.is_master:
         server.shell(name="restore | kube-apiserver started and ready, then the controller-manager and scheduler",
                      commands=["systemctl start kube-apiserver",

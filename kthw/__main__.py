@@ -7,6 +7,10 @@
     pki rotate-ca [begin|switch|finish]
                rotate the CAs without downtime, a deploy after each step (docs/pki.md: CA rotation);
                without a step: where the rotation stands
+    secrets rotate-key [begin|switch|finish]
+               rotate the encryption-at-rest key, a deploy after each step (docs/pki.md: encryption
+               key rotation); without a step: where it stands, the masters' configs, etcd's count
+               of values by the key that sealed them (exit 1 when behind)
     certs      every certificate on every master and worker (over SSH) with its days left; exits 1
                when one expires within pki.renew_before_days (or --within DAYS): for cron
     diagram    print the topology as Mermaid
@@ -28,8 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kthw", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=list(COMMANDS))
-    parser.add_argument("action", nargs="?", choices=["adopt", "rotate-ca"], help="pki adopt, pki rotate-ca: see above")
-    parser.add_argument("step", nargs="?", choices=["begin", "switch", "finish"], help="pki rotate-ca: see above")
+    parser.add_argument("action", nargs="?", choices=["adopt", "rotate-ca", "rotate-key"],
+                        help="pki adopt, pki rotate-ca, secrets rotate-key: see above")
+    parser.add_argument("step", nargs="?", choices=["begin", "switch", "finish"],
+                        help="rotate-ca, rotate-key: see above")
     parser.add_argument("--from", dest="source", help="pki adopt: the master to read from (default: the first)")
     parser.add_argument("--within", type=int, metavar="DAYS",
                         help="certs: the warning window (default: pki.renew_before_days)")
@@ -42,10 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, with the checks argparse cannot make (exits 2 on a bad one)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.action and args.command != "pki":
+    actions = {"pki": ("adopt", "rotate-ca"), "secrets": ("rotate-key",)}
+    if args.action and args.action not in actions.get(args.command, ()):
         parser.error(f"{args.command} takes no action {args.action!r}")
-    if args.step and args.action != "rotate-ca":
-        parser.error(f"{args.step} goes with `pki rotate-ca`")
+    if args.command == "secrets" and not args.action:
+        parser.error("secrets needs an action: secrets rotate-key [begin|switch|finish]")
+    if args.step and args.action not in ("rotate-ca", "rotate-key"):
+        parser.error(f"{args.step} goes with `pki rotate-ca` or `secrets rotate-key`")
     if args.source and args.action != "adopt":
         parser.error("--from goes with `pki adopt`")
     return args
@@ -101,6 +110,20 @@ def _certs(cluster: Cluster, args: argparse.Namespace) -> int:
     return code
 
 
+def _secrets(cluster: Cluster, args: argparse.Namespace) -> int:
+    """``secrets rotate-key [step]``: a step changes only the local encryption config (the deploy
+    after it hands it out); without one, the status."""
+    from kthw.key_rotation import main as rotate_key
+
+    try:
+        text, code = rotate_key(cluster, args.step)
+    except PkiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(text)
+    return code
+
+
 def _diagram(cluster: Cluster, args: argparse.Namespace) -> int:
     from kthw.diagram import mermaid
 
@@ -140,7 +163,8 @@ def _pki(cluster: Cluster, args: argparse.Namespace) -> int:
 
 # command -> handler(cluster, args) -> exit code; the order is the one `--help` lists
 COMMANDS: dict[str, Callable[[Cluster, argparse.Namespace], int]] = {
-    "validate": _validate, "pki": _pki, "certs": _certs, "diagram": _diagram, "pin-checksums": _pin_checksums,
+    "validate": _validate, "pki": _pki, "secrets": _secrets, "certs": _certs, "diagram": _diagram,
+    "pin-checksums": _pin_checksums,
 }
 
 

@@ -9,8 +9,9 @@ A backup is four files in ``.kthw/<cluster>/backups/`` (folder 0700, files 0600)
 
 The snapshot's Secrets are sealed with the cluster's encryption key, so a snapshot without that
 key restores Secrets nobody can read: the config the master's apiserver uses (not the operator's
-local copy, which may differ) is taken with the snapshot and kept beside it; a restore refuses a
-cluster whose encryption config does not hold the same keys.
+local copy, which may differ) is taken with the snapshot and kept beside it. A restore adds the
+keys it names that the cluster dropped since (a key rotation finished after the backup) back as
+reading keys, and refuses a cluster that holds other keys under the same names.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from functools import cache
 from pathlib import Path
 
 from kthw.artifacts import sha256_file
+from kthw.cluster_secrets import EncryptionKey, read_encryption_keys
 from kthw.model import Cluster, Node
 from kthw.paths import BACKUP_DIR, ETCD_DATA, ETCD_RESTORE_ASIDE, UPLOAD_DIR
 from kthw.paths import ENCRYPTION_CONFIG as HOST_ENCRYPTION_CONFIG
@@ -129,15 +131,6 @@ def record(cluster: Cluster, backup: Backup, node: str, output: str) -> None:
     write_private(backup.meta_file, (json.dumps(meta, indent=2) + "\n").encode())
 
 
-def _keys(config: bytes) -> list[str]:
-    """The secrets of every key an EncryptionConfiguration holds (what decrypting needs)."""
-    import yaml
-
-    doc = yaml.safe_load(config) or {}
-    return [key["secret"] for res in doc.get("resources", []) for provider in res.get("providers", [])
-            for kind in provider.values() if isinstance(kind, dict) for key in kind.get("keys", [])]
-
-
 def check_backup(cluster: Cluster, snapshot: str | None) -> Backup:
     """Before a restore touches any host: the snapshot named, whole (sha256), of this cluster,
     and its Secrets readable with the cluster's encryption config."""
@@ -157,13 +150,28 @@ def check_backup(cluster: Cluster, snapshot: str | None) -> Backup:
     if meta.get("cluster") != cluster.name:
         raise BackupError(f"{backup.db} is a backup of cluster {meta.get('cluster')!r}, not {cluster.name!r}. "
                           "Fix: name a backup of this cluster.")
-    ours = _keys((cluster.pki_dir / ENCRYPTION_CONFIG).read_bytes())
-    if missing := [k for k in _keys(backup.encryption_config.read_bytes()) if k not in ours]:
-        raise BackupError(f"the snapshot's Secrets are encrypted with {len(missing)} key(s) that "
-                          f"{cluster.pki_dir / ENCRYPTION_CONFIG} does not hold: restored, they could not be read. "
-                          f"Nothing was touched. Fix: put {backup.encryption_config} in its place "
-                          "(then deploy, then restore), or adopt the identity of the cluster the backup came from.")
+    keys_after_restore(cluster, backup)
     return backup
+
+
+def keys_after_restore(cluster: Cluster, backup: Backup) -> list[EncryptionKey]:
+    """The encryption keys the cluster needs once the backup is restored: its own, then those
+    the snapshot's values are sealed with that it no longer holds (a backup from before a key
+    rotation), as reading keys. With any added, the cluster is in step 2 of a rotation: the next
+    deploy rewrites every Secret with the current key (kthw/key_rotation.py). A key of the
+    backup whose name the cluster holds with another secret cannot be added: refused."""
+    local = cluster.pki_dir / ENCRYPTION_CONFIG
+    ours, theirs = read_encryption_keys(local), read_encryption_keys(backup.encryption_config)
+    if ours is None or theirs is None:
+        raise BackupError(f"{local if ours is None else backup.encryption_config} holds no usable encryption key. "
+                          "Nothing was touched. Fix: restore that file from another copy.")
+    held = dict(ours)
+    if clash := [name for name, secret in theirs if held.get(name, secret) != secret]:
+        raise BackupError(f"the snapshot's Secrets are sealed with key(s) {', '.join(clash)} of "
+                          f"{backup.encryption_config}, and {local} holds other keys under those names: restored, "
+                          "they could not be read. Nothing was touched. Fix: restore a backup of this cluster's "
+                          "identity, or adopt the identity of the cluster the backup came from.")
+    return [*ours, *((name, secret) for name, secret in theirs if name not in held)]
 
 
 def available(cluster: Cluster) -> list[Path]:

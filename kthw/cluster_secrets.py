@@ -9,6 +9,7 @@ standard library module used here to generate them.)
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 from pathlib import Path
 
@@ -32,17 +33,29 @@ def ensure_cluster_secrets(pki_dir: Path, weave: bool) -> dict[str, str]:
 # --------------------------------------------------------------------------- encryption at rest
 
 
-def encryption_config(secret_b64: str) -> str:
-    """EncryptionConfiguration for the apiserver: Secrets sealed with secretbox (XSalsa20 +
-    Poly1305, recommended over aescbc), identity last so data written before still reads."""
+# What the config encrypts, and where etcd keeps it (every value under the prefix is rewritten
+# and counted by a key rotation, kthw/key_rotation.py).
+ENCRYPTED_RESOURCES = {"secrets": "/registry/secrets/"}
+PROVIDER = "secretbox"  # XSalsa20 + Poly1305, recommended over aescbc
+
+EncryptionKey = tuple[str, str]  # (name, base64 of 32 random bytes); the name is written into every value
+
+
+def new_key(name: str) -> EncryptionKey:
+    return name, base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def encryption_config(keys: list[EncryptionKey]) -> str:
+    """EncryptionConfiguration for the apiserver: the first key seals what is written, every key
+    opens what it sealed; identity last, so data written before encryption was on still reads."""
     doc = {
         "apiVersion": "apiserver.config.k8s.io/v1",
         "kind": "EncryptionConfiguration",
         "resources": [
             {
-                "resources": ["secrets"],
+                "resources": list(ENCRYPTED_RESOURCES),
                 "providers": [
-                    {"secretbox": {"keys": [{"name": "key1", "secret": secret_b64}]}},
+                    {PROVIDER: {"keys": [{"name": n, "secret": s} for n, s in keys]}},
                     {"identity": {}},
                 ],
             }
@@ -51,31 +64,67 @@ def encryption_config(secret_b64: str) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def encryption_secret(path: Path) -> str | None:
-    """The key inside an existing encryption config, or None if absent/unreadable."""
+def encryption_keys(text: str | bytes) -> list[EncryptionKey] | None:
+    """The keys of an encryption config in its order (the writing key first), or None when it is
+    not one this module wrote (unreadable, another provider, a key that is not 32 bytes)."""
     try:
-        doc = yaml.safe_load(path.read_text())
-        providers = doc["resources"][0]["providers"]
-        secret = providers[0]["secretbox"]["keys"][0]["secret"]
-        if len(base64.b64decode(secret, validate=True)) == 32:
-            return secret
-    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError, ValueError):
+        doc = yaml.safe_load(text)
+        keys = [(k["name"], k["secret"]) for k in doc["resources"][0]["providers"][0][PROVIDER]["keys"]]
+        if keys and all(isinstance(n, str) and len(base64.b64decode(s, validate=True)) == 32 for n, s in keys):
+            return keys
+    except (yaml.YAMLError, KeyError, IndexError, TypeError, ValueError, AttributeError):
         return None
     return None
 
 
+def read_encryption_keys(path: Path) -> list[EncryptionKey] | None:
+    try:
+        return encryption_keys(path.read_bytes())
+    except OSError:
+        return None
+
+
+def encryption_secret(path: Path) -> str | None:
+    """The writing key inside an existing encryption config, or None if absent/unreadable."""
+    keys = read_encryption_keys(path)
+    return keys[0][1] if keys else None
+
+
+def write_encryption_config(path: Path, keys: list[EncryptionKey]) -> None:
+    write_private(path, encryption_config(keys).encode())
+
+
+def retire_encryption_config(pki_dir: Path, folder: str) -> Path:
+    """A copy of the config as it is (before a key rotation drops keys) in ``<pki>/<folder>/``:
+    the keys a host of this cluster may still hold (:func:`known_configs`)."""
+    (pki_dir / folder).mkdir(mode=0o700, exist_ok=True)
+    write_private(dest := pki_dir / folder / ENCRYPTION_CONFIG, (pki_dir / ENCRYPTION_CONFIG).read_bytes())
+    return dest
+
+
+def known_configs(pki_dir: Path) -> set[str]:
+    """sha256 of every encryption config a host of this cluster may hold: one or two of the keys
+    of the current config and of those earlier key rotations retired, in either order (a key
+    rotation's states), and the current file itself."""
+    files = [pki_dir / ENCRYPTION_CONFIG, *sorted(pki_dir.glob(f"*/{ENCRYPTION_CONFIG}"))]
+    keys = list(dict.fromkeys(k for path in files for k in read_encryption_keys(path) or []))
+    configs = [[a] for a in keys] + [[a, b] for a in keys for b in keys if a != b]
+    known = {hashlib.sha256(encryption_config(c).encode()).hexdigest() for c in configs}
+    if (current := pki_dir / ENCRYPTION_CONFIG).exists():
+        known.add(hashlib.sha256(current.read_bytes()).hexdigest())
+    return known
+
+
 def ensure_encryption_config(path: Path) -> str:
     """Generate the key once; afterwards keep it (losing it makes every Secret unreadable)."""
-    secret = encryption_secret(path)
-    if secret is None and path.exists():
-        raise PkiError(f"{path} exists but holds no usable secretbox key. Replacing it would make "
+    if read_encryption_keys(path) is None and path.exists():
+        raise PkiError(f"{path} exists but holds no usable {PROVIDER} key. Replacing it would make "
                        "every Secret in etcd unreadable. Fix: restore it from your backup, or delete "
                        "it only for a cluster whose etcd holds no Secrets yet.")
-    if secret is None:
-        secret = base64.b64encode(secrets.token_bytes(32)).decode()
-        write_private(path, encryption_config(secret).encode())
+    if not path.exists():
+        write_encryption_config(path, [new_key("key1")])
         return "created"
-    # A valid file is kept byte for byte: after a key rotation it holds more than one key,
+    # A valid file is kept byte for byte: during a key rotation it holds more than one key,
     # and dropping any would make the Secrets written with it unreadable.
     fix_mode(path)
     return "kept"

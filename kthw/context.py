@@ -20,6 +20,7 @@ import jinja2
 
 from kthw import paths
 from kthw.artifacts import ArtifactError, Cache, InstalledFile, installed_files, sha256_file
+from kthw.cluster_secrets import ENCRYPTION_CONFIG, known_configs
 from kthw.components import roles_of
 from kthw.flags import TLS_CIPHER_SUITES, command_line, merged_config, user_args
 from kthw.kubeconfig import write_kubeconfigs
@@ -179,6 +180,8 @@ class HostContext:
             f = ManagedFile.content(dest, trust_bundle(pki, stem))
             return dataclasses.replace(f, identity=True, accepted=frozenset(known_trust(pki, stem)))
         data = (pki / name).read_bytes()
+        if name == ENCRYPTION_CONFIG:  # a key rotation's earlier states are this cluster's too
+            return ManagedFile.content(dest, data, mode=0o600, secret=True, accepted=frozenset(known_configs(pki)))
         secret = name.endswith(".key") or name.endswith(".yaml") if secret is None else secret
         f = ManagedFile.content(dest, data, mode=0o600 if secret else 0o644, secret=secret)
         return dataclasses.replace(f, identity=True) if name in IDENTITY_FILES and not signer else f

@@ -111,7 +111,7 @@ class ManagedFile:
     secret: bool = False
     identity: bool = False  # part of the cluster's identity (kthw.pki.IDENTITY_FILES)
     # other digests a host may hold for an identity file and still be this cluster (a CA
-    # rotation's states: kthw.pki.known_trust)
+    # rotation's states: kthw.pki.known_trust; a key rotation's: kthw.cluster_secrets.known_configs)
     accepted: frozenset[str] = field(default=frozenset(), repr=False)
 
     @classmethod
@@ -119,8 +119,11 @@ class ManagedFile:
         return cls.content(dest, text.encode(), mode=mode, secret=secret)
 
     @classmethod
-    def content(cls, dest: str, data: bytes, mode: int = 0o644, secret: bool = False) -> ManagedFile:
-        return cls(dest, hashlib.sha256(data).hexdigest(), data=data, mode=mode, secret=secret)
+    def content(cls, dest: str, data: bytes, mode: int = 0o644, secret: bool = False,
+                accepted: frozenset[str] = frozenset()) -> ManagedFile:
+        """``accepted``: for an identity file, the other digests a host of this cluster may hold."""
+        return cls(dest, hashlib.sha256(data).hexdigest(), data=data, mode=mode, secret=secret,
+                   identity=bool(accepted), accepted=accepted)
 
     @classmethod
     def binary(cls, dest: str, local: Path, sha256: str, mode: int = 0o755) -> ManagedFile:

@@ -11,8 +11,11 @@ to their own apiserver.
 from __future__ import annotations
 
 from pyinfra import host
+from pyinfra.operations import server
 
-from kthw import components
+from kthw import components, key_rotation
+from kthw.cluster_secrets import ENCRYPTED_RESOURCES, read_encryption_keys
+from kthw.cluster_secrets import ENCRYPTION_CONFIG as CLUSTER_ENCRYPTION_CONFIG
 from kthw.commands import (
     APISERVER_READY,
     KUBECTL,
@@ -84,8 +87,36 @@ def wants(ctx: HostContext) -> Wants:
     # another operator machine, and a plan that would move a running node's subnet is refused.
     w.files["pod subnets"] = [ManagedFile.text(POD_SUBNETS_RECORD, pod_subnets_text(pod_subnets(ctx.cluster)))]
     w.queries["text_of"] = [POD_SUBNETS_RECORD]
+    if ctx.is_first_master and writing_key(ctx):  # step 2 of a key rotation: is a rewrite owed?
+        w.queries["sealed_with"] = {"script": key_rotation.SEALED_WITH_SCRIPT, "arg": key_rotation.SEALED_WITH_ARG}
     refuse_pod_subnet_moves(ctx)
     return w
+
+
+def writing_key(ctx: HostContext) -> str | None:
+    """In step 2 of an encryption-key rotation, the key that now seals every write."""
+    keys = read_encryption_keys(ctx.cluster.pki_dir / CLUSTER_ENCRYPTION_CONFIG)
+    return keys[0][0] if keys and key_rotation.step_of(keys) == "switch" else None
+
+
+def secrets_rewritten(ctx: HostContext) -> None:
+    """Step 2 of a key rotation, once every apiserver seals with the new key (after the control
+    plane barrier): every encrypted resource is read and written back, so etcd holds it sealed
+    with that key, then etcd's values are counted; the run fails if any is sealed otherwise. Only
+    while the host snapshot counted such a value: a rerun after it changes nothing."""
+    key = writing_key(ctx)
+    left = key_rotation.stale(ctx.facts.get("sealed_with") or {}, key) if key else {}
+    if not left:
+        return
+    # A write that races with ours fails ours (a conflict) but was sealed with the new key
+    # anyway; the count decides, and the whole pass is tried three times.
+    rewrite = " && ".join(f"{{ {KUBECTL} get {res} -A -o json | {KUBECTL} replace -f - >/dev/null 2>&1 || true; }}"
+                          for res in ENCRYPTED_RESOURCES)
+    proof = key_rotation.sealed_with_command(only=key)
+    said = ", ".join(f"{n} with {name}" for name, n in left.items())
+    server.shell(name=f"control plane | every Secret rewritten with {key} ({said} before), none left sealed otherwise",
+                 commands=[f"for try in 1 2 3; do {rewrite} && {proof} && exit 0; sleep 2; done; "
+                           f"echo 'values still sealed with another key' >&2; {proof}; exit 1"])
 
 
 def refuse_pod_subnet_moves(ctx: HostContext) -> None:

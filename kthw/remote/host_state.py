@@ -305,6 +305,15 @@ def interface_of(arg):
 
 
 @question
+def sealed_with(arg):
+    """During a key rotation, on the first master: etcd's encrypted values counted by the key
+    that sealed them ({"key2": 41, "key1": 3}; None if etcd did not answer). arg: the script
+    kthw/remote/sealed_with.py and its argument, sent by the operator."""
+    res = subprocess.run(["python3", "-c", arg["script"], json.dumps(arg["arg"])], capture_output=True, text=True)
+    return json.loads(res.stdout) if res.returncode == 0 else None
+
+
+@question
 def text_of(arg):
     """Small text files the deploy compares with what it would write ({path: text or None}),
     e.g. the record of the nodes' pod subnets on a master."""

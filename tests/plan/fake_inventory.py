@@ -19,6 +19,10 @@ KTHW_FAKE_NODE_STATUS_DRAINED: comma-separated Nodes left cordoned by an interru
 KTHW_FAKE_RUNNING: what the binaries the deploy replaces report as their version, e.g.
   "kubernetes=Kubernetes v1.35.4,etcd=etcd Version: 3.6.16" (default: nothing asked).
 KTHW_FAKE_POD_SUBNETS: "node=cidr,..." the masters' record of the pod subnets holds instead.
+KTHW_FAKE_ENCRYPTION_CONFIG_SHA: the sha256 of the encryption config every master holds (an
+  earlier step of a key rotation).
+KTHW_FAKE_SEALED_WITH: "key=count,..." etcd's values by the key that sealed them, as the first
+  master counts them during a key rotation (default: none asked).
 KTHW_FAKE_REGISTRY_HOSTS: comma-separated registries whose deploy-written hosts.toml every
   Kubernetes node reports (default: as the state implies).
 """
@@ -89,6 +93,11 @@ for _hosts in _groups.values():
             _held = dict(kv.split("=", 1) for kv in os.environ["KTHW_FAKE_POD_SUBNETS"].split(","))
             _held = {**pod_subnets(_was), **_held}
             _state["text_of"] = {POD_SUBNETS_RECORD: pod_subnets_text(_held)}
+        if os.environ.get("KTHW_FAKE_ENCRYPTION_CONFIG_SHA") and _node.is_master:
+            _state["files"]["/var/lib/kubernetes/encryption-config.yaml"][0] = os.environ["KTHW_FAKE_ENCRYPTION_CONFIG_SHA"]
+        if "KTHW_FAKE_SEALED_WITH" in os.environ:
+            _state["sealed_with"] = {k: int(v) for k, v in (kv.split("=") for kv in
+                                                            os.environ["KTHW_FAKE_SEALED_WITH"].split(",") if kv)}
         _data["fake_delay"] = 0
         _data["fake_delay_jitter"] = 0
         _data["fake_responses"] = {"python3 -c": json.dumps(_state)}
