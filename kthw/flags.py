@@ -83,6 +83,8 @@ def _apiserver_serving(n: Node) -> Flags:
         "allow-privileged": "true",  # the CNI's and kube-proxy's pods need it
         "authorization-mode": "Node,RBAC",
         "enable-admission-plugins": "NodeRestriction",  # a kubelet edits only its own Node and pods
+        # Pod Security's default levels (cluster.yaml: pod_security), kube-system exempt
+        "admission-control-config-file": f"{paths.ETC_K8S}/admission-config.yaml",
         "client-ca-file": f"{pki}/ca.crt",
         "tls-cert-file": f"{pki}/kube-apiserver.crt", "tls-private-key-file": f"{pki}/kube-apiserver.key",
     }

@@ -187,6 +187,25 @@ class PkiSection(_Section):
     renew_before_days: Annotated[int, Field(ge=0)] = 30
 
 
+PodSecurityLevel = Literal["privileged", "baseline", "restricted"]
+
+
+class PodSecuritySection(_Section):
+    """Pod Security admission's levels for every namespace that sets none of its own (a
+    namespace's ``pod-security.kubernetes.io/<mode>`` labels win): pods breaking ``enforce`` are
+    refused, ``audit`` marks them in the audit log, ``warn`` tells the client. The exempt
+    namespaces are never checked (kube-system runs the privileged pod network)."""
+
+    enforce: PodSecurityLevel = "baseline"
+    audit: PodSecurityLevel = "restricted"
+    warn: PodSecurityLevel = "restricted"
+    exempt_namespaces: list[Annotated[str, StringConstraints(
+        strict=True, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]] = ["kube-system"]
+
+    def __hash__(self) -> int:  # frozen, but holds a list (the model is cached by value)
+        return hash(self.model_dump_json())
+
+
 class ClusterFile(_Section):
     """The schema of cluster.yaml, key by key."""
 
@@ -197,6 +216,7 @@ class ClusterFile(_Section):
     versions: VersionsSection
     artifacts: ArtifactsSection = ArtifactsSection()
     pki: PkiSection = PkiSection()
+    pod_security: PodSecuritySection = PodSecuritySection()
     extra_args: ExtraArgsSection = ExtraArgsSection()
     # Generated PKI, kubeconfigs and lab state on the operator machine, relative to this file.
     state_dir: str = ".kthw"
@@ -257,6 +277,7 @@ class Cluster:
     versions: VersionsSection
     artifacts: ArtifactsSection
     pki: PkiSection
+    pod_security: PodSecuritySection
     extra_args: ExtraArgsSection
     state_dir: Path
     source: Path
@@ -436,6 +457,7 @@ def _build(spec: ClusterFile, auto: list[IPv4Network | None], state_dir: Path, s
         versions=spec.versions,
         artifacts=spec.artifacts,
         pki=spec.pki,
+        pod_security=spec.pod_security,
         extra_args=spec.extra_args,
         state_dir=state_dir,
         source=source,

@@ -162,6 +162,9 @@ def _pattern_fix(loc: tuple, is_key: bool = False) -> tuple[str, str]:
     if loc[-1] == "domain":
         return ("is not a DNS name (labels of lower-case letters, digits and '-', joined by single dots)",
                 "write it like cluster.local")
+    if loc[:2] == ("pod_security", "exempt_namespaces"):
+        return ("is not a namespace name (lower-case letters, digits and '-', at most 63)",
+                "write it as kubectl shows it, like kube-system")
     if loc[-2:] == ("ssh", "host"):
         return ("is not a host name or IP address (it would reach ssh's command line; a leading '-' is an "
                 "ssh option)", "write the machine's address, like 10.0.0.11 or node1.example.com")

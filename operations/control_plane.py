@@ -1,11 +1,11 @@
 """The control plane on every master: binaries → certificates, keys and kubeconfigs →
-encryption and audit config → units → running → apiserver ready.
+encryption, audit, authentication and admission config → units → running → apiserver ready.
 
-kube-apiserver: Node,RBAC authorization, NodeRestriction, Secrets encrypted at rest,
-audit log, service-account signing keys, kubelet client certificate; anonymous requests only
-to the health endpoints, TLS 1.2 at least, no profiling endpoint (CIS Kubernetes Benchmark). kube-controller-manager
-and kube-scheduler run on every master with leader election (one leader at a time) and talk
-to their own apiserver.
+kube-apiserver: Node,RBAC authorization, NodeRestriction, Pod Security (``baseline``
+enforced by default), Secrets encrypted at rest, audit log, service-account signing keys,
+kubelet client certificate; anonymous requests only to the health endpoints, TLS 1.2 at least,
+no profiling endpoint (CIS Kubernetes Benchmark). kube-controller-manager and kube-scheduler
+run on every master with leader election (one leader at a time) and talk to their own apiserver.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def wants(ctx: HostContext) -> Wants:
     ]
     w.files["audit policy"] = [ctx.template_file(f"{ETC_K8S}/audit-policy.yaml")]
     w.files["authentication config"] = [ctx.template_file(f"{ETC_K8S}/authentication-config.yaml")]
+    w.files["admission config"] = [ctx.template_file(f"{ETC_K8S}/admission-config.yaml")]
     w.files["kubeconfigs"] = [
         ctx.kubeconfig_file("kube-controller-manager", CONTROLLER_MANAGER_KUBECONFIG),
         ctx.kubeconfig_file("kube-scheduler", SCHEDULER_KUBECONFIG),
@@ -141,6 +142,8 @@ def deploy(ctx: HostContext, w: Wants) -> None:
     audit = placed(w.files["audit policy"], snap, name="control plane | audit policy")
     authn = placed(w.files["authentication config"], snap,
                    name="control plane | authentication config (anonymous: health endpoints only)")
+    admission = placed(w.files["admission config"], snap,
+                       name="control plane | admission config (Pod Security levels by default)")
     kubeconfigs = placed(w.files["kubeconfigs"], snap, name="control plane | kubeconfigs")
     files_synced(w.files["pod subnets"], snap, name="control plane | record of the nodes' pod subnets")
     units = {}
@@ -150,7 +153,7 @@ def deploy(ctx: HostContext, w: Wants) -> None:
                                 name="control plane | kube-apiserver running")
     # Masters take turns: HAProxy always has a ready apiserver to send clients to.
     restarted = service_restarted_in_turn(
-        "kube-apiserver", snap, restart_on=[binaries, certs, enc, audit, authn, units["kube-apiserver"]],
+        "kube-apiserver", snap, restart_on=[binaries, certs, enc, audit, authn, admission, units["kube-apiserver"]],
         ready=APISERVER_READY, _serial=True,
         guard=only_if_peers_healthy(APISERVER_READY, apiservers_ready(
             [str(m.ip) for m in ctx.cluster.masters if m != ctx.node]), "kube-apiserver"),

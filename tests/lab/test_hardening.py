@@ -105,3 +105,32 @@ def test_etcd_peers_need_their_member_certificate(lab):
         sans = lab.ssh(m.name, "openssl x509 -noout -ext subjectAltName -in /etc/etcd/etcd-server.crt")
         assert f"IP Address:{m.ip}" in sans
         assert [o.ip for o in lab.cluster.masters if o is not m and f"IP Address:{o.ip}" in sans] == []
+
+
+def test_pod_security_enforces_baseline_where_a_namespace_sets_nothing(lab, tmp_path):
+    """A privileged pod is refused in a namespace without labels, warned about at `restricted`
+    for an ordinary one, admitted where the namespace asks for `privileged`; kube-system, exempt,
+    runs the pod network's privileged pods."""
+    import json
+
+    def pod(name: str, namespace: str, privileged: bool) -> str:
+        spec = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+                "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10",
+                                         "securityContext": {"privileged": privileged}}]}}
+        (path := tmp_path / f"{name}.json").write_text(json.dumps(spec))
+        return str(path)
+
+    lab.kubectl("create", "namespace", "kthw-psa-default")
+    lab.kubectl("create", "namespace", "kthw-psa-privileged")
+    lab.kubectl("label", "namespace", "kthw-psa-privileged", "pod-security.kubernetes.io/enforce=privileged")
+    try:
+        refused = lab.kubectl("create", "--dry-run=server", "-f", pod("p", "kthw-psa-default", True), check=False)
+        assert 'violates PodSecurity "baseline:latest": privileged' in refused, refused
+        warned = lab.kubectl("create", "--dry-run=server", "-f", pod("w", "kthw-psa-default", False), check=False)
+        assert 'would violate PodSecurity "restricted:latest"' in warned and "created (server dry run)" in warned
+        admitted = lab.kubectl("create", "--dry-run=server", "-f", pod("a", "kthw-psa-privileged", True), check=False)
+        assert "created (server dry run)" in admitted and "violate" not in admitted, admitted
+        exempt = lab.kubectl("create", "--dry-run=server", "-f", pod("k", "kube-system", True), check=False)
+        assert "created (server dry run)" in exempt and "violate" not in exempt, exempt
+    finally:
+        lab.kubectl("delete", "namespace", "kthw-psa-default", "kthw-psa-privileged", "--wait=false")

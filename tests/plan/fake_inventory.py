@@ -94,7 +94,8 @@ for _hosts in _groups.values():
             _held = {**pod_subnets(_was), **_held}
             _state["text_of"] = {POD_SUBNETS_RECORD: pod_subnets_text(_held)}
         if os.environ.get("KTHW_FAKE_ENCRYPTION_CONFIG_SHA") and _node.is_master:
-            _state["files"]["/var/lib/kubernetes/encryption-config.yaml"][0] = os.environ["KTHW_FAKE_ENCRYPTION_CONFIG_SHA"]
+            _held_sha = os.environ["KTHW_FAKE_ENCRYPTION_CONFIG_SHA"]
+            _state["files"]["/var/lib/kubernetes/encryption-config.yaml"][0] = _held_sha
         if "KTHW_FAKE_SEALED_WITH" in os.environ:
             _state["sealed_with"] = {k: int(v) for k, v in (kv.split("=") for kv in
                                                             os.environ["KTHW_FAKE_SEALED_WITH"].split(",") if kv)}

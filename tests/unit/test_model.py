@@ -443,3 +443,15 @@ def test_three_load_balancers_are_refused(raw_cluster):
     with_second_load_balancer(raw_cluster)
     raw_cluster["nodes"].insert(1, {"name": "loadbalancer-3", "role": "loadbalancer", "ip": "192.168.56.32"})
     assert "has 3 nodes with role: loadbalancer" in "\n".join(problems(raw_cluster))
+
+
+@pytest.mark.parametrize("given, expected", [
+    ({"enforce": "strict"}, "pod_security.enforce = 'strict': "),
+    ({"warn": None}, "pod_security.warn = None: "),
+    ({"exempt_namespaces": ["Kube_System"]},
+     "pod_security.exempt_namespaces[0] = 'Kube_System': is not a namespace name"),
+    ({"enforced": "baseline"}, "pod_security.enforced: is not a known key"),
+])
+def test_bad_pod_security_levels(raw_cluster, given, expected):
+    raw_cluster["pod_security"] = given
+    assert only_problem(raw_cluster).startswith(expected), only_problem(raw_cluster)

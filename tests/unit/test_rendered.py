@@ -346,3 +346,28 @@ def test_a_load_balancer_whose_address_no_interface_holds_is_refused(vip_path):
 
     with pytest.raises(DeployRefused, match="no network interface holds 192.168.56.31"):
         rendered(vip_path, "loadbalancer-2", interface_of="")
+
+
+def test_pod_security_enforces_baseline_by_default_and_takes_the_cluster_files_levels(tmp_path, default_path):
+    master = rendered(default_path, "master-1")
+    apiserver = master["/etc/systemd/system/kube-apiserver.service"].decode()
+    assert "--admission-control-config-file=/etc/kubernetes/admission-config.yaml" in apiserver
+    doc = yaml.safe_load(master["/etc/kubernetes/admission-config.yaml"])
+    assert doc["kind"] == "AdmissionConfiguration" and doc["apiVersion"] == "apiserver.config.k8s.io/v1"
+    (plugin,) = doc["plugins"]
+    config = plugin["configuration"]
+    assert plugin["name"] == "PodSecurity" and config["kind"] == "PodSecurityConfiguration"
+    assert config["apiVersion"] == "pod-security.admission.config.k8s.io/v1"
+    assert config["defaults"] == {"enforce": "baseline", "enforce-version": "latest", "audit": "restricted",
+                                  "audit-version": "latest", "warn": "restricted", "warn-version": "latest"}
+    assert config["exemptions"] == {"usernames": [], "runtimeClasses": [], "namespaces": ["kube-system"]}
+    raw = yaml.safe_load(default_path.read_text())
+    raw["pod_security"] = {"enforce": "restricted", "exempt_namespaces": ["kube-system", "monitoring"]}
+    (path := tmp_path / "cluster.yaml").write_text(yaml.safe_dump(raw))
+    config = yaml.safe_load(rendered(path, "master-1")["/etc/kubernetes/admission-config.yaml"])["plugins"][0][
+        "configuration"]
+    assert config["defaults"]["enforce"] == "restricted" and config["defaults"]["warn"] == "restricted"
+    assert config["exemptions"]["namespaces"] == ["kube-system", "monitoring"]
+    # the apiserver restarts (in turn) when the levels change
+    assert files_of(path, "master-1")["/etc/kubernetes/admission-config.yaml"].sha256 != files_of(
+        default_path, "master-1")["/etc/kubernetes/admission-config.yaml"].sha256
