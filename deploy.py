@@ -6,7 +6,8 @@ call sites they share, not by source order, so a barrier (one no-op operation ev
 from the same line) closes each stage that another group waits on.
 
     1. every node    hostname, /etc/hosts, swap off, kernel prerequisites, packages
-    2. masters       etcd (TLS, initial cluster from the model), healthy before going on
+    2. masters       etcd (TLS, initial cluster from the model), healthy before going on;
+                     a member with enough free pages defragmented, one at a time
     -- barrier --
     3. masters       kube-apiserver, kube-controller-manager, kube-scheduler
        every node    HAProxy in front of every apiserver: on the load balancer for operators,
@@ -39,6 +40,7 @@ ctx, wants = host_plan(host)
 base.deploy(ctx, wants[base], packages=[p for w in wants.values() for p in w.packages])
 if etcd in wants and ctx.node.runs_etcd:
     etcd.deploy(ctx, wants[etcd])
+    etcd.upkeep(ctx)
 
 server.shell(name="--- barrier: etcd is up ---", commands=[])
 

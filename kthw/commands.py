@@ -66,10 +66,11 @@ def apiservers_ready(addresses: list[str]) -> str:
 
 
 def only_if_peers_healthy(self_healthy: str, peers_healthy: str, what: str, tries: int = 15,
-                          delay: int = 2) -> str:
-    """A guard before restarting a replicated service: while this host's instance serves, the
-    others must all be healthy (waiting up to ``tries`` x ``delay`` s), or the restart is refused
-    and the command fails, so a rolling restart stops at the first member that did not come back.
+                          delay: int = 2, doing: str = "restarting") -> str:
+    """A guard before restarting a replicated service (or ``doing`` another pause to it): while
+    this host's instance serves, the others must all be healthy (waiting up to ``tries`` x
+    ``delay`` s), or the restart is refused and the command fails, so a rolling restart stops at
+    the first member that did not come back.
     An instance that does not serve is restarted anyway: the restart may be its fix.
 
     >>> only_if_peers_healthy("a", "b", "etcd", tries=2)  # doctest: +NORMALIZE_WHITESPACE
@@ -77,8 +78,8 @@ def only_if_peers_healthy(self_healthy: str, peers_healthy: str, what: str, trie
     echo 'not restarting etcd: another member is not healthy (restarting this one too would take
     the service down)' >&2; exit 1; }; fi"
     """
-    refuse = shlex.quote(f"not restarting {what}: another member is not healthy "
-                         "(restarting this one too would take the service down)")
+    refuse = shlex.quote(f"not {doing} {what}: another member is not healthy "
+                         f"({doing} this one too would take the service down)")
     return (f"if {self_healthy}; then ok=0; for i in $(seq {tries}); do {peers_healthy} && {{ ok=1; break; }}; "
             f"sleep {delay}; done; [ $ok = 1 ] || {{ echo {refuse} >&2; exit 1; }}; fi")
 

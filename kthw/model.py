@@ -187,6 +187,14 @@ class PkiSection(_Section):
     renew_before_days: Annotated[int, Field(ge=0)] = 30
 
 
+class EtcdSection(_Section):
+    """etcd's upkeep, done by the deploy (operations/etcd.py: upkeep)."""
+
+    # A member is defragmented (one at a time) once this much of its database file is free
+    # pages (deleted and compacted data); below it the pause is not worth the space.
+    defrag_free_mib: Annotated[int, Field(ge=1)] = 64
+
+
 PodSecurityLevel = Literal["privileged", "baseline", "restricted"]
 
 
@@ -217,6 +225,7 @@ class ClusterFile(_Section):
     artifacts: ArtifactsSection = ArtifactsSection()
     pki: PkiSection = PkiSection()
     pod_security: PodSecuritySection = PodSecuritySection()
+    etcd: EtcdSection = EtcdSection()
     extra_args: ExtraArgsSection = ExtraArgsSection()
     # Generated PKI, kubeconfigs and lab state on the operator machine, relative to this file.
     state_dir: str = ".kthw"
@@ -278,6 +287,7 @@ class Cluster:
     artifacts: ArtifactsSection
     pki: PkiSection
     pod_security: PodSecuritySection
+    etcd: EtcdSection
     extra_args: ExtraArgsSection
     state_dir: Path
     source: Path
@@ -458,6 +468,7 @@ def _build(spec: ClusterFile, auto: list[IPv4Network | None], state_dir: Path, s
         artifacts=spec.artifacts,
         pki=spec.pki,
         pod_security=spec.pod_security,
+        etcd=spec.etcd,
         extra_args=spec.extra_args,
         state_dir=state_dir,
         source=source,

@@ -8,6 +8,9 @@ peers must present one of these (CN etcd-server), never another etcd-CA client c
 initial cluster from the model. Health is checked after every (re)start, before the control
 plane is touched.
 
+Upkeep: a member whose database file has ``etcd.defrag_free_mib`` of free pages (or a NOSPACE
+alarm) is defragmented, one member at a time (:func:`upkeep`).
+
 Masters come and go with the cluster file: a new master's etcd joins the running cluster
 (``etcdctl member add``, then it starts as ``existing``); a master taken out of the file is
 removed from etcd by the first master (``etcdctl member remove``) once HAProxy no longer sends
@@ -15,6 +18,8 @@ it requests (deploy.py calls :func:`departed_members_removed` after the control-
 """
 
 from __future__ import annotations
+
+from pyinfra import logger
 
 from kthw import components
 from kthw.artifacts import CATALOGUE
@@ -43,7 +48,8 @@ COMPONENT = components.ETCD
 
 
 def wants(ctx: HostContext) -> Wants:
-    w = Wants(services=list(COMPONENT.units), queries={"etcd_data": {"member_dir": f"{ETCD_DATA}/member"}})
+    w = Wants(services=list(COMPONENT.units), queries={"etcd_data": {"member_dir": f"{ETCD_DATA}/member"},
+                                                       "etcd_status": {"etcdctl": ETCDCTL}})
     if ctx.is_first_master:
         w.queries["etcd_members"] = {"etcdctl": ETCDCTL}
     w.dirs = [Directory(ETCD_DIR, 0o700), Directory(ETCD_DATA, 0o700)]
@@ -81,6 +87,46 @@ def deploy(ctx: HostContext, w: Wants) -> None:
         wait_until(ETCD_HEALTHY, "etcd", on_failure=f"{ETCDCTL} endpoint health"),
         when=[started, restarted, dirs], name="etcd | healthy (after any restart)",
     )
+
+
+MIB = 1 << 20
+
+
+def upkeep_due(ctx: HostContext) -> tuple[bool, str]:
+    """Whether this member is defragmented now, and what its database looks like: due once
+    ``etcd.defrag_free_mib`` of the file is free pages, or with a NOSPACE alarm (the database hit
+    its quota: defragmenting is etcd's documented way out, then the alarm is disarmed). Never
+    with a CORRUPT alarm: that member's data is not to be trusted, and it is reported instead."""
+    status = ctx.snapshot.query("etcd_status")
+    if not status:  # a new member, or one that does not answer (a restart below deals with it)
+        return False, ""
+    free = status["db_size"] - status["in_use"]
+    said = f"{status['db_size'] / MIB:.0f} MiB, {free / MIB:.0f} MiB of it free"
+    if "CORRUPT" in status["alarms"]:
+        logger.warning(f"{ctx.node.name}: etcd raised a CORRUPT alarm: its data differs from the other members'. "
+                       "Not defragmenting it. Fix: replace the member (docs/day-two.md: etcd upkeep).")
+        return False, said
+    if "NOSPACE" in status["alarms"]:
+        logger.warning(f"{ctx.node.name}: etcd raised a NOSPACE alarm ({said}): the cluster takes no writes "
+                       "until it is defragmented and disarmed, which this run does.")
+        return True, said + ", NOSPACE alarm"
+    return free >= ctx.cluster.etcd.defrag_free_mib * MIB, said
+
+
+def upkeep(ctx: HostContext) -> None:
+    """etcd's upkeep, in the deploy (a converged run pays nothing: the member's status comes with
+    the host snapshot): a member with enough free pages is defragmented, one member at a time,
+    only while every other member is healthy (a defragmenting member stops answering until it
+    is done), then its NOSPACE alarm, if any, is disarmed."""
+    due, said = upkeep_due(ctx)
+    others = [f"https://{m.ip}:2379" for m in ctx.cluster.etcd_members if m != ctx.node]
+    guard = only_if_peers_healthy(ETCD_HEALTHY, etcd_members_healthy(others), "etcd", doing="defragmenting")
+    disarm = f" && {ETCDCTL} alarm disarm >/dev/null" if "NOSPACE" in said else ""
+    if due:
+        logger.info(f"{ctx.node.name}: etcd's database is {said}: defragmenting it, in its turn")
+    command_when(f"{guard}; {ETCDCTL} --command-timeout=5m defrag >/dev/null{disarm} && "
+                 f"({wait_until(ETCD_HEALTHY, 'etcd')})", always=due, _serial=True,
+                 name="etcd | defragmented once etcd.defrag_free_mib of its file is free, one member at a time")
 
 
 def departed_members_removed(ctx: HostContext) -> None:

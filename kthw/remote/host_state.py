@@ -255,6 +255,27 @@ def etcd_members(arg):
 
 
 @question
+def etcd_status(arg):
+    """This member's database: its size on disk, the part in use (the rest is free pages a
+    defragmentation gives back) and its alarms (NOSPACE, CORRUPT); None when etcd does not answer."""
+    names = {1: "NOSPACE", 2: "CORRUPT"}
+
+    def ask(what):
+        res = subprocess.run(["sh", "-c", arg["etcdctl"] + " --dial-timeout=2s --command-timeout=5s " + what
+                              + " -w json"], capture_output=True, text=True)
+        return json.loads(res.stdout) if res.returncode == 0 else None
+    status = ask("endpoint status")
+    alarms = ask("alarm list")
+    if not status or alarms is None:
+        return None
+    st = status[0]["Status"]
+    me = st.get("header", {}).get("member_id")
+    return {"db_size": st.get("dbSize", 0), "in_use": st.get("dbSizeInUse", 0),
+            "alarms": sorted(names.get(a.get("alarm"), str(a.get("alarm"))) for a in alarms.get("alarms", [])
+                             if a.get("memberID") == me)}
+
+
+@question
 def weave_targets(arg):
     """The addresses this node's Weave Net router keeps connecting to (a node gone from the
     cluster is forgotten, or the router retries it for ever)."""

@@ -23,6 +23,8 @@ KTHW_FAKE_ENCRYPTION_CONFIG_SHA: the sha256 of the encryption config every maste
   earlier step of a key rotation).
 KTHW_FAKE_SEALED_WITH: "key=count,..." etcd's values by the key that sealed them, as the first
   master counts them during a key rotation (default: none asked).
+KTHW_FAKE_ETCD_FREE_MIB: "node=MiB,..." free pages in those members' etcd database files.
+KTHW_FAKE_ETCD_ALARMS: "node=ALARM,..." an alarm those etcd members raised (NOSPACE, CORRUPT).
 KTHW_FAKE_REGISTRY_HOSTS: comma-separated registries whose deploy-written hosts.toml every
   Kubernetes node reports (default: as the state implies).
 """
@@ -99,6 +101,12 @@ for _hosts in _groups.values():
         if "KTHW_FAKE_SEALED_WITH" in os.environ:
             _state["sealed_with"] = {k: int(v) for k, v in (kv.split("=") for kv in
                                                             os.environ["KTHW_FAKE_SEALED_WITH"].split(",") if kv)}
+        _free = dict(kv.split("=") for kv in os.environ.get("KTHW_FAKE_ETCD_FREE_MIB", "").split(",") if kv)
+        _alarm = dict(kv.split("=") for kv in os.environ.get("KTHW_FAKE_ETCD_ALARMS", "").split(",") if kv)
+        if _state.get("etcd_status") and _node.name in _free:
+            _state["etcd_status"]["db_size"] = _state["etcd_status"]["in_use"] + (int(_free[_node.name]) << 20)
+        if _state.get("etcd_status") and _node.name in _alarm:
+            _state["etcd_status"]["alarms"] = [_alarm[_node.name]]
         _data["fake_delay"] = 0
         _data["fake_delay_jitter"] = 0
         _data["fake_responses"] = {"python3 -c": json.dumps(_state)}
