@@ -1,8 +1,9 @@
 """`python -m kthw health`: the answers the nodes give, judged into rows; one fault, one failing check.
 
-The samples are what the tools print: etcdctl 3.6's `endpoint status -w json` and `alarm list -w
-json`, kubectl's `-n kube-system get nodes,leases,endpointslices -o json` List, Weave Net 2.8's
-/report Router connections, kthw/hostcerts.py's certificate read. The probe that runs on the
+The samples have the shape the tools print (written from their sources, not captured from a
+cluster): etcdctl 3.6's `endpoint status -w json` and `alarm list -w json`, kubectl's `-n
+kube-system get nodes,leases,endpointslices -o json` List, Weave Net 2.8's /report Router
+connections (mesh's LocalConnectionStatus), kthw/hostcerts.py's certificate read. The probe that runs on the
 nodes (kthw/remote/health_probe.py) is tested here too, on this machine, against local stand-ins.
 """
 
