@@ -2,12 +2,16 @@
 is wrong (2 when it cannot tell: a cluster file, inventory or identity problem).
 
     $ python -m kthw health
-    CHECK         SUBJECT                  STATUS  DETAIL
-    ssh           every node               OK      5 of 5 nodes answered
-    services      master-1                 OK      etcd, kube-apiserver, ... active
-    nodes         worker-1                 FAIL    Ready=Unknown: NodeStatusUnknown: Kubelet stopped posting ...
+    CHECK         SUBJECT                      STATUS  DETAIL
+    ssh           every node                   OK      5 of 5 nodes answered
+    services      worker-1                     FAIL    enabled but not running: kubelet inactive (dead)
+    etcd          cluster                      OK      leader master-1, 2 of 2 members healthy, no alarm
+    apiserver     entrance 192.168.56.30:6443  OK      ready
+    leases        kube-scheduler               OK      held by master-1, renewed 1 s ago (lease 15 s)
+    pod network   worker-2                     OK      Weave Net connected to every peer (3)
+    snapshot      etcd                         WARN    no etcd snapshot yet: take one with backup.py (...)
     ...
-    22 rows: 21 OK, 1 FAIL
+    33 rows: 31 OK, 1 WARN, 1 FAIL
 
 How: every node gets one SSH command, all in parallel (kthw/remote/health_probe.py, stdlib
 python3, as root): it answers whatever that node can answer, as JSON. The masters read the
@@ -503,7 +507,7 @@ def certificate_rows(cluster: Cluster, answers: Answers, within: int, now: dt.da
                                                          f"{listed}{more} ({fix})"))
         else:
             soon = min(found, key=lambda r: r.days)
-            out.append(Row("certificates", n.name, OK, f"{len(found)}, none within {within} days (soonest "
+            out.append(Row("certificates", n.name, OK, f"{len(found)} certificates, none within {within} days (soonest "
                                                        f"{soon.what} in {soon.days} days)"))
     return out
 
