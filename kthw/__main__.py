@@ -13,6 +13,10 @@
                of values by the key that sealed them (exit 1 when behind)
     certs      every certificate on every master and worker (over SSH) with its days left; exits 1
                when one expires within pki.renew_before_days (or --within DAYS): for cron
+    health     one table of the cluster's health over SSH (nodes Ready, etcd, apiservers and the
+               entrance, leader leases, DNS, pod network, certificates, the newest etcd snapshot);
+               exits 1 when a check fails, 2 when it cannot tell (--within DAYS, --snapshot-max-age
+               HOURS: no snapshot, or an older one, fails instead of warning): for cron
     diagram    print the topology as Mermaid
     pin-checksums  fetch upstream's published sha256 of every pinned release file and add
                  them to kthw/checksums/upstream-amd64.sha256 (review the diff, then commit)
@@ -38,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rotate-ca, rotate-key: see above")
     parser.add_argument("--from", dest="source", help="pki adopt: the master to read from (default: the first)")
     parser.add_argument("--within", type=int, metavar="DAYS",
-                        help="certs: the warning window (default: pki.renew_before_days)")
+                        help="certs, health: the certificates' warning window (default: pki.renew_before_days)")
+    parser.add_argument("--snapshot-max-age", type=float, metavar="HOURS",
+                        help="health: fail when the newest etcd snapshot is older, or there is none "
+                             "(default: only warn)")
     parser.add_argument("--cluster", help="cluster file (default: $KTHW_CLUSTER or cluster.yaml)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only changes")
     return parser
@@ -57,6 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"{args.step} goes with `pki rotate-ca` or `secrets rotate-key`")
     if args.source and args.action != "adopt":
         parser.error("--from goes with `pki adopt`")
+    if args.within is not None and args.command not in ("certs", "health"):
+        parser.error("--within goes with `certs` or `health`")
+    if args.snapshot_max_age is not None and (args.command != "health" or args.snapshot_max_age < 0):
+        parser.error("--snapshot-max-age goes with `health`, as a number of hours (0 or more)")
     return args
 
 
@@ -124,6 +135,19 @@ def _secrets(cluster: Cluster, args: argparse.Namespace) -> int:
     return code
 
 
+def _health(cluster: Cluster, args: argparse.Namespace) -> int:
+    from kthw.health import HealthConfigError, health
+
+    try:
+        text, code = health(cluster, cluster.pki.renew_before_days if args.within is None else args.within,
+                            args.snapshot_max_age)
+    except HealthConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(text)
+    return code
+
+
 def _diagram(cluster: Cluster, args: argparse.Namespace) -> int:
     from kthw.diagram import mermaid
 
@@ -163,7 +187,8 @@ def _pki(cluster: Cluster, args: argparse.Namespace) -> int:
 
 # command -> handler(cluster, args) -> exit code; the order is the one `--help` lists
 COMMANDS: dict[str, Callable[[Cluster, argparse.Namespace], int]] = {
-    "validate": _validate, "pki": _pki, "secrets": _secrets, "certs": _certs, "diagram": _diagram,
+    "validate": _validate, "pki": _pki, "secrets": _secrets, "certs": _certs, "health": _health,
+    "diagram": _diagram,
     "pin-checksums": _pin_checksums,
 }
 

@@ -51,16 +51,22 @@ def rows(hosts: dict[str, HostCerts], now: dt.datetime) -> list[Row]:
     return out
 
 
+def due(found: list[Row], within: int) -> list[Row]:
+    """The certificates inside the renewal window: fewer than ``within`` days left (``kthw
+    certs`` and ``kthw health`` judge alike)."""
+    return [r for r in found if r.days < within]
+
+
 def report(found: list[Row], within: int) -> tuple[str, int]:
     """The table and a closing line; exit code 1 when any certificate is inside the window."""
     width = max([len(r.path) for r in found] + [4])
     lines = [f"{'NODE':12} {'FILE':{width}} {'CERTIFICATE':40} {'EXPIRES':10}  DAYS"]
     lines += [f"{r.node:12} {r.path:{width}} {r.what:40} {r.expires:%Y-%m-%d}  {r.days:>4}" for r in found]
-    due = [r for r in found if r.days < within]
-    if not due:
+    due_now = due(found, within)
+    if not due_now:
         lines.append(f"{len(found)} certificates, none expires within {within} days")
         return "\n".join(lines), 0
-    cas = [r for r in due if r.what.startswith("CA ")]
-    lines.append(f"{len(due)} of {len(found)} certificates expire within {within} days: rerun the deploy to "
+    cas = [r for r in due_now if r.what.startswith("CA ")]
+    lines.append(f"{len(due_now)} of {len(found)} certificates expire within {within} days: rerun the deploy to "
                  "renew them" + (", and rotate the CAs (docs/pki.md: CA rotation)" if cas else ""))
     return "\n".join(lines), 1

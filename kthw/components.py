@@ -124,6 +124,11 @@ def roles_installing(artifact: str) -> frozenset[str]:
     return frozenset(r for c in ALL if artifact in c.artifacts for r in c.roles)
 
 
+def all_units() -> tuple[str, ...]:
+    """Every service a component runs, ours and the packages' (HAProxy, keepalived), once each."""
+    return tuple(dict.fromkeys(u for c in ALL for u in (*c.units, *c.package_units)))
+
+
 def certificate_reads() -> dict[str, tuple[str, ...]]:
     """unit -> the certificate files and folders it reads (a newer file means a restart is owed)."""
     return {unit: files for c in ALL for unit, files in c.reads.items()}

@@ -124,7 +124,7 @@ class EtcdHealth(FactBase):
 
 
 # Every service a component runs (kthw/components.py), ours and the packages' (HAProxy, keepalived).
-KTHW_UNITS = tuple(dict.fromkeys(u for c in components.ALL for u in (*c.units, *c.package_units)))
+KTHW_UNITS = components.all_units()
 
 
 class KthwServices(FactBase):

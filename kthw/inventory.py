@@ -458,13 +458,16 @@ def _cached_connections(stored: dict | None, key: str, prints: dict[str, str]) -
     return stored["connections"], ""
 
 
-def connections(cluster: Cluster, limit: list[str] | None = None) -> dict[str, dict]:
+def connections(cluster: Cluster, limit: list[str] | None = None,
+                needed: Callable[[Node], bool] | None = None) -> dict[str, dict]:
     """{node: pyinfra SSH data}. ``limit``: the run's --limit patterns; a machine that is down
-    and not selected by them is left out (with a warning) instead of stopping the run."""
+    and not selected by them is left out (with a warning) instead of stopping the run.
+    ``needed`` (instead of ``limit``) says which nodes may not be down: ``kthw health`` needs
+    none, and reports a machine that is down."""
     mode = os.environ.get("KTHW_INVENTORY", "")
     if mode == "static" or (not mode and all(n.ssh for n in cluster.nodes)):
         _note("static")
         return static_connections(cluster)
     if mode not in ("", "vagrant"):
         raise InventoryError(f"KTHW_INVENTORY={mode!r} is not known. Fix: use vagrant or static.")
-    return vagrant_connections(cluster, needed=needed_by(limit or []))
+    return vagrant_connections(cluster, needed=needed if needed is not None else needed_by(limit or []))

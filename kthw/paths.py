@@ -65,6 +65,7 @@ KUBE_PROXY_DIR = "/var/lib/kube-proxy"
 KUBE_PROXY_KUBECONFIG = f"{KUBE_PROXY_DIR}/kubeconfig"
 WEAVE_DATA = "/var/lib/weave"
 WEAVE_TARGETS_URL = "http://127.0.0.1:6784/status/targets"  # the local Weave router: whom it connects to
+WEAVE_REPORT_URL = "http://127.0.0.1:6784/report"  # its state as JSON (connections and their state)
 
 # --- the apiserver proxy (load balancers and every Kubernetes node)
 HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
