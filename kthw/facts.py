@@ -134,7 +134,7 @@ class KthwServices(FactBase):
     """
 
     def command(self) -> str:
-        units = " ".join(f"{u}.service" for u in KTHW_UNITS)
+        units = " ".join(paths.unit_name(u) for u in KTHW_UNITS)
         return (f"systemctl show --property=Id,LoadState,ActiveState,UnitFileState,"
                 f"ActiveEnterTimestamp -- {units}")
 

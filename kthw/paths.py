@@ -72,13 +72,23 @@ HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 
 
+def unit_name(unit: str) -> str:
+    """systemd's full name of ``unit``: a bare name is a service, a name with its type (a
+    ``.timer``) stays as it is.
+
+    >>> unit_name("etcd"), unit_name("kthw-etcd-snapshot.timer")
+    ('etcd.service', 'kthw-etcd-snapshot.timer')
+    """
+    return unit if "." in unit else f"{unit}.service"
+
+
 def unit_file(unit: str) -> str:
     """The unit file the deploy writes for ``unit``.
 
     >>> unit_file("etcd")
     '/etc/systemd/system/etcd.service'
     """
-    return f"{UNIT_DIR}/{unit}.service"
+    return f"{UNIT_DIR}/{unit_name(unit)}"
 
 
 # --- names the deploy marks things with

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from kthw import components
+from kthw import components, paths
 from tests.lab.lab import reference_only
 from tests.lab.test_cluster import smoke_image
 
@@ -18,7 +18,7 @@ def test_reset_removes_the_cluster_and_a_fresh_deploy_works(lab):
     for n in lab.cluster.nodes:
         assert f"[{n.name}] removed " in text, n.name
     assert "service etcd (stopped, disabled)" in text and "/var/lib/etcd" in text and "interface weave" in text
-    units = " ".join(f"{u}.service" for c in components.ALL for u in c.units)
+    units = " ".join(paths.unit_name(u) for c in components.ALL for u in c.units)
     for n in lab.cluster.nodes:
         left = lab.script(n.name, f"""
             for u in {units} haproxy.service; do

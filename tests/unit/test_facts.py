@@ -115,6 +115,18 @@ def test_kthw_services_lists_only_installed_units():
              "Id=kubelet.service", "LoadState=not-found", "ActiveState=inactive", "UnitFileState="]
     assert KthwServices().process(lines) == {
         "etcd": {"active": "active", "enabled": "enabled", "since": "Wed 2026-11-25 12:00:00 UTC"}}
+    # a unit named with its type (a timer) is asked and reported by that name
+    timer = ["Id=kthw-etcd-snapshot.timer", "LoadState=loaded", "ActiveState=active", "UnitFileState=enabled",
+             "ActiveEnterTimestamp="]
+    assert list(KthwServices().process(timer)) == ["kthw-etcd-snapshot.timer"]
+
+
+def test_host_state_asks_systemd_for_a_timer_by_its_own_name(tmp_path):
+    # a bare name is a service; "x.timer" must not become "x.timer.service"
+    from kthw.facts import _HOST_STATE_SCRIPT
+
+    assert 'return unit if "." in unit else unit + ".service"' in _HOST_STATE_SCRIPT
+    assert _HOST_STATE_SCRIPT.count("unit_name(u) for u in") == 2  # the services section and units_left
 
 
 def test_every_question_a_component_asks_is_one_the_host_script_answers(tmp_path):
