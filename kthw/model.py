@@ -187,6 +187,35 @@ class PkiSection(_Section):
     renew_before_days: Annotated[int, Field(ge=0)] = 30
 
 
+# How often a master takes an etcd snapshot: whole minutes ("15min") or whole hours ("6h"); kthw.checks
+# asks that it divide an hour or a day, so the times are fixed points of the clock (OnCalendar).
+Interval = Annotated[str, StringConstraints(strict=True, pattern=r"^[1-9][0-9]*(min|h)$")]
+
+
+class BackupSection(_Section):
+    """Scheduled etcd snapshots: a systemd timer on every master (operations/snapshots.py) takes
+    one every ``every`` into /var/lib/etcd-snapshots, in backup.py's format, and keeps the newest
+    ``keep``. ``scheduled: false`` turns them off (the deploy removes the timer; the snapshots
+    already taken stay until reset)."""
+
+    scheduled: bool = True
+    # 6 h: a snapshot reads the whole database and writes it out, cheap but not free; with two
+    # masters taking turns (their times are spread over the interval) the newest is at most 3 h old.
+    every: Interval = "6h"
+    # 8: two days back at 6 h, enough to undo a mistake noticed the next day, at a few MB each.
+    keep: Annotated[int, Field(ge=1)] = 8
+
+    @property
+    def seconds(self) -> int:
+        """``every`` in seconds.
+
+        >>> BackupSection(every="15min").seconds, BackupSection().seconds
+        (900, 21600)
+        """
+        number = int(self.every.rstrip("minh"))
+        return number * (60 if self.every.endswith("min") else 3600)
+
+
 class ClusterFile(_Section):
     """The schema of cluster.yaml, key by key."""
 
@@ -198,6 +227,7 @@ class ClusterFile(_Section):
     artifacts: ArtifactsSection = ArtifactsSection()
     pki: PkiSection = PkiSection()
     extra_args: ExtraArgsSection = ExtraArgsSection()
+    backup: BackupSection = BackupSection()
     # Generated PKI, kubeconfigs and lab state on the operator machine, relative to this file.
     state_dir: str = ".kthw"
 
@@ -258,6 +288,7 @@ class Cluster:
     artifacts: ArtifactsSection
     pki: PkiSection
     extra_args: ExtraArgsSection
+    backup: BackupSection
     state_dir: Path
     source: Path
     warnings: tuple[str, ...] = ()
@@ -437,6 +468,7 @@ def _build(spec: ClusterFile, auto: list[IPv4Network | None], state_dir: Path, s
         artifacts=spec.artifacts,
         pki=spec.pki,
         extra_args=spec.extra_args,
+        backup=spec.backup,
         state_dir=state_dir,
         source=source,
         warnings=warnings,
