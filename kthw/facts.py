@@ -6,6 +6,7 @@ command, so a no-op rerun costs one round trip per host. The others are for peop
     pyinfra inventory.py fact kthw.facts.CertificateExpiry
     pyinfra inventory.py fact kthw.facts.EtcdHealth --limit masters
     pyinfra inventory.py fact kthw.facts.KthwServices
+    pyinfra inventory.py fact kthw.facts.EtcdSnapshots --limit masters
 """
 
 from __future__ import annotations
@@ -121,6 +122,27 @@ class EtcdHealth(FactBase):
     @staticmethod
     def default() -> dict:
         return {"members": [], "health": {}}
+
+
+class EtcdSnapshots(FactBase):
+    """The scheduled etcd snapshots a master holds (operations/snapshots.py), oldest first: the
+    names ``backup.py --data scheduled=NAME`` and ``restore.py --data snapshot=MASTER:NAME`` take.
+
+    Example: ``[{"name": "etcd-20261207T060000Z.db", "bytes": 4206624}]``
+    """
+
+    def command(self) -> str:
+        from kthw.snapshots import NAME_SHELL
+
+        return (f"if cd {paths.ETCD_SNAPSHOTS} 2>/dev/null; then ls | grep -E '{NAME_SHELL}' | "
+                "sort | while read -r n; do echo \"$n $(stat -c %s \"$n\")\"; done; fi")
+
+    def process(self, output: list[str]) -> list[dict]:
+        return [{"name": name, "bytes": int(size)} for name, size in (line.split() for line in output if line.strip())]
+
+    @staticmethod
+    def default() -> list:
+        return []
 
 
 # Every service a component runs (kthw/components.py), ours and the packages' (HAProxy, keepalived).

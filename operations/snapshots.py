@@ -27,6 +27,7 @@ from kthw.context import HostContext, Wants
 from kthw.ops import Directory, command_when, directories_present, files_synced, placed, service_running
 from kthw.paths import ETCD_SNAPSHOT_SCRIPT, ETCD_SNAPSHOTS, unit_file
 from kthw.pki import ENCRYPTION_CONFIG
+from kthw.snapshots import NAME_SHELL
 
 COMPONENT = components.ETCD_SNAPSHOTS
 SERVICE, TIMER = COMPONENT.units
@@ -81,7 +82,7 @@ def wants(ctx: HostContext) -> Wants:
     # the .json's fixed part (kthw.backup.metadata); the script fills in its run's time, sha256, status
     meta = json.dumps(metadata(ctx.cluster, ctx.node.name, "", "", None))
     w.files["script"] = [ctx.template_file(ETCD_SNAPSHOT_SCRIPT, mode=0o755, keep=backup.keep, etcdctl=ETCDCTL,
-                                           encryption_config=ENCRYPTION_CONFIG, meta=meta)]
+                                           encryption_config=ENCRYPTION_CONFIG, meta=meta, name_pattern=NAME_SHELL)]
     w.files["service unit"] = [ctx.template_file(unit_file(SERVICE))]
     w.files["timer unit"] = [ctx.template_file(
         unit_file(TIMER), every=backup.every, position=masters.index(ctx.node) + 1, masters=len(masters),

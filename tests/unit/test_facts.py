@@ -8,7 +8,15 @@ import os
 import subprocess
 import sys
 
-from kthw.facts import HASH_CACHE, RECORD_HASHES_SCRIPT, CertificateExpiry, EtcdHealth, HostState, KthwServices
+from kthw.facts import (
+    HASH_CACHE,
+    RECORD_HASHES_SCRIPT,
+    CertificateExpiry,
+    EtcdHealth,
+    EtcdSnapshots,
+    HostState,
+    KthwServices,
+)
 
 
 def run_host_state(spec: dict, tmp_path) -> dict:
@@ -148,3 +156,18 @@ def test_every_question_a_component_asks_is_one_the_host_script_answers(tmp_path
             for w in _wants(cluster, node).values():
                 asked |= set(w.queries)
     assert asked and asked <= known, asked - known
+
+
+def test_etcd_snapshots_lists_a_masters_scheduled_snapshots(tmp_path):
+    folder = tmp_path / "etcd-snapshots"
+    folder.mkdir()
+    for name, size in (("etcd-20261207T060000Z.db", 3), ("etcd-20261207T000000Z.db", 5),
+                       ("etcd-20261207T060000Z.json", 1), (".partial-20261207T120000Z", 0)):
+        (folder / name).write_bytes(b"x" * size)
+    cmd = EtcdSnapshots().command().replace("/var/lib/etcd-snapshots", str(folder))
+    out = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, check=True)
+    assert EtcdSnapshots().process(out.stdout.splitlines()) == [
+        {"name": "etcd-20261207T000000Z.db", "bytes": 5}, {"name": "etcd-20261207T060000Z.db", "bytes": 3}]
+    cmd = EtcdSnapshots().command().replace("/var/lib/etcd-snapshots", str(tmp_path / "none"))
+    empty = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, check=True)
+    assert EtcdSnapshots().process(empty.stdout.splitlines()) == []

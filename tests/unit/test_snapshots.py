@@ -155,3 +155,80 @@ def test_the_masters_take_turns_at_fixed_utc_times():
                          capture_output=True, text=True, check=True)
     times = [line.split()[-2] for line in out.stdout.splitlines() if "Iter." in line or "Next" in line]
     assert sorted(times) == ["03:00:00", "09:00:00", "15:00:00", "21:00:00"]  # the second of two masters at 6h
+
+
+def local_run(snaps):
+    """kthw.snapshots.Run on this machine, against ``snaps`` in place of a master's folder."""
+    def run(command: str) -> list[str]:
+        out = subprocess.run(["sh", "-c", command.replace(ETCD_SNAPSHOTS, str(snaps))], capture_output=True,
+                             text=True)
+        if out.returncode != 0:
+            raise BackupError(out.stderr.strip())
+        return out.stdout.splitlines()
+    return run
+
+
+def test_the_newest_or_a_named_snapshot_is_fetched_whole_and_restore_takes_it(master):
+    from kthw.snapshots import fetch, sidecars
+
+    cluster, snaps, run = master
+    for _ in range(3):
+        assert run().returncode == 0
+    node = cluster.node("master-1")
+    newest = fetch(cluster, node, None, local_run(snaps))
+    assert newest.db.name == "etcd-20261207T060002Z.db"
+    for name in sidecars(newest.db.name):
+        assert (newest.db.parent / name).read_bytes() == (snaps / name).read_bytes()
+        assert stat.S_IMODE((newest.db.parent / name).stat().st_mode) == 0o600
+    assert check_backup(cluster, str(newest.db)) == newest.__class__(newest.db.resolve())
+    named = fetch(cluster, node, "etcd-20261207T060000Z.db", local_run(snaps))
+    assert named.db.name == "etcd-20261207T060000Z.db"
+    assert fetch(cluster, node, None, local_run(snaps)) == newest  # fetched again: the same, kept
+    with pytest.raises(BackupError, match="etcd-20991231T235959Z.db is missing"):
+        fetch(cluster, node, "etcd-20991231T235959Z.db", local_run(snaps))
+
+
+def test_a_damaged_or_clashing_snapshot_is_not_written(master):
+    from kthw.backup import backups_dir
+    from kthw.snapshots import fetch
+
+    cluster, snaps, run = master
+    assert run().returncode == 0
+    node = cluster.node("master-1")
+    db = snaps / "etcd-20261207T060000Z.db"
+    good = db.read_bytes()
+    db.write_bytes(good[:-1] + b"\0")
+    with pytest.raises(BackupError, match="damaged on the master or on the way. Nothing was written"):
+        fetch(cluster, node, None, local_run(snaps))
+    assert not list(backups_dir(cluster).glob("etcd-*"))
+    db.write_bytes(good)
+    with pytest.raises(BackupError, match="says it was taken elsewhere"):
+        fetch(cluster, cluster.node("master-2"), None, local_run(snaps))
+    backups_dir(cluster).mkdir(parents=True, exist_ok=True)
+    (backups_dir(cluster) / db.name).write_bytes(b"another snapshot of that name")
+    with pytest.raises(BackupError, match="holds another snapshot"):
+        fetch(cluster, node, None, local_run(snaps))
+    assert (backups_dir(cluster) / db.name).read_bytes() == b"another snapshot of that name"
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("/tmp/etcd-20261207T060000Z.db", None),
+    (".kthw/x/backups/etcd-20261207T060000Z.db", None),
+    ("master-2:etcd-20261207T060000Z.db", ("master-2", "etcd-20261207T060000Z.db")),
+    ("worker-1:etcd-20261207T060000Z.db", "'worker-1' is not a master"),
+    ("master-1:../../etc/shadow", "is not the name of a scheduled snapshot"),
+])
+def test_restore_tells_a_masters_snapshot_from_a_local_path(tmp_path, value, expected):
+    from kthw.snapshots import parse_master_ref, scheduled_name
+    from tests.conftest import make_cluster
+
+    cluster = make_cluster(yaml.safe_load(cluster_file(tmp_path).read_text()), tmp_path)
+    if isinstance(expected, str):
+        with pytest.raises(BackupError, match=expected):
+            parse_master_ref(cluster, value)
+    else:
+        ref = parse_master_ref(cluster, value)
+        assert (None if ref is None else (ref[0].name, ref[1])) == expected
+    assert scheduled_name("newest") is None and scheduled_name("etcd-20261207T060000Z.db")
+    with pytest.raises(BackupError, match="neither `newest`"):
+        scheduled_name("../etcd-20261207T060000Z.db")
