@@ -25,7 +25,8 @@ def test_reset_removes_the_cluster_and_a_fresh_deploy_works(lab):
                 [ "$(systemctl is-enabled "$u" 2>/dev/null)" = enabled ] && echo "$u enabled"
             done
             ls -d /etc/etcd /var/lib/etcd /var/lib/kubelet /var/lib/kubernetes /var/lib/containerd /opt/cni \\
-                  /var/lib/weave /var/lib/kthw /usr/local/bin/kubelet /usr/local/bin/etcd 2>/dev/null || true
+                  /var/lib/weave /var/lib/kthw /usr/local/bin/kubelet /usr/local/bin/etcd \\
+                  /var/lib/etcd-snapshots /usr/local/sbin/kthw-etcd-snapshot 2>/dev/null || true
             iptables-save 2>/dev/null | grep -E 'KUBE-|WEAVE|CNI-' | head -3 || true
             ip -o link show weave 2>/dev/null || true
             findmnt -rn -o TARGET | grep -E '^(/var/lib/kubelet|/run/containerd)' || true""")
