@@ -232,3 +232,17 @@ def test_restore_tells_a_masters_snapshot_from_a_local_path(tmp_path, value, exp
     assert scheduled_name("newest") is None and scheduled_name("etcd-20261207T060000Z.db")
     with pytest.raises(BackupError, match="neither `newest`"):
         scheduled_name("../etcd-20261207T060000Z.db")
+
+
+def test_no_snapshot_that_would_leave_etcd_s_disk_without_room(master, tmp_path):
+    cluster, snaps, run = master
+    script = tmp_path / "kthw-etcd-snapshot"
+    db = tmp_path / "etcd" / "member" / "snap" / "db"
+    db.parent.mkdir(parents=True)
+    subprocess.run(["truncate", "-s", "8T", db], check=True)  # sparse: a database no disk here can hold twice
+    script.write_text(script.read_text().replace("/var/lib/etcd/member/snap/db", str(db)))
+    out = run()
+    assert out.returncode != 0 and "not taking a snapshot" in out.stderr
+    assert not list(snaps.glob("etcd-*"))
+    subprocess.run(["truncate", "-s", "4096", db], check=True)
+    assert run().returncode == 0 and len(list(snaps.glob("etcd-*.db"))) == 1
