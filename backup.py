@@ -50,7 +50,6 @@ require_in_run(cluster, [source.name], f"backup.py takes its snapshot on {source
                f"add {source.name} to the run, or name a master that is in it: --data backup_from=NAME.")
 
 
-
 def fetch_scheduled() -> None:
     backup = fetch(cluster, source, wanted, runner(host))
     print(f"[{host.name}] fetched {backup.db} and what belongs to it (sha256 checked)")

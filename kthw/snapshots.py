@@ -113,7 +113,7 @@ def fetch(cluster: Cluster, node: Node, name: str | None, run: Run) -> Backup:
     if not NAME.match(chosen):
         raise BackupError(f"{node.name} answered {chosen[:80]!r} instead of a snapshot's name. Nothing was written.")
     try:
-        data = base64.b64decode("".join(lines[1:]), validate=True)
+        data = base64.b64decode("".join(line.strip() for line in lines[1:]), validate=True)
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             got = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
     except (binascii.Error, tarfile.TarError) as exc:
