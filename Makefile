@@ -41,7 +41,8 @@ lab-test: setup
 
 # The slow day-two lab tests, kept out of `make test`: on the reference topology CA rotation, a
 # worker and a master added and removed, a rolling upgrade to the next Kubernetes minor version
-# (built first if needed); on the three-master topology a fourth master added and removed.
+# (built first if needed), the scheduled etcd snapshots (every minute, fetched, restored); on the
+# three-master topology a fourth master added and removed.
 lab-test-day-two: setup
 	@scripts/setup --lab
 	$(PY) -m pytest -s tests/lab -m day_two -k "not bridge"

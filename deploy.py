@@ -9,7 +9,8 @@ from the same line) closes each stage that another group waits on.
     2. masters       etcd (TLS, initial cluster from the model), healthy before going on;
                      a member with enough free pages defragmented, one at a time
     -- barrier --
-    3. masters       kube-apiserver, kube-controller-manager, kube-scheduler
+    3. masters       kube-apiserver, kube-controller-manager, kube-scheduler; the timer of the
+                     scheduled etcd snapshots (backup.scheduled; removed when turned off)
        every node    HAProxy in front of every apiserver: on the load balancer for operators,
                      on each Kubernetes node's loopback (127.0.0.1:7445) for its kubelet and
                      kube-proxy
@@ -32,7 +33,7 @@ from the same line) closes each stage that another group waits on.
 from pyinfra import host
 from pyinfra.operations import server
 
-from operations import addons, apiserver_proxy, base, control_plane, etcd, keepalived, node, upgrade
+from operations import addons, apiserver_proxy, base, control_plane, etcd, keepalived, node, snapshots, upgrade
 from operations.plan import host_plan
 
 ctx, wants = host_plan(host)
@@ -46,6 +47,8 @@ server.shell(name="--- barrier: etcd is up ---", commands=[])
 
 if control_plane in wants:
     control_plane.deploy(ctx, wants[control_plane])
+if snapshots in wants:  # after the encryption config it copies beside each snapshot
+    snapshots.deploy(ctx, wants[snapshots])
 if apiserver_proxy in wants:
     apiserver_proxy.deploy(ctx, wants[apiserver_proxy])
 if keepalived in wants:

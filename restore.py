@@ -1,11 +1,14 @@
 """Restore etcd from a backup:  pyinfra inventory.py restore.py --data snapshot=.kthw/<cluster>/backups/etcd-<time>.db
+                          or a master's scheduled snapshot:  --data snapshot=master-1:etcd-<time>.db
 
 Every etcd member (the masters', and a load balancer's etcd-only one) starts over from the
 snapshot, the way etcd documents it, and the control plane comes back. Before any host is
 touched, the backup is checked (kthw/backup.py): whole (sha256), of this cluster, its Secrets
 readable with the cluster's encryption config; the hosts hold this cluster's identity
 (kthw/preflight.py). It runs on every node at once, so it refuses a run that leaves any machine
-out (--limit, --exclude, a stopped machine).
+out (--limit, --exclude, a stopped machine). A master's scheduled snapshot (operations/snapshots.py)
+is first fetched into .kthw/<cluster>/backups/ (read only on the master, checked against the
+sha256 recorded beside it; kthw/snapshots.py), then checked and restored like any backup.
 
     1. members  the snapshot uploaded (0600) to every etcd member: the masters, and the load
                 balancer if it holds an etcd-only member
@@ -33,14 +36,20 @@ from kthw.commands import APISERVER_READY, ETCD_HEALTHY, KUBECTL, wait_until
 from kthw.ops import ManagedFile, Snapshot, files_synced
 from kthw.paths import ENCRYPTION_CONFIG as HOST_ENCRYPTION_CONFIG
 from kthw.paths import ETCD_RESTORE_ASIDE
-from kthw.preflight import Playbook, check_identity, playbook
+from kthw.preflight import Playbook, check_identity, host_of, playbook
+from kthw.snapshots import fetched_once, parse_master_ref, runner
 
 # Every member starts over from the snapshot together: one left out would never reach quorum.
 cluster, node = playbook(host, Playbook("restore.py", whole=True,
                                         why_whole="restores every etcd member and restarts every node at once"),
                          identity=False)
 try:  # the backup first: it is local, and a refusal then costs no host a command
-    backup = check_backup(cluster, host.data.get("snapshot"))
+    snapshot = host.data.get("snapshot")
+    if snapshot and (ref := parse_master_ref(cluster, str(snapshot))):
+        # a master's scheduled snapshot: fetched once (reading only), then it is a local backup
+        source, name = ref
+        snapshot = str(fetched_once(cluster, source, name, runner(host_of(source.name))).db)
+    backup = check_backup(cluster, snapshot)
     keys = keys_after_restore(cluster, backup)
 except BackupError as exc:
     raise PyinfraError(str(exc)) from None

@@ -124,11 +124,27 @@ def record(cluster: Cluster, backup: Backup, node: str, output: str) -> None:
             backup.encryption_config.unlink(missing_ok=True)
             raise BackupError(f"the downloaded {path.name} has sha256 {got}, {node} computed {want}: deleted. "
                               "Fix: run the backup again.")
-    write_private(backup.sha_file, f"{remote_sha}  {backup.db.name}\n".encode())
-    meta = {"cluster": cluster.name, "taken_on": node, "time": backup.name.removeprefix("etcd-"),
-            "sha256": remote_sha, "etcd": cluster.versions.etcd, "kubernetes": cluster.versions.kubernetes,
-            "etcd_status": status}
-    write_private(backup.meta_file, (json.dumps(meta, indent=2) + "\n").encode())
+    write_private(backup.sha_file, sha_line(remote_sha, backup.db.name).encode())
+    meta = metadata(cluster, node, backup.name.removeprefix("etcd-"), remote_sha, status)
+    write_private(backup.meta_file, metadata_text(meta).encode())
+
+
+def sha_line(sha256: str, name: str) -> str:
+    """A backup's .sha256 file, as `sha256sum -c` reads it (the masters' snapshot script writes
+    the same line: files/usr/local/sbin/kthw-etcd-snapshot.j2)."""
+    return f"{sha256}  {name}\n"
+
+
+def metadata(cluster: Cluster, node: str, time: str, sha256: str, status) -> dict:
+    """A backup's .json: which cluster, where and when it was taken, its sha256, the versions, and
+    etcd's own status of the snapshot. The masters' snapshot script writes the same, from this
+    dict with its run's time, sha256 and status filled in (operations/snapshots.py)."""
+    return {"cluster": cluster.name, "taken_on": node, "time": time, "sha256": sha256,
+            "etcd": cluster.versions.etcd, "kubernetes": cluster.versions.kubernetes, "etcd_status": status}
+
+
+def metadata_text(meta: dict) -> str:
+    return json.dumps(meta, indent=2) + "\n"
 
 
 def check_backup(cluster: Cluster, snapshot: str | None) -> Backup:

@@ -297,6 +297,28 @@ def pki_validity(spec: ClusterFile, recorded: Recorded) -> Found:
     return p, []
 
 
+# A snapshot interval's allowed values: the divisors of an hour (in minutes) and of a day (in hours).
+_MINUTES = [m for m in range(1, 60) if 60 % m == 0]
+_HOURS = [h for h in range(1, 25) if 24 % h == 0]
+
+
+def backup_schedule(spec: ClusterFile, recorded: Recorded) -> Found:
+    """backup.every divides an hour (minutes) or a day (hours): the snapshots then fall on the
+    same times of the clock every day, which a systemd calendar timer can say (and catch up on
+    after the machine was off, Persistent=true)."""
+    every = spec.backup.every
+    number, unit = int(every.rstrip("minh")), "min" if every.endswith("min") else "h"
+    allowed, whole = (_MINUTES, "an hour") if unit == "min" else (_HOURS, "a day")
+    if number in allowed:
+        return [], []
+    if unit == "min" and number % 60 == 0 and number // 60 in _HOURS:
+        fix = f"write it in hours: {number // 60}h"
+    else:
+        fix = f"use one of {', '.join(f'{n}{unit}' for n in allowed)}"
+        fix += (", or hours (1h to 24h)" if unit == "min" else ", or minutes (1min to 30min)")
+    return [Problem("backup.every", every, f"does not divide {whole} evenly", fix)], []
+
+
 # In the order their problems (and warnings) are reported.
 CHECKS: list[Check] = [
     roles_present,
@@ -310,6 +332,7 @@ CHECKS: list[Check] = [
     artifact_source,
     plain_http_mirrors,
     pki_validity,
+    backup_schedule,
 ]
 
 

@@ -79,6 +79,17 @@ CONTROL_PLANE = Component(
         "kube-scheduler": (paths.SCHEDULER_KUBECONFIG,),
     },
 )
+# A systemd timer on every master takes an etcd snapshot into a root-only folder, in backup.py's
+# format, and keeps the newest backup.keep (backup.scheduled: false stops and removes the timer; the
+# snapshots taken stay until reset). Masters, not every etcd member: the encryption config the
+# snapshot's Secrets need, kept beside each snapshot, is on the masters only.
+ETCD_SNAPSHOTS = Component(
+    "etcd snapshots", frozenset({"master"}),
+    units=("kthw-etcd-snapshot", "kthw-etcd-snapshot.timer"),  # the timer starts the oneshot service
+    folders=(paths.ETCD_SNAPSHOTS,),
+    files=(paths.ETCD_SNAPSHOT_SCRIPT,),
+    data=(f"{paths.TIMER_STAMPS}/stamp-kthw-etcd-snapshot.timer",),  # systemd's record of the last run
+)
 NODE = Component(
     "node", frozenset({"master", "worker"}),  # masters are Kubernetes nodes too (tainted)
     units=("containerd", "kubelet", "kube-proxy", "kthw-pod-network"),  # the last: bridge CNI only
@@ -98,7 +109,7 @@ ADDONS = Component(
 )
 
 # In the order they run on a host.
-ALL = (BASE, ETCD, CONTROL_PLANE, APISERVER_PROXY, KEEPALIVED, NODE, ADDONS)
+ALL = (BASE, ETCD, CONTROL_PLANE, ETCD_SNAPSHOTS, APISERVER_PROXY, KEEPALIVED, NODE, ADDONS)
 
 
 def roles_of(node, first_master: bool = False) -> frozenset[str]:

@@ -6,6 +6,7 @@ command, so a no-op rerun costs one round trip per host. The others are for peop
     pyinfra inventory.py fact kthw.facts.CertificateExpiry
     pyinfra inventory.py fact kthw.facts.EtcdHealth --limit masters
     pyinfra inventory.py fact kthw.facts.KthwServices
+    pyinfra inventory.py fact kthw.facts.EtcdSnapshots --limit masters
 """
 
 from __future__ import annotations
@@ -123,6 +124,27 @@ class EtcdHealth(FactBase):
         return {"members": [], "health": {}}
 
 
+class EtcdSnapshots(FactBase):
+    """The scheduled etcd snapshots a master holds (operations/snapshots.py), oldest first: the
+    names ``backup.py --data scheduled=NAME`` and ``restore.py --data snapshot=MASTER:NAME`` take.
+
+    Example: ``[{"name": "etcd-20261207T060000Z.db", "bytes": 4206624}]``
+    """
+
+    def command(self) -> str:
+        from kthw.snapshots import NAME_SHELL
+
+        return (f"if cd {paths.ETCD_SNAPSHOTS} 2>/dev/null; then ls | grep -E '{NAME_SHELL}' | "
+                "sort | while read -r n; do echo \"$n $(stat -c %s \"$n\")\"; done; fi")
+
+    def process(self, output: list[str]) -> list[dict]:
+        return [{"name": name, "bytes": int(size)} for name, size in (line.split() for line in output if line.strip())]
+
+    @staticmethod
+    def default() -> list:
+        return []
+
+
 # Every service a component runs (kthw/components.py), ours and the packages' (HAProxy, keepalived).
 KTHW_UNITS = components.all_units()
 
@@ -134,7 +156,7 @@ class KthwServices(FactBase):
     """
 
     def command(self) -> str:
-        units = " ".join(f"{u}.service" for u in KTHW_UNITS)
+        units = " ".join(paths.unit_name(u) for u in KTHW_UNITS)
         return (f"systemctl show --property=Id,LoadState,ActiveState,UnitFileState,"
                 f"ActiveEnterTimestamp -- {units}")
 

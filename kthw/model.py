@@ -213,6 +213,34 @@ class PodSecuritySection(_Section):
     def __hash__(self) -> int:  # frozen, but holds a list (the model is cached by value)
         return hash(self.model_dump_json())
 
+# How often a master takes an etcd snapshot: whole minutes ("15min") or whole hours ("6h"); kthw.checks
+# asks that it divide an hour or a day, so the times are fixed points of the clock (OnCalendar).
+Interval = Annotated[str, StringConstraints(strict=True, pattern=r"^[1-9][0-9]*(min|h)$")]
+
+
+class BackupSection(_Section):
+    """Scheduled etcd snapshots: a systemd timer on every master (operations/snapshots.py) takes
+    one every ``every`` into /var/lib/etcd-snapshots, in backup.py's format, and keeps the newest
+    ``keep``. ``scheduled: false`` turns them off (the deploy removes the timer; the snapshots
+    already taken stay until reset)."""
+
+    scheduled: bool = True
+    # 6 h: a snapshot reads the whole database and writes it out, cheap but not free; with two
+    # masters taking turns (their times are spread over the interval) the newest is at most 3 h old.
+    every: Interval = "6h"
+    # 8: two days back at 6 h, enough to undo a mistake noticed the next day, at a few MB each.
+    keep: Annotated[int, Field(ge=1)] = 8
+
+    @property
+    def seconds(self) -> int:
+        """``every`` in seconds.
+
+        >>> BackupSection(every="15min").seconds, BackupSection().seconds
+        (900, 21600)
+        """
+        number = int(self.every.rstrip("minh"))
+        return number * (60 if self.every.endswith("min") else 3600)
+
 
 class ClusterFile(_Section):
     """The schema of cluster.yaml, key by key."""
@@ -227,6 +255,7 @@ class ClusterFile(_Section):
     pod_security: PodSecuritySection = PodSecuritySection()
     etcd: EtcdSection = EtcdSection()
     extra_args: ExtraArgsSection = ExtraArgsSection()
+    backup: BackupSection = BackupSection()
     # Generated PKI, kubeconfigs and lab state on the operator machine, relative to this file.
     state_dir: str = ".kthw"
 
@@ -289,6 +318,7 @@ class Cluster:
     pod_security: PodSecuritySection
     etcd: EtcdSection
     extra_args: ExtraArgsSection
+    backup: BackupSection
     state_dir: Path
     source: Path
     warnings: tuple[str, ...] = ()
@@ -470,6 +500,7 @@ def _build(spec: ClusterFile, auto: list[IPv4Network | None], state_dir: Path, s
         pod_security=spec.pod_security,
         etcd=spec.etcd,
         extra_args=spec.extra_args,
+        backup=spec.backup,
         state_dir=state_dir,
         source=source,
         warnings=warnings,

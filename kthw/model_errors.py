@@ -60,6 +60,14 @@ _FIXES = {
     "too_short": ("is empty", "give at least one entry, or remove the key"),
     "string_type": ("must be a string", 'quote it, like "3.10" (YAML reads 3.10 as the number 3.1)'),
     "bool_type": ("must be true or false", "write true or false"),
+    "bool_parsing": ("must be true or false", "write true or false"),
+}
+
+# Where one key's error needs its own words: (key, error type) -> (what is wrong, fix).
+_KEY_FIXES = {
+    (("backup", "every"), "string_type"): ("is not an interval with its unit", "write it like 6h or 15min"),
+    (("backup", "keep"), "greater_than_equal"): (
+        "must keep at least one snapshot", "give a count of 1 or more; to take none, set backup.scheduled: false"),
 }
 
 
@@ -125,6 +133,8 @@ def schema_problems(exc: ValidationError, raw: Any, schema: type[BaseModel]) -> 
             expected = err.get("ctx", {}).get("expected", "")
             problems.append(Problem(key, value, "is not one of the supported values",
                                     f"use one of {expected}"))
+        elif (loc, typ) in _KEY_FIXES:
+            problems.append(Problem(key, value, *_KEY_FIXES[loc, typ]))
         elif typ == "string_pattern_mismatch":
             problems.append(Problem(key, value, *_pattern_fix(loc, is_key="[key]" in err["loc"])))
         elif typ in _FIXES:
@@ -159,6 +169,9 @@ def _pattern_fix(loc: tuple, is_key: bool = False) -> tuple[str, str]:
             return "is not an http(s):// URL", "write the mirror's URL, like http://mirror.lan:5000"
         return ("is not a registry host name", "name the registry as image references do, "
                 "like registry.k8s.io or myregistry.lan:5000")
+    if loc == ("backup", "every"):
+        return ("is not an interval like 6h or 15min", "write whole minutes (`min`) or whole hours (`h`), "
+                "like 15min or 6h")
     if loc[-1] == "domain":
         return ("is not a DNS name (labels of lower-case letters, digits and '-', joined by single dots)",
                 "write it like cluster.local")

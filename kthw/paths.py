@@ -32,6 +32,11 @@ ETCD_CA = f"{ETCD_DIR}/etcd-ca.crt"  # etcd's own CA (trust bundle), not the clu
 ETCD_DATA = "/var/lib/etcd"
 ETCD_RESTORE_ASIDE = "/var/lib/etcd.before-restore-"  # + time: data a restore kept aside
 
+# --- scheduled etcd snapshots (masters; operations/snapshots.py)
+ETCD_SNAPSHOTS = "/var/lib/etcd-snapshots"  # the timer's snapshots, in backup.py's format (root only, 0700)
+ETCD_SNAPSHOT_SCRIPT = "/usr/local/sbin/kthw-etcd-snapshot"  # takes one, prunes to backup.keep
+TIMER_STAMPS = "/var/lib/systemd/timers"  # where systemd records a Persistent timer's last run
+
 # --- the control plane (masters)
 K8S_DIR = "/var/lib/kubernetes"  # configs and kubeconfigs the control plane reads
 K8S_PKI = f"{K8S_DIR}/pki"  # certificates (and on masters the CA keys)
@@ -73,13 +78,23 @@ HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 
 
+def unit_name(unit: str) -> str:
+    """systemd's full name of ``unit``: a bare name is a service, a name with its type (a
+    ``.timer``) stays as it is.
+
+    >>> unit_name("etcd"), unit_name("kthw-etcd-snapshot.timer")
+    ('etcd.service', 'kthw-etcd-snapshot.timer')
+    """
+    return unit if "." in unit else f"{unit}.service"
+
+
 def unit_file(unit: str) -> str:
     """The unit file the deploy writes for ``unit``.
 
     >>> unit_file("etcd")
     '/etc/systemd/system/etcd.service'
     """
-    return f"{UNIT_DIR}/{unit}.service"
+    return f"{UNIT_DIR}/{unit_name(unit)}"
 
 
 # --- names the deploy marks things with

@@ -57,6 +57,11 @@ def nodes_in_run() -> set[str]:
     return {h.data.get("kthw_node", h.name) for h in state.inventory if state.is_host_in_limit(h)}
 
 
+def host_of(node: str):
+    """The pyinfra host of a node of this run (another host than the one being planned)."""
+    return next(h for h in state.inventory if h.data.get("kthw_node", h.name) == node)
+
+
 def missing_from_run(cluster: Cluster, needed: list[str] | None = None) -> list[str]:
     """Of ``needed`` (default: every node), those this run leaves out, in the cluster's order."""
     want = [n.name for n in cluster.nodes] if needed is None else needed

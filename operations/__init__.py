@@ -10,10 +10,10 @@ from __future__ import annotations
 from types import ModuleType
 
 from kthw import components
-from operations import addons, apiserver_proxy, base, control_plane, etcd, keepalived, node
+from operations import addons, apiserver_proxy, base, control_plane, etcd, keepalived, node, snapshots
 
 MODULES: dict[components.Component, ModuleType] = {
-    m.COMPONENT: m for m in (base, etcd, control_plane, apiserver_proxy, keepalived, node, addons)}
+    m.COMPONENT: m for m in (base, etcd, control_plane, snapshots, apiserver_proxy, keepalived, node, addons)}
 ALL_COMPONENTS = tuple(MODULES[c] for c in components.ALL)
 
 

@@ -22,6 +22,11 @@ except Exception:
     cache = {}
 
 
+def unit_name(unit):
+    """A bare name is a service; a name with its type (a .timer) stays (kthw.paths.unit_name)."""
+    return unit if "." in unit else unit + ".service"
+
+
 def owner(st):
     import grp
     import pwd
@@ -81,7 +86,7 @@ if units:
     # its inputs' mtimes).
     res = subprocess.run(["systemctl", "show", "--timestamp=us+utc", "--property=Id,ActiveState,UnitFileState,"
                           "NeedDaemonReload,ExecMainStartTimestamp", "--"]
-                         + [u + ".service" for u in units], capture_output=True, text=True)
+                         + [unit_name(u) for u in units], capture_output=True, text=True)
     blocks = [b for b in res.stdout.strip().split("\n\n")]
     for unit, block in zip(units, blocks):
         props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
@@ -307,7 +312,7 @@ def managed_registry_hosts(arg):
 def units_left(arg):
     """Of these units (ones no component of this host runs any more), those still active or
     enabled: a former deploy's, to stop."""
-    res = subprocess.run(["systemctl", "show", "-p", "Id,ActiveState,UnitFileState", *[u + ".service" for u in arg]],
+    res = subprocess.run(["systemctl", "show", "-p", "Id,ActiveState,UnitFileState", *[unit_name(u) for u in arg]],
                          capture_output=True, text=True)
     found = []
     for block in res.stdout.strip().split("\n\n") if res.returncode == 0 else []:

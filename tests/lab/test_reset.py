@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from kthw import components
+from kthw import components, paths
 from tests.lab.lab import reference_only
 from tests.lab.test_cluster import smoke_image
 
@@ -18,14 +18,15 @@ def test_reset_removes_the_cluster_and_a_fresh_deploy_works(lab):
     for n in lab.cluster.nodes:
         assert f"[{n.name}] removed " in text, n.name
     assert "service etcd (stopped, disabled)" in text and "/var/lib/etcd" in text and "interface weave" in text
-    units = " ".join(f"{u}.service" for c in components.ALL for u in c.units)
+    units = " ".join(paths.unit_name(u) for c in components.ALL for u in c.units)
     for n in lab.cluster.nodes:
         left = lab.script(n.name, f"""
             for u in {units} haproxy.service; do
                 [ "$(systemctl is-enabled "$u" 2>/dev/null)" = enabled ] && echo "$u enabled"
             done
             ls -d /etc/etcd /var/lib/etcd /var/lib/kubelet /var/lib/kubernetes /var/lib/containerd /opt/cni \\
-                  /var/lib/weave /var/lib/kthw /usr/local/bin/kubelet /usr/local/bin/etcd 2>/dev/null || true
+                  /var/lib/weave /var/lib/kthw /usr/local/bin/kubelet /usr/local/bin/etcd \\
+                  /var/lib/etcd-snapshots /usr/local/sbin/kthw-etcd-snapshot 2>/dev/null || true
             iptables-save 2>/dev/null | grep -E 'KUBE-|WEAVE|CNI-' | head -3 || true
             ip -o link show weave 2>/dev/null || true
             findmnt -rn -o TARGET | grep -E '^(/var/lib/kubelet|/run/containerd)' || true""")

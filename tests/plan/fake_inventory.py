@@ -27,11 +27,16 @@ KTHW_FAKE_ETCD_FREE_MIB: "node=MiB,..." free pages in those members' etcd databa
 KTHW_FAKE_ETCD_ALARMS: "node=ALARM,..." an alarm those etcd members raised (NOSPACE, CORRUPT).
 KTHW_FAKE_REGISTRY_HOSTS: comma-separated registries whose deploy-written hosts.toml every
   Kubernetes node reports (default: as the state implies).
+KTHW_FAKE_SCHEDULED: a folder laid out like a master's /var/lib/etcd-snapshots: every master answers
+  kthw.snapshots.fetch_command from it (default: no scheduled snapshot there).
 """
 
+import base64
+import io
 import json
 import os
 import sys
+import tarfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -40,6 +45,31 @@ from kthw.inventory import groups  # noqa: E402
 from kthw.model import load_cluster  # noqa: E402
 from kthw.upgrade import VERSIONED  # noqa: E402
 from tests.plan.states import converged_state, drifted_state, fresh_state, interrupted_state  # noqa: E402
+
+
+def _scheduled_responses() -> dict:
+    """What a master answers kthw.snapshots.fetch_command: the named snapshot's (or the newest's)
+    name, then its four files as a base64 tar, as the real command prints them."""
+    from kthw.paths import ETCD_SNAPSHOTS
+    from kthw.snapshots import sidecars
+
+    folder = os.environ.get("KTHW_FAKE_SCHEDULED")
+    dbs = sorted(Path(folder).glob("etcd-*.db")) if folder else []
+    missing = {"| base64": {"success": False, "stderr": f"{ETCD_SNAPSHOTS}: no such scheduled snapshot"}}
+    if not dbs:
+        return missing
+
+    def answer(db: Path) -> list[str]:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for name in sidecars(db.name):
+                tar.add(db.parent / name, arcname=name)
+        text = base64.b64encode(buf.getvalue()).decode()
+        return [db.name, *(text[i:i + 76] for i in range(0, len(text), 76))]
+
+    # a name the folder holds, else the newest when none is named, else a failure, as on a master
+    return {**{f"n={db.name} ": answer(db) for db in dbs}, "n=$(ls ": answer(dbs[-1]), **missing}
+
 
 _cluster = load_cluster()
 _groups = groups(_cluster, {n.name: {} for n in _cluster.nodes}, prefix="@fake/")
@@ -109,7 +139,8 @@ for _hosts in _groups.values():
             _state["etcd_status"]["alarms"] = [_alarm[_node.name]]
         _data["fake_delay"] = 0
         _data["fake_delay_jitter"] = 0
-        _data["fake_responses"] = {"python3 -c": json.dumps(_state)}
+        _data["fake_responses"] = {**(_scheduled_responses() if _node.is_master else {}),
+                                   "python3 -c": json.dumps(_state)}
 
 loadbalancer = _groups["loadbalancer"]
 masters = _groups["masters"]

@@ -35,9 +35,9 @@ def test_each_group_gets_only_its_components(fresh_plan):
         assert {n.split(" | ")[0] for n in names_for(fresh_plan, worker)} == {"base", "apiserver proxy", "node"}
     # Masters are Kubernetes nodes too (tainted): the CNI reaches them, so do the apiservers' calls.
     assert {n.split(" | ")[0] for n in names_for(fresh_plan, "master-1")} == {
-        "base", "etcd", "control plane", "apiserver proxy", "node", "addons"}
+        "base", "etcd", "control plane", "etcd snapshots", "apiserver proxy", "node", "addons"}
     assert {n.split(" | ")[0] for n in names_for(fresh_plan, "master-2")} == {
-        "base", "etcd", "control plane", "apiserver proxy", "node"}
+        "base", "etcd", "control plane", "etcd snapshots", "apiserver proxy", "node"}
 
 
 def test_stages_are_ordered_across_groups(fresh_plan):

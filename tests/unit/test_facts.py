@@ -8,7 +8,15 @@ import os
 import subprocess
 import sys
 
-from kthw.facts import HASH_CACHE, RECORD_HASHES_SCRIPT, CertificateExpiry, EtcdHealth, HostState, KthwServices
+from kthw.facts import (
+    HASH_CACHE,
+    RECORD_HASHES_SCRIPT,
+    CertificateExpiry,
+    EtcdHealth,
+    EtcdSnapshots,
+    HostState,
+    KthwServices,
+)
 
 
 def run_host_state(spec: dict, tmp_path) -> dict:
@@ -115,6 +123,18 @@ def test_kthw_services_lists_only_installed_units():
              "Id=kubelet.service", "LoadState=not-found", "ActiveState=inactive", "UnitFileState="]
     assert KthwServices().process(lines) == {
         "etcd": {"active": "active", "enabled": "enabled", "since": "Wed 2026-11-25 12:00:00 UTC"}}
+    # a unit named with its type (a timer) is asked and reported by that name
+    timer = ["Id=kthw-etcd-snapshot.timer", "LoadState=loaded", "ActiveState=active", "UnitFileState=enabled",
+             "ActiveEnterTimestamp="]
+    assert list(KthwServices().process(timer)) == ["kthw-etcd-snapshot.timer"]
+
+
+def test_host_state_asks_systemd_for_a_timer_by_its_own_name(tmp_path):
+    # a bare name is a service; "x.timer" must not become "x.timer.service"
+    from kthw.facts import _HOST_STATE_SCRIPT
+
+    assert 'return unit if "." in unit else unit + ".service"' in _HOST_STATE_SCRIPT
+    assert _HOST_STATE_SCRIPT.count("unit_name(u) for u in") == 2  # the services section and units_left
 
 
 def test_every_question_a_component_asks_is_one_the_host_script_answers(tmp_path):
@@ -136,3 +156,18 @@ def test_every_question_a_component_asks_is_one_the_host_script_answers(tmp_path
             for w in _wants(cluster, node).values():
                 asked |= set(w.queries)
     assert asked and asked <= known, asked - known
+
+
+def test_etcd_snapshots_lists_a_masters_scheduled_snapshots(tmp_path):
+    folder = tmp_path / "etcd-snapshots"
+    folder.mkdir()
+    for name, size in (("etcd-20261207T060000Z.db", 3), ("etcd-20261207T000000Z.db", 5),
+                       ("etcd-20261207T060000Z.json", 1), (".partial-20261207T120000Z", 0)):
+        (folder / name).write_bytes(b"x" * size)
+    cmd = EtcdSnapshots().command().replace("/var/lib/etcd-snapshots", str(folder))
+    out = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, check=True)
+    assert EtcdSnapshots().process(out.stdout.splitlines()) == [
+        {"name": "etcd-20261207T000000Z.db", "bytes": 5}, {"name": "etcd-20261207T060000Z.db", "bytes": 3}]
+    cmd = EtcdSnapshots().command().replace("/var/lib/etcd-snapshots", str(tmp_path / "none"))
+    empty = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, check=True)
+    assert EtcdSnapshots().process(empty.stdout.splitlines()) == []

@@ -455,3 +455,35 @@ def test_three_load_balancers_are_refused(raw_cluster):
 def test_bad_pod_security_levels(raw_cluster, given, expected):
     raw_cluster["pod_security"] = given
     assert only_problem(raw_cluster).startswith(expected), only_problem(raw_cluster)
+
+# --------------------------------------------------------------------------- scheduled snapshots
+
+
+def test_scheduled_snapshots_are_on_by_default_every_6h_keeping_8(raw_cluster):
+    raw_cluster.pop("backup", None)
+    backup = parse_cluster(raw_cluster).backup
+    assert (backup.scheduled, backup.every, backup.keep, backup.seconds) == (True, "6h", 8, 21600)
+    raw_cluster["backup"] = {"every": "15min", "keep": 3}
+    assert parse_cluster(raw_cluster).backup.seconds == 900
+    raw_cluster["backup"] = {"scheduled": False}
+    assert parse_cluster(raw_cluster).backup.scheduled is False
+
+
+@pytest.mark.parametrize("given, expected", [
+    ({"every": "7min"}, "backup.every = '7min': does not divide an hour evenly. Fix: use one of 1min, 2min, 3min, "
+                        "4min, 5min, 6min, 10min, 12min, 15min, 20min, 30min, or hours (1h to 24h)."),
+    ({"every": "5h"}, "backup.every = '5h': does not divide a day evenly. Fix: use one of 1h, 2h, 3h, 4h, 6h, 8h, "
+                      "12h, 24h, or minutes (1min to 30min)."),
+    ({"every": "120min"}, "backup.every = '120min': does not divide an hour evenly. Fix: write it in hours: 2h."),
+    ({"every": "6 hours"}, "backup.every = '6 hours': is not an interval like 6h or 15min"),
+    ({"every": "OnCalendar=daily"}, "backup.every = 'OnCalendar=daily': is not an interval like 6h or 15min"),
+    ({"every": 6}, "backup.every = 6: is not an interval with its unit. Fix: write it like 6h or 15min."),
+    ({"keep": 0}, "backup.keep = 0: must keep at least one snapshot. Fix: give a count of 1 or more; to take none, "
+                  "set backup.scheduled: false."),
+    ({"keep": "all"}, "backup.keep = 'all': is not a whole number"),
+    ({"scheduled": "sometimes"}, "backup.scheduled = 'sometimes': must be true or false"),
+    ({"evry": "6h"}, "backup.evry: is not a known key. Fix: did you mean `every`?"),
+])
+def test_a_bad_snapshot_schedule_is_refused_naming_the_key(raw_cluster, given, expected):
+    raw_cluster["backup"] = given
+    assert only_problem(raw_cluster).startswith(expected)

@@ -15,6 +15,7 @@ import yaml
 
 from kthw.context import NEUTRAL_FACTS, HostContext, prepared_cluster
 from kthw.model import DEFAULT_CLUSTER_FILE
+from kthw.paths import unit_file, unit_name
 from operations.keepalived import CONFIG_TEST
 from operations.plan import collect
 from tests.conftest import cluster_file, scaled
@@ -54,7 +55,25 @@ def test_haproxy_accepts_the_config(tmp_path, default_path, topology, node):
 
 
 UNITS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-         "containerd", "kubelet", "kube-proxy", "kthw-pod-network"]
+         "containerd", "kubelet", "kube-proxy", "kthw-pod-network",
+         "kthw-etcd-snapshot", "kthw-etcd-snapshot.timer"]
+
+
+def verifiable_unit(files: dict[str, bytes], unit: str, folder) -> object:
+    """``unit``'s file written into ``folder`` for systemd-analyze verify, each command it runs
+    pointed at a stand-in (verify checks that they exist); a timer with the service it starts."""
+    stubs = folder / "bin"
+    stubs.mkdir(exist_ok=True)
+    names = [unit, unit_name(unit).removesuffix(".timer")] if unit.endswith(".timer") else [unit]
+    for name in names:
+        text = files[unit_file(name)].decode()
+        for cmd in set(re.findall(r"^Exec\w+=-?(/\S+)", text, re.M)):
+            stub = stubs / cmd.strip("/").replace("/", "_")
+            stub.write_text("#!/bin/sh\n")
+            stub.chmod(0o755)
+            text = text.replace(cmd, str(stub))
+        (folder / unit_name(name)).write_text(text)
+    return folder / unit_name(unit)
 
 
 @pytest.mark.parametrize("unit", UNITS)
@@ -62,19 +81,9 @@ def test_systemd_accepts_every_unit(tmp_path, default_path, unit):
     raw = yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text())
     raw["cni"] = "bridge"
     path = default_path if unit != "kthw-pod-network" else cluster_file(tmp_path / "bridge", raw)
-    node = "master-1" if unit.startswith(("etcd", "kube-a", "kube-c", "kube-s")) else "worker-1"
-    text = rendered(path, node)[f"/etc/systemd/system/{unit}.service"].decode()
-    # systemd-analyze checks that each command exists: point them at stand-ins here.
-    stubs = tmp_path / "bin"
-    stubs.mkdir(exist_ok=True)
-    for cmd in set(re.findall(r"^Exec\w+=-?(/\S+)", text, re.M)):
-        stub = stubs / cmd.strip("/").replace("/", "_")
-        stub.write_text("#!/bin/sh\n")
-        stub.chmod(0o755)
-        text = text.replace(cmd, str(stub))
-    unit_file = tmp_path / f"{unit}.service"
-    unit_file.write_text(text)
-    out = subprocess.run(["systemd-analyze", "verify", "--man=no", "--recursive-errors=no", unit_file],
+    node = "master-1" if unit.startswith(("etcd", "kube-a", "kube-c", "kube-s", "kthw-etcd")) else "worker-1"
+    unit_path = verifiable_unit(rendered(path, node), unit, tmp_path)
+    out = subprocess.run(["systemd-analyze", "verify", "--man=no", "--recursive-errors=no", unit_path],
                          capture_output=True, text=True)
     assert out.returncode == 0 and not out.stderr.strip(), out.stderr
 

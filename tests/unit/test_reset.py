@@ -23,6 +23,12 @@ def test_each_role_loses_what_the_deploy_gave_it(tmp_path):
         assert "/var/lib/kthw" in text
     assert "etcd" in master and "/var/lib/etcd " in master and "/usr/local/bin/kube-apiserver" in master
     assert "/usr/local/bin/kubelet" in master  # masters are nodes too
+    # the scheduled snapshots: the timer stopped first, then its units, script, snapshots and systemd's stamp
+    assert master.index("kthw-etcd-snapshot.timer kthw-etcd-snapshot ") < master.index("etcd ")
+    for path in ("/var/lib/etcd-snapshots", "/usr/local/sbin/kthw-etcd-snapshot",
+                 "/etc/systemd/system/kthw-etcd-snapshot.timer", "/etc/systemd/system/kthw-etcd-snapshot.service",
+                 "/var/lib/systemd/timers/stamp-kthw-etcd-snapshot.timer"):
+        assert path in master and path not in worker and path not in lb, path
     assert "etcd" not in worker.replace("/etc/", "") and "/usr/local/bin/kube-apiserver" not in worker
     assert "/usr/local/sbin/runc" in worker and "/opt/cni" in worker and "/var/lib/weave" in worker
     assert "haproxy" in lb and "/usr/local/bin" not in lb and "crictl" not in lb
