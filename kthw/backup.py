@@ -39,6 +39,9 @@ REMOTE_ENCRYPTION = f"{REMOTE_DIR}/{ENCRYPTION_CONFIG}"
 # ... and hands copies to the SSH user for the download (their 0700 upload folder, never /tmp).
 FETCH_NAME = "etcd-snapshot.db"
 FETCH_ENCRYPTION = f"etcd-snapshot.{ENCRYPTION_CONFIG}"
+# The UTC time in a backup's name (etcd-<STAMP>.db); the masters' snapshot script writes the same
+# (date -u +%Y%m%dT%H%M%SZ), and kthw.snapshots.taken reads it back.
+STAMP = "%Y%m%dT%H%M%SZ"
 
 
 class BackupError(Exception):
@@ -73,7 +76,7 @@ def backups_dir(cluster: Cluster) -> Path:
 @cache
 def run_stamp() -> str:
     """One UTC time per run: every host of the run names the same backup (or kept-aside folder)."""
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return dt.datetime.now(dt.UTC).strftime(STAMP)
 
 
 def new_backup(cluster: Cluster) -> Backup:

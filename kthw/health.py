@@ -63,7 +63,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kthw import certs, components
+from kthw import certs, components, snapshots
 from kthw.backup import available
 from kthw.castore import CA_NAME, ETCD_CA_NAME, ca_path, known_trust, trust_bundle
 from kthw.commands import ETCDCTL, KUBECTL_ARG
@@ -517,14 +517,7 @@ def certificate_rows(cluster: Cluster, answers: Answers, within: int, now: dt.da
 
 def local_snapshots(cluster: Cluster) -> list[Snapshot]:
     """The backups ``backup.py`` left in the operator's backup folder (the time is in the name)."""
-    found = []
-    for db in available(cluster):
-        try:
-            taken = dt.datetime.strptime(db.name.removeprefix("etcd-").removesuffix(".db"), "%Y%m%dT%H%M%SZ")
-        except ValueError:
-            continue
-        found.append(Snapshot(str(db), taken.replace(tzinfo=dt.UTC)))
-    return found
+    return [Snapshot(str(db), when) for db in available(cluster) if (when := snapshots.taken(db.name))]
 
 
 def newest_snapshot(cluster: Cluster, extra: Iterable[Snapshot] = ()) -> Snapshot | None:

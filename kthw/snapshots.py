@@ -10,21 +10,25 @@ checks the snapshot against the sha256 the master recorded beside it, and writes
 
     backup.py  --data scheduled=newest|etcd-<time>.db [--data backup_from=master-2]
     restore.py --data snapshot=master-1:etcd-<time>.db
+
+Which names in that folder are whole snapshots, and when each was taken, is decided here
+(:func:`whole`, :func:`taken`): ``python -m kthw health`` judges the masters' listings by them.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import io
 import json
 import re
 import shlex
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from kthw.backup import Backup, BackupError, backups_dir
+from kthw.backup import STAMP, Backup, BackupError, backups_dir
 from kthw.model import Cluster, Node
 from kthw.paths import ETCD_SNAPSHOTS
 from kthw.pki import ENCRYPTION_CONFIG
@@ -46,6 +50,37 @@ def sidecars(name: str) -> list[str]:
     """
     stem = name.removesuffix(".db")
     return [name, f"{name}.sha256", f"{stem}.json", f"{stem}.{ENCRYPTION_CONFIG}"]
+
+
+def taken(name: str) -> dt.datetime | None:
+    """When snapshot ``name`` (or a backup of backup.py, named alike) was taken: the UTC time in
+    its name. None for a name that is not a snapshot's.
+
+    >>> taken("etcd-20261207T060000Z.db")
+    datetime.datetime(2026, 12, 7, 6, 0, tzinfo=datetime.timezone.utc)
+    >>> taken("etcd-notatime.db"), taken("etcd-20261307T060000Z.db"), taken("etcd-20261207T060000Z.json")
+    (None, None, None)
+    """
+    if not NAME.match(name):
+        return None
+    try:
+        return dt.datetime.strptime(name.removeprefix("etcd-").removesuffix(".db"), STAMP).replace(tzinfo=dt.UTC)
+    except ValueError:  # the digits are there, the date is not one (a 13th month)
+        return None
+
+
+def whole(names: Iterable[str]) -> list[str]:
+    """Of the names in a snapshot folder, the snapshots there whole, oldest first: an
+    ``etcd-<time>.db`` with its ``.sha256`` beside it. The script moves the ``.db`` in last and
+    prunes it first, so a ``.db`` alone is no snapshot of its making (nor one backup.py or
+    restore.py would take).
+
+    >>> whole(["etcd-20261207T060000Z.db.sha256", "etcd-20261207T060000Z.db", ".lock",
+    ...        "etcd-20261207T000000Z.db", "etcd-20261207T000000Z.json", ".partial-20261207T120000Z"])
+    ['etcd-20261207T060000Z.db']
+    """
+    present = set(names)
+    return sorted(n for n in present if NAME.match(n) and sidecars(n)[1] in present)
 
 
 def parse_master_ref(cluster: Cluster, value: str) -> tuple[Node, str] | None:
