@@ -25,7 +25,8 @@ that does not answer is a FAIL row naming it, never a crash. Nothing secret is r
 What each check says (rows of check, subject, status, detail):
 
 - ssh: every node answered.
-- services: every service of ours (or of the packages we run) that is enabled is active.
+- services: every service of ours (or of the packages we run) that is enabled is active, the
+  masters' snapshot timer too.
 - nodes: every Kubernetes node of the cluster file has its Node, Ready (cordoned: WARN; a Node
   the file does not know: WARN).
 - etcd: each member answers its status without errors (its database size against its quota:
@@ -69,7 +70,7 @@ from kthw.castore import CA_NAME, ETCD_CA_NAME, ca_path, known_trust, trust_bund
 from kthw.commands import ETCDCTL, KUBECTL_ARG
 from kthw.hostcerts import READ_COMMAND, parse_host
 from kthw.model import API_PORT, NODE_API_PORT, Cluster, Node
-from kthw.paths import CLUSTER_CA, ETCD_CA, WEAVE_REPORT_URL
+from kthw.paths import CLUSTER_CA, ETCD_CA, WEAVE_REPORT_URL, unit_name
 
 PROBE_SCRIPT = (Path(__file__).parent / "remote" / "health_probe.py").read_text()
 
@@ -136,7 +137,8 @@ def local_readyz(node: Node) -> list[str]:
 
 def probe_spec(cluster: Cluster, node: Node) -> dict:
     """What ``node`` is asked (kthw/remote/health_probe.py reads it)."""
-    spec: dict = {"services": list(components.all_units())}
+    # systemd's full names: the snapshot timer is a .timer, not a .service
+    spec: dict = {"services": [unit_name(u) for u in components.all_units()]}
     if node.runs_kubelet:
         spec["identity"] = CLUSTER_CA
     elif node.runs_etcd:

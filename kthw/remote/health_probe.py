@@ -52,17 +52,20 @@ def identity(path):
 
 
 def services(units):
-    """{unit: [ActiveState, SubState, UnitFileState]} of the units installed here."""
+    """{unit: [ActiveState, SubState, UnitFileState]} of the units installed here, of systemd's
+    full names (etcd.service, kthw-etcd-snapshot.timer), a service named without its .service."""
     code, out, err = run(["systemctl", "show", "-p", "Id,LoadState,ActiveState,SubState,UnitFileState", "--"]
-                         + [u + ".service" for u in units])
+                         + list(units))
     if code != 0:
         return {"error": tail(err) or "systemctl failed"}
     found = {}
     for block in out.strip().split("\n\n"):
         props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
         if props.get("LoadState") == "loaded":
-            found[props["Id"][:-len(".service")]] = [props.get("ActiveState", ""), props.get("SubState", ""),
-                                                    props.get("UnitFileState", "")]
+            unit = props["Id"]
+            if unit.endswith(".service"):
+                unit = unit[:-len(".service")]
+            found[unit] = [props.get("ActiveState", ""), props.get("SubState", ""), props.get("UnitFileState", "")]
     return found
 
 

@@ -112,9 +112,12 @@ WEAVE_FAILED = json.loads('{"Address":"192.168.56.22:6783","Outbound":true,"Stat
                           '"Info":"dial tcp4 :0->192.168.56.22:6783: i/o timeout, retry: 2026-12-06 10:01:12"}')
 SERVICES = {  # systemctl show, as the probe returns it: [ActiveState, SubState, UnitFileState]
     "loadbalancer": {"haproxy": ["active", "running", "enabled"], "keepalived": ["inactive", "dead", "disabled"]},
-    "master": {u: ["active", "running", "enabled"] for u in (
+    "master": {**{u: ["active", "running", "enabled"] for u in (
         "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "haproxy", "containerd", "kubelet",
         "kube-proxy")},
+        # the snapshot timer between two runs, and its oneshot service after one (no [Install]: static)
+        "kthw-etcd-snapshot.timer": ["active", "waiting", "enabled"],
+        "kthw-etcd-snapshot": ["inactive", "dead", "static"]},
     "worker": {u: ["active", "running", "enabled"] for u in ("haproxy", "containerd", "kubelet", "kube-proxy")},
 }
 READY = {"status": 200, "body": "ok"}
@@ -328,6 +331,16 @@ def test_etcd_alarms_errors_disagreement_and_a_full_database(cluster):
     answers.nodes["master-1"]["etcd_status"] = status("master-1")
     assert row(judge(cluster, answers), "etcd", "cluster").detail == (
         "the members name different leaders: master-1 names master-1, master-2 names master-2")
+
+
+def test_a_snapshot_timer_enabled_but_stopped_fails_its_masters_services(cluster):
+    answers = healthy(cluster)
+    assert "kthw-etcd-snapshot.timer active" in row(judge(cluster, answers), "services", "master-2").detail
+    answers.nodes["master-2"]["services"]["kthw-etcd-snapshot.timer"] = ["inactive", "dead", "enabled"]
+    rows = judge(cluster, answers)
+    assert failing(rows) == {("services", "master-2")}
+    assert row(rows, "services", "master-2").detail == (
+        "enabled but not running: kthw-etcd-snapshot.timer inactive (dead)")
 
 
 def test_a_stopped_apiserver_fails_on_its_master_and_the_others_read_the_cluster(cluster):
@@ -545,7 +558,7 @@ def test_the_newest_snapshot_of_the_local_backups_and_the_extra_candidates(clust
 def test_each_node_is_asked_what_it_can_answer(cluster):
     lb, m1, w1 = (health.probe_spec(cluster, cluster.node(n)) for n in ("loadbalancer", "master-1", "worker-1"))
     assert set(lb) == {"services"}
-    assert "haproxy" in lb["services"] and "kubelet" in lb["services"]
+    assert {"haproxy.service", "kubelet.service", "kthw-etcd-snapshot.timer"} <= set(lb["services"])  # systemd's names
     assert set(m1) == {"services", "identity", "certs", "etcd", "kubectl", "readyz", "cafile", "dns", "weave"}
     assert m1["etcd"].startswith("ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/etcd/")
     assert m1["kubectl"]["kubeconfig"] == "/etc/kubernetes/admin.kubeconfig"
@@ -704,6 +717,46 @@ def test_the_probe_reads_the_weave_routers_report(probe):
     thread.join(5)
     server.server_close()
     assert got == {"Name": "9a:1f:22:4c:8e:01", "NickName": "worker-1", "Connections": [WEAVE_CONNECTION, WEAVE_FAILED]}
+
+
+# systemctl show -p Id,LoadState,ActiveState,SubState,UnitFileState on a master (systemd 252), for
+# etcd.service, kthw-etcd-snapshot.service, kthw-etcd-snapshot.timer and keepalived.service
+SYSTEMCTL_SHOW = """Id=etcd.service
+LoadState=loaded
+ActiveState=active
+SubState=running
+UnitFileState=enabled
+
+Id=kthw-etcd-snapshot.service
+LoadState=loaded
+ActiveState=inactive
+SubState=dead
+UnitFileState=static
+
+Id=kthw-etcd-snapshot.timer
+LoadState=loaded
+ActiveState=active
+SubState=waiting
+UnitFileState=enabled
+
+Id=keepalived.service
+LoadState=not-found
+ActiveState=inactive
+SubState=dead
+UnitFileState=
+"""
+
+
+def test_the_probe_reads_services_and_timers_by_systemds_names(probe, tmp_path, monkeypatch):
+    (tmp_path / "show").write_text(SYSTEMCTL_SHOW)
+    (tmp_path / "systemctl").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args\ncat {tmp_path}/show\n')
+    (tmp_path / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    units = ["etcd.service", "kthw-etcd-snapshot.service", "kthw-etcd-snapshot.timer", "keepalived.service"]
+    assert probe.services(units) == {"etcd": ["active", "running", "enabled"],
+                                     "kthw-etcd-snapshot": ["inactive", "dead", "static"],
+                                     "kthw-etcd-snapshot.timer": ["active", "waiting", "enabled"]}
+    assert (tmp_path / "args").read_text().split()[-5:] == ["--", *units]  # asked as named, nothing appended
 
 
 def test_each_part_of_the_probe_fails_on_its_own(probe, tmp_path):
