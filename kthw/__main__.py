@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="certs, health: the certificates' warning window (default: pki.renew_before_days)")
     parser.add_argument("--snapshot-max-age", type=float, metavar="HOURS",
                         help="health: fail when the newest etcd snapshot is older, or there is none "
-                             "(default: only warn)")
+                             "(default: only warn, past twice backup.every with the masters' schedule on, "
+                             "else past a week)")
     parser.add_argument("--cluster", help="cluster file (default: $KTHW_CLUSTER or cluster.yaml)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only changes")
     return parser

@@ -18,9 +18,10 @@ python3, as root): it answers whatever that node can answer, as JSON. The master
 cluster through their own apiserver (the admin kubeconfig on the master: it works with the load
 balancer down, and any one master that answers is enough); the etcd members ask their own
 member; every Kubernetes node asks its Weave Net router (or lists its routes), the cluster DNS and
-its local API proxy; certificates are read as ``kthw certs`` reads them. The operator machine
-asks the entrance (``cluster.api_server_url``) itself, as the operator's kubectl would. A node
-that does not answer is a FAIL row naming it, never a crash. Nothing secret is read or printed.
+its local API proxy; certificates are read as ``kthw certs`` reads them; the masters list the
+names in their etcd snapshot folder. The operator machine asks the entrance
+(``cluster.api_server_url``) itself, as the operator's kubectl would. A node that does not answer
+is a FAIL row naming it, never a crash. Nothing secret is read or printed.
 
 What each check says (rows of check, subject, status, detail):
 
@@ -44,11 +45,16 @@ What each check says (rows of check, subject, status, detail):
   node. Bridge: every node routes every other node's pod subnet through that node.
 - certificates: none inside the renewal window (``pki.renew_before_days``, or ``--within``),
   judged as ``kthw certs`` judges.
-- snapshot: the newest etcd snapshot (``backup.py``'s, in the operator's backup folder). No
-  snapshot at all is a WARN, and so is one older than a week; with ``--snapshot-max-age HOURS``
+- snapshot: the newest etcd snapshot, of ``backup.py``'s in the operator's backup folder and the
+  masters' scheduled ones (each master lists the names in /var/lib/etcd-snapshots; a ``.db``
+  counts with its ``.sha256`` beside it, as kthw/snapshots.py decides), named where it is
+  (``master-2:etcd-<time>.db``, as restore.py takes it). No snapshot at all is a WARN, and so is
+  one too old: with ``backup.scheduled``, older than twice ``backup.every`` and a margin (one
+  missed run is let pass, two are not), else older than a week; with ``--snapshot-max-age HOURS``
   either is a FAIL instead. A missing backup is a risk, not a fault of the running cluster: it
-  fails the check only when the operator said how old is too old. (Snapshots kept on the masters
-  are not read yet: :func:`newest_snapshot` takes them as extra candidates once they exist.)
+  fails the check only when the operator said how old is too old. With the schedule on, a master
+  whose timer is enabled but that holds no snapshot within that window is a WARN row of its own
+  (the other masters' snapshots may keep the newest young).
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ from kthw.castore import CA_NAME, ETCD_CA_NAME, ca_path, known_trust, trust_bund
 from kthw.commands import ETCDCTL, KUBECTL_ARG
 from kthw.hostcerts import READ_COMMAND, parse_host
 from kthw.model import API_PORT, NODE_API_PORT, Cluster, Node
-from kthw.paths import CLUSTER_CA, ETCD_CA, WEAVE_REPORT_URL, unit_name
+from kthw.paths import CLUSTER_CA, ETCD_CA, ETCD_SNAPSHOTS, WEAVE_REPORT_URL, unit_name
 
 PROBE_SCRIPT = (Path(__file__).parent / "remote" / "health_probe.py").read_text()
 
@@ -86,7 +92,10 @@ ETCD_DEFAULT_QUOTA = 2 * 1024**3  # etcd's --quota-backend-bytes default (an etc
 ETCD_QUOTA_WARN = 0.8
 ETCD_ALARMS = {1: "NOSPACE", 2: "CORRUPT"}  # etcdserverpb.AlarmType as etcdctl's JSON prints it
 NODE_PROXY_READYZ = f"https://127.0.0.1:{NODE_API_PORT}/readyz"  # a node's own HAProxy in front of the apiservers
-SNAPSHOT_WARN_AGE = dt.timedelta(days=7)  # without --snapshot-max-age: older is a WARN
+SNAPSHOT_WARN_AGE = dt.timedelta(days=7)  # without --snapshot-max-age or a schedule: older is a WARN
+# Beyond twice backup.every: a snapshot run takes a while (seconds to minutes for a large database).
+SNAPSHOT_RUN_MARGIN = dt.timedelta(minutes=5)
+SNAPSHOT_SERVICE, SNAPSHOT_TIMER = components.ETCD_SNAPSHOTS.units  # the masters' (operations/snapshots.py)
 # etcdctl on an etcd member, with timeouts: a member that does not answer must not hold up the report.
 ETCDCTL_PROBE = f"{ETCDCTL} --dial-timeout=3s --command-timeout=5s"
 
@@ -115,7 +124,8 @@ class Snapshot:
 @dataclass
 class Answers:
     """Everything gathered: each node's probe answer, why the others gave none, the operator's
-    own /readyz through the entrance (url -> result) and the snapshots found."""
+    own /readyz through the entrance (url -> result), and snapshots found besides the operator's
+    backups and the masters' (whose listings are in their answers): more candidates for the newest."""
 
     nodes: dict[str, dict] = field(default_factory=dict)
     unreachable: dict[str, str] = field(default_factory=dict)
@@ -149,6 +159,8 @@ def probe_spec(cluster: Cluster, node: Node) -> dict:
         spec["etcd"] = ETCDCTL_PROBE
     if node.is_master:
         spec["kubectl"] = {**KUBECTL_ARG, "resources": CLUSTER_RESOURCES}
+        # listed even with backup.scheduled false: the snapshots taken stay when the timer goes
+        spec["snapshots"] = ETCD_SNAPSHOTS
     if node.runs_kubelet:
         spec["readyz"], spec["cafile"] = local_readyz(node), CLUSTER_CA
         spec["dns"] = {"server": str(cluster.cluster_dns), "name": dns_name(cluster)}
@@ -523,10 +535,35 @@ def local_snapshots(cluster: Cluster) -> list[Snapshot]:
 
 
 def newest_snapshot(cluster: Cluster, extra: Iterable[Snapshot] = ()) -> Snapshot | None:
-    """The newest etcd snapshot: of the operator's backups and ``extra``, the hook for snapshots
-    found elsewhere (scheduled snapshots on the masters, once they exist: their probe answers
-    become Snapshots here)."""
+    """The newest etcd snapshot: of the operator's backups and ``extra`` (the masters' scheduled
+    snapshots, and any found elsewhere)."""
     return max([*local_snapshots(cluster), *extra], key=lambda s: s.taken, default=None)
+
+
+def master_snapshots(cluster: Cluster, answers: Answers) -> dict[str, list[Snapshot]]:
+    """master -> the whole snapshots its probe listed, oldest first, each ``<master>:<name>`` (as
+    restore.py names one). kthw.snapshots decides which names are whole and when each was taken.
+    A master that did not answer, or could not list them, is left out."""
+    held = {}
+    for m in cluster.masters:
+        names = (answers.nodes.get(m.name) or {}).get("snapshots")
+        if names is None or _error(names):
+            continue
+        held[m.name] = [Snapshot(f"{m.name}:{n}", when) for n in snapshots.whole(names)
+                        if (when := snapshots.taken(n))]
+    return held
+
+
+def schedule_window(cluster: Cluster) -> tuple[dt.timedelta, str] | None:
+    """With the masters' timers on (``backup.scheduled``), how old the newest snapshot may get
+    before it is a WARN, and that limit in words; None without them. One run missed is let pass,
+    two are not: twice ``backup.every``, plus the timer's random delay (at most a tenth of
+    ``every``: operations/snapshots.py) and a run's own time."""
+    if not cluster.backup.scheduled:
+        return None
+    every = dt.timedelta(seconds=cluster.backup.seconds)
+    window = 2 * every + every / 10 + SNAPSHOT_RUN_MARGIN
+    return window, f"{_age(window)} (twice backup.every {cluster.backup.every}, and a margin)"
 
 
 def _age(delta: dt.timedelta) -> str:
@@ -538,8 +575,10 @@ def _age(delta: dt.timedelta) -> str:
     return f"{minutes // (24 * 60)} days {minutes // 60 % 24} h"
 
 
-def snapshot_rows(newest: Snapshot | None, now: dt.datetime, max_age_hours: float | None) -> list[Row]:
-    """No snapshot, or a too old one: WARN, unless ``--snapshot-max-age`` makes it a FAIL."""
+def snapshot_rows(newest: Snapshot | None, now: dt.datetime, max_age_hours: float | None,
+                  window: tuple[dt.timedelta, str] | None = None) -> list[Row]:
+    """No snapshot, or a too old one: WARN, unless ``--snapshot-max-age`` makes it a FAIL. Too old
+    without it: beyond the schedule's ``window`` (:func:`schedule_window`), else a week."""
     limit = dt.timedelta(hours=max_age_hours) if max_age_hours is not None else None
     if newest is None:
         if limit is None:
@@ -550,9 +589,53 @@ def snapshot_rows(newest: Snapshot | None, now: dt.datetime, max_age_hours: floa
     said = f"newest {_age(age)} old: {newest.where}"
     if limit is not None and age > limit:
         return [Row("snapshot", "etcd", FAIL, f"{said}, older than --snapshot-max-age {max_age_hours:g} h")]
-    if limit is None and age > SNAPSHOT_WARN_AGE:
-        return [Row("snapshot", "etcd", WARN, f"{said}, older than {SNAPSHOT_WARN_AGE.days} days")]
+    warn_after, in_words = window or (SNAPSHOT_WARN_AGE, f"{SNAPSHOT_WARN_AGE.days} days")
+    if limit is None and age > warn_after:
+        return [Row("snapshot", "etcd", WARN, f"{said}, older than {in_words}")]
     return [Row("snapshot", "etcd", OK, said)]
+
+
+def _timer_enabled(answer: dict) -> bool:
+    timer = (answer.get("services") or {}).get(SNAPSHOT_TIMER) or []
+    return timer[2:3] == ["enabled"]
+
+
+def master_snapshot_rows(cluster: Cluster, answers: Answers, held: dict[str, list[Snapshot]], now: dt.datetime,
+                         window: tuple[dt.timedelta, str] | None) -> list[Row]:
+    """WARN rows only: a master whose snapshots could not be listed; with the schedule on, a master
+    whose timer is enabled but that holds no snapshot within the window. The other master's
+    snapshots may keep the cluster's row OK: these say which master is behind."""
+    out = []
+    for m in cluster.masters:
+        a = answers.nodes.get(m.name)
+        if a is None:
+            continue  # the ssh row names it
+        if err := _error(a.get("snapshots")):
+            out.append(Row("snapshot", m.name, WARN, f"{ETCD_SNAPSHOTS} could not be listed: {_first_line(err)}"))
+        elif window and m.name in held and _timer_enabled(a):
+            out += _behind(m.name, held[m.name], now, window)
+    return out
+
+
+def _behind(master: str, found: list[Snapshot], now: dt.datetime, window: tuple[dt.timedelta, str]) -> list[Row]:
+    """A master's row when its newest snapshot is older than the window: its runs fail (its journal
+    says why), or its timer has not had its first run yet (a deploy less than a window ago)."""
+    newest = found[-1] if found else None
+    if newest and now - newest.taken <= window[0]:
+        return []
+    had = f"its newest is {_age(now - newest.taken)} old: {newest.where}" if newest else "none there yet"
+    return [Row("snapshot", master, WARN, f"timer enabled, but no snapshot within {window[1]}; {had} "
+                                          f"(`journalctl -u {SNAPSHOT_SERVICE}` on it says why)")]
+
+
+def snapshot_check(cluster: Cluster, answers: Answers, now: dt.datetime, max_age_hours: float | None) -> list[Row]:
+    """The newest snapshot of all (the operator's backups, every master's, ``answers.snapshots``),
+    then a row for each master that is behind its schedule."""
+    held = master_snapshots(cluster, answers)
+    extra = [*answers.snapshots, *(s for found in held.values() for s in found)]
+    window = schedule_window(cluster)
+    return [*snapshot_rows(newest_snapshot(cluster, extra), now, max_age_hours, window),
+            *master_snapshot_rows(cluster, answers, held, now, window)]
 
 
 # --------------------------------------------------------------------------- all of it
@@ -582,7 +665,7 @@ def evaluate(cluster: Cluster, answers: Answers, now: dt.datetime, within: int,
         "dns": lambda: dns_rows(cluster, view, answers, why),
         "pod network": lambda: pod_network_rows(cluster, answers),
         "certificates": lambda: certificate_rows(cluster, answers, within, now),
-        "snapshot": lambda: snapshot_rows(newest_snapshot(cluster, answers.snapshots), now, snapshot_max_age),
+        "snapshot": lambda: snapshot_check(cluster, answers, now, snapshot_max_age),
     }
     assert tuple(judges) == CHECKS
     return [row for check, judge in judges.items() for row in _safely(check, judge)]

@@ -4,9 +4,11 @@
 # answers, raw (kubectl's and etcdctl's JSON as they printed it), for kthw/health.py to judge.
 # Read-only. Each section answers {"error": ...} on its own failure, so one broken part never
 # hides the others. Nothing secret is read: no private key, no kubeconfig credentials (the
-# certificate read is kthw/hostcerts.py's, which never sends a key line).
+# certificate read is kthw/hostcerts.py's, which never sends a key line; of the etcd snapshot folder
+# only the names are listed, no file in it is opened).
 import hashlib
 import json
+import os
 import random
 import socket
 import ssl
@@ -67,6 +69,17 @@ def services(units):
                 unit = unit[:-len(".service")]
             found[unit] = [props.get("ActiveState", ""), props.get("SubState", ""), props.get("UnitFileState", "")]
     return found
+
+
+def folder_names(path):
+    """The names in a folder, sorted; none when it is not there. Which of them make a whole
+    snapshot is for kthw/snapshots.py to say, on the operator machine."""
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        return {"error": str(exc) or exc.__class__.__name__}
 
 
 def readyz(url, cafile):
@@ -181,6 +194,8 @@ def main(spec):
         etcdctl = spec["etcd"]
         out["etcd_status"] = json_of(etcdctl + " endpoint status -w json", shell=True)
         out["etcd_alarms"] = json_of(etcdctl + " alarm list -w json", shell=True)
+    if spec.get("snapshots"):
+        out["snapshots"] = folder_names(spec["snapshots"])
     if spec.get("readyz"):
         out["readyz"] = dict((url, readyz(url, spec["cafile"])) for url in spec["readyz"])
     if spec.get("weave"):

@@ -121,6 +121,24 @@ SERVICES = {  # systemctl show, as the probe returns it: [ActiveState, SubState,
     "worker": {u: ["active", "running", "enabled"] for u in ("haproxy", "containerd", "kubelet", "kube-proxy")},
 }
 READY = {"status": 200, "body": "ok"}
+# Each master's scheduled snapshots at NOW (backup.every 6h, keep 8, as shipped): master-1's timer
+# fires at 00:00, 06:00, 12:00 and 18:00 UTC, master-2's three hours later, each run after a random
+# delay of up to 18 min (a tenth of the spacing); the time in a name is when its run started.
+STAMPS = {
+    "master-1": ["20261204T120447Z", "20261204T180916Z", "20261205T000158Z", "20261205T061233Z", "20261205T120005Z",
+                 "20261205T181702Z", "20261206T000839Z", "20261206T060231Z"],
+    "master-2": ["20261204T150311Z", "20261204T210744Z", "20261205T031509Z", "20261205T090122Z", "20261205T151048Z",
+                 "20261205T210357Z", "20261206T030926Z", "20261206T090412Z"],
+}
+
+
+def listing(stamps: list[str], *more: str) -> list[str]:
+    """/var/lib/etcd-snapshots as the probe lists it (sorted names): the script's lock file, and
+    each snapshot's four files."""
+    names = [".lock", *more]
+    for t in stamps:
+        names += [f"etcd-{t}.db", f"etcd-{t}.db.sha256", f"etcd-{t}.json", f"etcd-{t}.encryption-config.yaml"]
+    return sorted(names)
 
 
 def certificate(cn: str, days: int, ca: bool = False) -> str:
@@ -179,6 +197,7 @@ def healthy(cluster) -> Answers:
             a["etcd_status"], a["etcd_alarms"] = status(n.name), copy.deepcopy(ALARMS_NONE)
         if n.is_master:
             a["cluster"] = cluster_list(cluster)
+            a["snapshots"] = listing(STAMPS.get(n.name, []))
         if n.runs_kubelet:
             a["readyz"] = {url: dict(READY) for url in health.local_readyz(n)}
             a["dns"] = {"rcode": 0, "answers": [str(cluster.api_service_ip)]}
@@ -194,7 +213,6 @@ def healthy(cluster) -> Answers:
                 a["routes"] = [[str(p.pod_cidr), str(p.ip)] for p in cluster.kubelet_nodes if p != n]
         answers.nodes[n.name] = a
     answers.entrance = {url: dict(READY) for url in health.entrance_urls(cluster).values()}
-    answers.snapshots = [Snapshot("master-1:/var/lib/kthw/backup/scheduled.db", NOW - dt.timedelta(hours=3))]
     return answers
 
 
@@ -232,7 +250,9 @@ def test_a_well_cluster_is_all_ok_and_exits_0(cluster):
     assert row(rows, "services", "loadbalancer").detail == "haproxy active"  # keepalived disabled: not judged
     assert "(soonest CN=system:node:worker-1 in 364 days)" in row(rows, "certificates", "worker-1").detail
     assert {r.subject for r in rows if r.check == "certificates"} == {"master-1", "master-2", "worker-1", "worker-2"}
-    assert row(rows, "snapshot", "etcd").detail == "newest 3 h 0 min old: master-1:/var/lib/kthw/backup/scheduled.db"
+    assert row(rows, "snapshot", "etcd").detail == "newest 55 min old: master-2:etcd-20261206T090412Z.db"
+    assert [r.subject for r in rows if r.check == "snapshot"] == ["etcd"]  # no master behind its schedule
+    assert len(rows) == 33  # as docs/day-two.md's example table counts them
     text, code = health.report(rows)
     assert code == 0 and text.splitlines()[-1] == f"{len(rows)} rows: {len(rows)} OK"
     assert text.splitlines()[0].split() == ["CHECK", "SUBJECT", "STATUS", "DETAIL"]
@@ -521,6 +541,19 @@ def test_an_answer_of_another_shape_is_a_failed_row_of_its_check(cluster):
 # --------------------------------------------------------------------------- the newest snapshot
 
 
+def without_snapshots(answers: Answers) -> Answers:
+    """The masters' folders empty (a cluster deployed with the schedule off, or just deployed)."""
+    for a in answers.nodes.values():
+        if "snapshots" in a:
+            a["snapshots"] = [".lock"]
+    return answers
+
+
+def scheduled(raw_cluster, tmp_path, **backup):
+    raw_cluster["backup"] = backup
+    return make_cluster(raw_cluster, tmp_path)
+
+
 def test_no_snapshot_warns_unless_a_maximum_age_is_set(cluster):
     assert health.snapshot_rows(None, NOW, None)[0].status == WARN
     assert health.snapshot_rows(None, NOW, 24)[0] == Row("snapshot", "etcd", FAIL,
@@ -532,8 +565,7 @@ def test_no_snapshot_warns_unless_a_maximum_age_is_set(cluster):
     day = Snapshot("y.db", NOW - dt.timedelta(hours=25, minutes=5))
     assert health.snapshot_rows(day, NOW, 24)[0] == Row("snapshot", "etcd", FAIL, "newest 25 h 5 min old: y.db, "
                                                                                   "older than --snapshot-max-age 24 h")
-    answers = healthy(cluster)
-    answers.snapshots = []
+    answers = without_snapshots(healthy(cluster))
     assert failing(judge(cluster, answers, max_age=0)) == {("snapshot", "etcd")}
 
 
@@ -545,11 +577,93 @@ def test_the_newest_snapshot_of_the_local_backups_and_the_extra_candidates(clust
         (folder / name).write_bytes(b"snapshot")
     newest = health.newest_snapshot(cluster)
     assert newest == Snapshot(str(folder / "etcd-20261206T020000Z.db"), dt.datetime(2026, 12, 6, 2, tzinfo=dt.UTC))
-    on_master = Snapshot("master-1:/var/lib/kthw/snapshots/x.db", dt.datetime(2026, 12, 6, 9, tzinfo=dt.UTC))
-    assert health.newest_snapshot(cluster, [on_master]) == on_master
-    answers = healthy(cluster)
-    answers.snapshots = []
+    elsewhere = Snapshot("elsewhere:etcd-20261206T090000Z.db", dt.datetime(2026, 12, 6, 9, tzinfo=dt.UTC))
+    assert health.newest_snapshot(cluster, [elsewhere]) == elsewhere
+    answers = without_snapshots(healthy(cluster))
     assert row(judge(cluster, answers), "snapshot", "etcd").detail == f"newest 8 h 0 min old: {newest.where}"
+    answers.snapshots = [elsewhere]  # Answers.snapshots: more candidates, beside the masters' own
+    assert row(judge(cluster, answers), "snapshot", "etcd").detail == f"newest 1 h 0 min old: {elsewhere.where}"
+    # a backup newer than any master's
+    (folder / "etcd-20261206T094500Z.db").write_bytes(b"snapshot")
+    assert row(judge(cluster, healthy(cluster)), "snapshot", "etcd").detail == (
+        f"newest 15 min old: {folder / 'etcd-20261206T094500Z.db'}")
+
+
+def test_a_masters_snapshot_counts_with_its_sha256_beside_it(cluster):
+    answers = healthy(cluster)
+    # master-1: a run by hand moving its files in (the .db comes last), its work folder still there
+    answers.nodes["master-1"]["snapshots"] = listing(
+        STAMPS["master-1"], ".partial-20261206T095840Z", "etcd-20261206T095840Z.db.sha256",
+        "etcd-20261206T095840Z.json", "etcd-20261206T095840Z.encryption-config.yaml")
+    # master-2: a .db copied in by hand, and the oldest's .db pruned by a run cut short before its sidecars
+    answers.nodes["master-2"]["snapshots"] = [n for n in listing(STAMPS["master-2"], "etcd-20261206T093000Z.db")
+                                              if n != "etcd-20261204T150311Z.db"]
+    held = health.master_snapshots(cluster, answers)
+    assert [s.where for s in held["master-1"]] == [f"master-1:etcd-{t}.db" for t in STAMPS["master-1"]]
+    assert [s.where for s in held["master-2"]] == [f"master-2:etcd-{t}.db" for t in STAMPS["master-2"][1:]]
+    assert held["master-2"][-1].taken == dt.datetime(2026, 12, 6, 9, 4, 12, tzinfo=dt.UTC)
+    assert row(judge(cluster, answers), "snapshot", "etcd").detail == (
+        "newest 55 min old: master-2:etcd-20261206T090412Z.db")
+    del answers.nodes["master-2"]  # master-2 does not answer: the newest of those that did
+    answers.unreachable["master-2"] = "no answer"
+    assert row(judge(cluster, answers), "snapshot", "etcd").detail == (
+        "newest 3 h 57 min old: master-1:etcd-20261206T060231Z.db")
+
+
+def test_with_the_schedule_on_the_newest_may_be_twice_backup_every_old(cluster, raw_cluster, tmp_path):
+    window = health.schedule_window(cluster)  # backup.every 6h, as shipped
+    assert window == (dt.timedelta(hours=12, minutes=41),
+                      "12 h 41 min (twice backup.every 6h, and a margin)")
+    assert health.schedule_window(scheduled(raw_cluster, tmp_path / "a", every="15min"))[0] == dt.timedelta(
+        minutes=36, seconds=30)
+    assert health.schedule_window(scheduled(raw_cluster, tmp_path / "b", scheduled=False)) is None
+    young, old = (Snapshot("x.db", NOW - dt.timedelta(hours=12, minutes=m)) for m in (40, 42))
+    assert health.snapshot_rows(young, NOW, None, window)[0].status == OK
+    assert health.snapshot_rows(old, NOW, None, window)[0] == Row(
+        "snapshot", "etcd", WARN, "newest 12 h 42 min old: x.db, older than 12 h 41 min (twice backup.every 6h, "
+                                  "and a margin)")
+    assert health.snapshot_rows(old, NOW, 24, window)[0].status == OK  # --snapshot-max-age is the limit then
+    assert health.snapshot_rows(old, NOW, 12, window)[0].status == FAIL
+    # both masters' runs failing since last night
+    answers = healthy(cluster)
+    for m in ("master-1", "master-2"):
+        answers.nodes[m]["snapshots"] = listing(STAMPS[m][:6])
+    rows = judge(cluster, answers)
+    assert failing(rows) == set()
+    assert [(r.subject, r.status) for r in rows if r.check == "snapshot"] == [
+        ("etcd", WARN), ("master-1", WARN), ("master-2", WARN)]
+    assert row(rows, "snapshot", "etcd").detail == (
+        "newest 12 h 56 min old: master-2:etcd-20261205T210357Z.db, older than 12 h 41 min (twice backup.every 6h, "
+        "and a margin)")
+    assert row(rows, "snapshot", "master-1").detail == (
+        "timer enabled, but no snapshot within 12 h 41 min (twice backup.every 6h, and a margin); its newest is "
+        "15 h 42 min old: master-1:etcd-20261205T181702Z.db (`journalctl -u kthw-etcd-snapshot` on it says why)")
+    # the same snapshots, the schedule off: a week is the limit, and no master is behind a schedule
+    off = scheduled(raw_cluster, tmp_path / "c", scheduled=False)
+    assert [(r.subject, r.status) for r in judge(off, answers) if r.check == "snapshot"] == [("etcd", OK)]
+
+
+def test_a_master_behind_its_schedule_is_named(cluster):
+    answers = healthy(cluster)
+    m1 = answers.nodes["master-1"]
+    m1["snapshots"] = listing(STAMPS["master-1"][:5])  # its last three runs failed
+    rows = judge(cluster, answers)
+    assert row(rows, "snapshot", "etcd").status == OK  # master-2's are young
+    assert [(r.subject, r.status) for r in rows if r.check == "snapshot"] == [("etcd", OK), ("master-1", WARN)]
+    behind = row(rows, "snapshot", "master-1").detail
+    assert "; its newest is 21 h 59 min old: master-1:etcd-20261205T120005Z.db (" in behind
+    m1["snapshots"] = [".lock", ".partial-20261206T060231Z"]  # not one run went through
+    assert row(judge(cluster, answers), "snapshot", "master-1").detail == (
+        "timer enabled, but no snapshot within 12 h 41 min (twice backup.every 6h, and a margin); none there yet "
+        "(`journalctl -u kthw-etcd-snapshot` on it says why)")
+    del m1["services"]["kthw-etcd-snapshot.timer"]  # no timer there (not deployed since): not judged here
+    assert [r.subject for r in judge(cluster, answers) if r.check == "snapshot"] == ["etcd"]
+    m1["snapshots"] = {"error": "[Errno 5] Input/output error: '/var/lib/etcd-snapshots'"}
+    rows = judge(cluster, answers)
+    assert row(rows, "snapshot", "master-1") == Row(
+        "snapshot", "master-1", WARN,
+        "/var/lib/etcd-snapshots could not be listed: [Errno 5] Input/output error: '/var/lib/etcd-snapshots'")
+    assert row(rows, "snapshot", "etcd").detail == "newest 55 min old: master-2:etcd-20261206T090412Z.db"
 
 
 # --------------------------------------------------------------------------- what is asked, and how
@@ -559,7 +673,9 @@ def test_each_node_is_asked_what_it_can_answer(cluster):
     lb, m1, w1 = (health.probe_spec(cluster, cluster.node(n)) for n in ("loadbalancer", "master-1", "worker-1"))
     assert set(lb) == {"services"}
     assert {"haproxy.service", "kubelet.service", "kthw-etcd-snapshot.timer"} <= set(lb["services"])  # systemd's names
-    assert set(m1) == {"services", "identity", "certs", "etcd", "kubectl", "readyz", "cafile", "dns", "weave"}
+    assert set(m1) == {"services", "identity", "certs", "etcd", "kubectl", "readyz", "cafile", "dns", "weave",
+                       "snapshots"}
+    assert m1["snapshots"] == "/var/lib/etcd-snapshots"
     assert m1["etcd"].startswith("ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/etcd/")
     assert m1["kubectl"]["kubeconfig"] == "/etc/kubernetes/admin.kubeconfig"
     assert m1["readyz"] == ["https://127.0.0.1:6443/readyz", "https://127.0.0.1:7445/readyz"]
@@ -633,7 +749,7 @@ def test_the_whole_command_checks_the_local_pki_and_the_identity_first(cluster):
     run, _ = fake_runner({n: json.dumps(a).encode() for n, a in well.nodes.items()})
     text, code = health.health(cluster, 30, conns=conns, run=run, ask=lambda u, c: dict(READY))
     assert code == 0, text  # (the leases were renewed at NOW: "now" is the answering master's clock)
-    assert "FAIL" not in text and "no etcd snapshot yet" in text
+    assert "FAIL" not in text and "master-2:etcd-20261206T090412Z.db" in text  # (its age by this machine's clock)
 
 
 def test_the_command_line(tmp_path, monkeypatch, capsys):
@@ -757,6 +873,18 @@ def test_the_probe_reads_services_and_timers_by_systemds_names(probe, tmp_path, 
                                      "kthw-etcd-snapshot": ["inactive", "dead", "static"],
                                      "kthw-etcd-snapshot.timer": ["active", "waiting", "enabled"]}
     assert (tmp_path / "args").read_text().split()[-5:] == ["--", *units]  # asked as named, nothing appended
+
+
+def test_the_probe_lists_the_snapshot_folders_names_only(probe, tmp_path):
+    folder = tmp_path / "etcd-snapshots"
+    folder.mkdir()
+    for name in listing(STAMPS["master-1"][-1:], ".partial-20261206T120007Z"):
+        (folder / name).write_text("")
+    assert probe.main({"snapshots": str(folder)})["snapshots"] == listing(STAMPS["master-1"][-1:],
+                                                                          ".partial-20261206T120007Z")
+    assert probe.folder_names(str(tmp_path / "none")) == []  # no folder: no snapshot (the schedule never on)
+    (tmp_path / "file").write_text("")
+    assert probe.folder_names(str(tmp_path / "file"))["error"].startswith("[Errno 20] Not a directory")
 
 
 def test_each_part_of_the_probe_fails_on_its_own(probe, tmp_path):

@@ -3,6 +3,8 @@ stand-ins for etcdctl and etcdutl, its files taken by restore's own checks, the 
 
 from __future__ import annotations
 
+import datetime as dt
+import doctest
 import json
 import os
 import shutil
@@ -12,6 +14,7 @@ import subprocess
 import pytest
 import yaml
 
+import kthw.snapshots
 from kthw.backup import BackupError, check_backup, new_backup, record
 from kthw.checks import _HOURS, _MINUTES
 from kthw.paths import ENCRYPTION_CONFIG, ETCD_SNAPSHOT_SCRIPT, ETCD_SNAPSHOTS
@@ -128,6 +131,22 @@ def test_an_interrupted_run_never_leaves_a_snapshot_that_looks_whole(master):
     left = sorted(p.name for p in snaps.iterdir() if p.name != ".lock")
     assert left == sorted(f"etcd-20261207T0600{n:02d}Z{ext}" for n in (0, 2)
                           for ext in (".db", ".db.sha256", ".json", ".encryption-config.yaml"))
+
+
+def test_what_health_counts_as_a_snapshot_is_what_the_script_lands_whole(master):
+    cluster, snaps, run = master
+    for _ in range(2):
+        assert run().returncode == 0
+    # a run killed while moving its files in: the sidecars landed, the .db is still in the work folder
+    (snaps / ".partial-20261207T060200Z").mkdir()
+    (snaps / ".partial-20261207T060200Z" / "etcd-20261207T060200Z.db").write_bytes(b"whole")
+    for sidecar in ("db.sha256", "json", "encryption-config.yaml"):
+        (snaps / f"etcd-20261207T060200Z.{sidecar}").write_text("x")
+    whole = kthw.snapshots.whole(os.listdir(snaps))  # the names only, as health's probe lists them
+    assert whole == ["etcd-20261207T060000Z.db", "etcd-20261207T060001Z.db"]
+    assert [kthw.snapshots.taken(n) for n in whole] == [dt.datetime(2026, 12, 7, 6, 0, sec, tzinfo=dt.UTC)
+                                                        for sec in (0, 1)]
+    assert doctest.testmod(kthw.snapshots).failed == 0
 
 
 def test_a_damaged_scheduled_snapshot_is_refused_by_restore(master, tmp_path):
