@@ -109,8 +109,8 @@ def test_etcd_peers_need_their_member_certificate(lab):
 
 def test_pod_security_enforces_baseline_where_a_namespace_sets_nothing(lab, tmp_path):
     """A privileged pod is refused in a namespace without labels, warned about at `restricted`
-    for an ordinary one, admitted where the namespace asks for `privileged`; kube-system, exempt,
-    runs the pod network's privileged pods."""
+    for an ordinary one, admitted without a warning where the namespace sets `privileged` for
+    every mode; kube-system, exempt, runs the pod network's privileged pods."""
     import json
 
     def pod(name: str, namespace: str, privileged: bool) -> str:
@@ -122,7 +122,9 @@ def test_pod_security_enforces_baseline_where_a_namespace_sets_nothing(lab, tmp_
 
     lab.kubectl("create", "namespace", "kthw-psa-default")
     lab.kubectl("create", "namespace", "kthw-psa-privileged")
-    lab.kubectl("label", "namespace", "kthw-psa-privileged", "pod-security.kubernetes.io/enforce=privileged")
+    # Each mode a namespace leaves unset keeps the cluster's default: opting out means all three.
+    lab.kubectl("label", "namespace", "kthw-psa-privileged", *(f"pod-security.kubernetes.io/{mode}=privileged"
+                                                                for mode in ("enforce", "audit", "warn")))
     try:
         refused = lab.kubectl("create", "--dry-run=server", "-f", pod("p", "kthw-psa-default", True), check=False)
         assert 'violates PodSecurity "baseline:latest": privileged' in refused, refused
