@@ -62,6 +62,8 @@ CNI_DIR = "/opt/cni"
 CNI_BIN = f"{CNI_DIR}/bin"
 CNI_ETC = "/etc/cni"
 CNI_CONF = f"{CNI_ETC}/net.d"
+# Ours, last in Weave Net's CNI chain: clears a stale ARP entry for a reused pod address
+CNI_NEIGH_FLUSH = f"{CNI_BIN}/kthw-neigh-flush"
 KUBELET_DIR = "/var/lib/kubelet"
 KUBELET_PKI = f"{KUBELET_DIR}/pki"
 KUBELET_KUBECONFIG = f"{KUBELET_DIR}/kubeconfig"

@@ -39,6 +39,7 @@ from kthw.paths import (
     CNI_CONF,
     CNI_DIR,
     CNI_ETC,
+    CNI_NEIGH_FLUSH,
     CONTAINERD_DIR,
     CONTROL_PLANE_LABEL,
     CRICTL_CONF,
@@ -195,6 +196,7 @@ def _pod_network_wants(ctx: HostContext, w: Wants) -> None:
     c = ctx.cluster
     if c.cni == "weave":
         w.queries["weave_targets"] = {"url": WEAVE_TARGETS_URL}
+        w.files["weave cni plugin"] = [ctx.template_file(CNI_NEIGH_FLUSH, mode=0o755)]
         return
     w.files["bridge cni"] = [ctx.template_file(f"{CNI_CONF}/10-bridge.conflist"),
                              ctx.template_file(f"{CNI_CONF}/99-loopback.conf")]
@@ -266,6 +268,8 @@ def _images(ctx: HostContext, w: Wants) -> None:
 def _pod_network(ctx: HostContext, w: Wants) -> None:
     c, snap = ctx.cluster, ctx.snapshot
     if c.cni == "weave":
+        # Before the add-ons: Weave's init container puts it in the CNI chain only where it is.
+        files_synced(w.files["weave cni plugin"], snap, name="node | CNI plugin kthw-neigh-flush")
         # Weave Net's router retries every address it ever connected to: a node gone from the
         # cluster is forgotten (its IP range is reclaimed by Weave's own daemon once the Node goes).
         known = {str(n.ip) for n in c.kubelet_nodes}

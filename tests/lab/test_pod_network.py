@@ -152,3 +152,57 @@ def test_network_policy_is_enforced(lab):
         assert settle(lab, {"allowed": True, "other": False}, ip) == {"allowed": True, "other": False}
     finally:
         lab.kubectl("delete", "namespace", "np-test", "--wait=false", check=False)
+
+
+REUSE_POD = """
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 0
+  containers: [{{name: c, image: {image}, imagePullPolicy: Never, command: [sh, -c, {serve!r}]}}]
+"""
+# One TCP connect from the node with the kubelet's default probe timeout (1 s).
+CONNECT = """python3 -c '
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], 8080), timeout=1).close(); print("ok")
+except OSError as e:
+    print("failed:", e)' """
+
+
+def reuse_pod(lab: Lab, name: str, node: str) -> tuple[str, str]:
+    """(address, MAC) of a new serving pod on ``node``."""
+    from tests.lab.test_cluster import SERVE
+
+    apply(lab, name, REUSE_POD.format(name=name, node=node, image=smoke_image(lab), serve=SERVE))
+    lab.kubectl("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=120s", timeout=150)
+    ip = lab.kubectl("get", "pod", name, "-o", "jsonpath={.status.podIP}")
+    return ip, lab.kubectl("exec", name, "--", "cat", "/sys/class/net/eth0/address").strip()
+
+
+def test_a_reused_pod_address_is_reached_at_once(lab):
+    """Weave Net gives a new pod the lowest free address, often a pod's deleted a moment ago;
+    the node must not keep talking to the old pod's MAC (the kubelet's first probe of the new
+    pod would be lost). kthw-neigh-flush, last in the CNI chain, clears the node's entry."""
+    weave_only(lab)
+    node = lab.cluster.workers[0].name
+    chain = json.loads(lab.ssh(node, "cat /etc/cni/net.d/10-weave.conflist"))
+    assert chain["plugins"][-1]["type"] == "kthw-neigh-flush"
+    try:
+        reused = 0
+        for _ in range(3):
+            old_ip, old_mac = reuse_pod(lab, "reuse-old", node)
+            assert lab.script(node, CONNECT + old_ip).strip() == "ok"  # the node now has an entry
+            lab.kubectl("delete", "pod", "reuse-old", "--wait=true", timeout=120)
+            ip, mac = reuse_pod(lab, "reuse-new", node)
+            neighbour = lab.script(node, f"ip neigh show {ip}").strip()
+            if ip == old_ip:
+                reused += 1
+                assert old_mac not in neighbour, f"{ip}: the node still has the deleted pod's MAC: {neighbour}"
+            assert lab.script(node, CONNECT + ip).strip() == "ok"
+            lab.kubectl("delete", "pod", "reuse-new", "--wait=true", timeout=120)
+        assert reused, "Weave Net never gave the deleted pod's address to the next pod on its node"
+    finally:
+        lab.kubectl("delete", "pod", "reuse-old", "reuse-new", "--ignore-not-found", "--wait=false")

@@ -1,0 +1,145 @@
+"""kthw-neigh-flush, the CNI plugin last in Weave Net's chain (files/opt/cni/bin/kthw-neigh-flush.j2
+says why), and the Weave init container that puts it there: the rendered files, the init
+script run against a stand-in host root, and the plugin run for real in a throwaway network
+namespace holding a stale neighbour entry, as a node holds one for a reused pod address."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+
+import pytest
+import yaml
+
+from kthw.model import REPO_ROOT
+from kthw.paths import CNI_NEIGH_FLUSH
+from tests.conftest import cluster_file
+from tests.unit.test_rendered import rendered
+
+PLUGIN = REPO_ROOT / "files/opt/cni/bin/kthw-neigh-flush.j2"
+WEAVE = "/etc/kubernetes/addons/10-weave.yaml"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return rendered(cluster_file(tmp_path_factory.mktemp("neigh")), "worker-1")
+
+
+def weave_init(master_files) -> dict:
+    ds = next(d for d in yaml.safe_load_all(master_files[WEAVE]) if d["kind"] == "DaemonSet")
+    return ds["spec"]["template"]["spec"]["initContainers"][0]
+
+
+def test_every_node_gets_the_plugin_and_weave_the_chain(files, tmp_path):
+    assert files[CNI_NEIGH_FLUSH] == PLUGIN.read_bytes()
+    init = weave_init(rendered(cluster_file(tmp_path), "master-1"))
+    chain = json.loads(next(e["value"] for e in init["env"] if e["name"] == "CNI_CONFLIST"))
+    assert [p["type"] for p in chain["plugins"]] == ["weave-net", "portmap", "kthw-neigh-flush"]
+    # Weave's own settings kept as its setup-cni writes them.
+    assert chain["plugins"][0]["hairpinMode"] is True and chain["plugins"][1]["snat"] is True
+
+
+def test_the_bridge_cni_has_no_use_for_it(tmp_path):
+    raw = yaml.safe_load((REPO_ROOT / "cluster.yaml").read_text())
+    raw["cni"] = "bridge"
+    assert CNI_NEIGH_FLUSH not in rendered(cluster_file(tmp_path, raw), "worker-1")
+
+
+@pytest.mark.parametrize("plugin_there", [True, False])
+def test_weave_init_writes_our_chain_only_where_the_plugin_is(tmp_path, plugin_there):
+    init = weave_init(rendered(cluster_file(tmp_path), "master-1"))
+    host = tmp_path / "host"
+    (host / "etc/cni/net.d").mkdir(parents=True)
+    (host / "opt/cni/bin").mkdir(parents=True)
+    upstream = '{"name": "weave", "plugins": [{"type": "weave-net"}, {"type": "portmap"}]}'
+    (host / "etc/cni/net.d/10-weave.conflist").write_text(upstream)  # what Weave's init.sh wrote
+    if plugin_there:
+        (host / "opt/cni/bin/kthw-neigh-flush").write_text("")
+        (host / "opt/cni/bin/kthw-neigh-flush").chmod(0o755)
+    script = init["command"][2].replace("/host/", f"{host}/").replace("/home/weave/init.sh", "true")
+    env = {"PATH": os.environ["PATH"], **{e["name"]: e["value"] for e in init["env"]}}
+    subprocess.run(["sh", "-c", script], env=env, check=True)
+    written = (host / "etc/cni/net.d/10-weave.conflist").read_text()
+    if plugin_there:
+        assert json.loads(written)["plugins"][-1] == {"type": "kthw-neigh-flush"}
+    else:
+        assert written == upstream
+    assert sorted(p.name for p in (host / "etc/cni/net.d").iterdir()) == ["10-weave.conflist"]
+
+
+needs_netns = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
+                                 reason="needs root and iproute2 for a network namespace")
+
+
+@pytest.fixture
+def netns():
+    """A namespace with a bridge (fixed MAC, a port so it keeps its carrier, like weave's) and
+    a stale entry for 10.99.0.2 with a MAC no pod has any more."""
+    name = f"kthw-test-{uuid.uuid4().hex[:8]}"
+
+    def ip(*args: str) -> str:
+        return subprocess.run(["ip", "-n", name, *args], check=True, capture_output=True, text=True).stdout
+
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        ip("link", "add", "br0", "address", "02:00:00:00:00:01", "type", "bridge")
+        ip("link", "add", "port", "type", "veth", "peer", "name", "port-peer")
+        ip("link", "set", "port", "master", "br0", "up")
+        ip("link", "set", "port-peer", "up")
+        ip("addr", "add", "10.99.0.1/24", "dev", "br0")
+        ip("link", "set", "br0", "up")
+        ip("neigh", "add", "10.99.0.2", "lladdr", "0a:00:00:00:00:02", "nud", "stale", "dev", "br0")
+        ip("neigh", "add", "10.99.0.3", "lladdr", "0a:00:00:00:00:03", "nud", "stale", "dev", "br0")
+        yield name, ip
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def plugin(ns: str, command: str, conf: dict | None) -> subprocess.CompletedProcess:
+    env = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_CONTAINERID": "c1",
+           "CNI_NETNS": "/var/run/netns/pod", "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
+    return subprocess.run(["ip", "netns", "exec", ns, "python3", str(PLUGIN)], env=env, check=True,
+                          input=json.dumps(conf) if conf is not None else "", capture_output=True, text=True)
+
+
+PREV = {"cniVersion": "0.3.0", "interfaces": [{"name": "eth0", "mac": "0a:00:00:00:00:22"}],
+        "ips": [{"version": "4", "address": "10.99.0.2/24", "gateway": "10.99.0.1"}],
+        "routes": [{"dst": "0.0.0.0/0"}], "dns": {}}
+CONF = {"cniVersion": "0.3.0", "name": "weave", "type": "kthw-neigh-flush", "prevResult": PREV}
+
+
+@needs_netns
+def test_add_clears_the_stale_entry_of_the_new_pods_address_and_passes_the_result_on(netns):
+    ns, ip = netns
+    out = plugin(ns, "ADD", CONF)
+    assert json.loads(out.stdout) == PREV
+    left = ip("neigh", "show", "dev", "br0")
+    assert "10.99.0.2" not in left
+    assert "10.99.0.3 lladdr 0a:00:00:00:00:03" in left  # another pod's entry is left alone
+
+
+@needs_netns
+def test_add_for_an_address_the_node_never_talked_to_changes_nothing(netns):
+    ns, ip = netns
+    conf = {**CONF, "prevResult": {**PREV, "ips": [{"version": "4", "address": "10.99.0.9/24"}]}}
+    before = ip("neigh", "show", "dev", "br0")
+    assert json.loads(plugin(ns, "ADD", conf).stdout)["ips"][0]["address"] == "10.99.0.9/24"
+    assert ip("neigh", "show", "dev", "br0") == before
+
+
+@needs_netns
+@pytest.mark.parametrize("command", ["DEL", "CHECK"])
+def test_other_commands_do_nothing(netns, command):
+    ns, ip = netns
+    before = ip("neigh", "show", "dev", "br0")
+    assert plugin(ns, command, CONF).stdout == ""
+    assert ip("neigh", "show", "dev", "br0") == before
+
+
+def test_version():
+    env = {"PATH": os.environ["PATH"], "CNI_COMMAND": "VERSION"}
+    out = subprocess.run(["python3", str(PLUGIN)], env=env, check=True, capture_output=True, text=True, input="")
+    assert "0.3.0" in json.loads(out.stdout)["supportedVersions"]
