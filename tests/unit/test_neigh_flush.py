@@ -84,6 +84,7 @@ def netns():
         return subprocess.run(["ip", "-n", name, *args], check=True, capture_output=True, text=True).stdout
 
     subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "netns", "add", f"{name}-pod"], check=True)
     try:
         ip("link", "add", "br0", "address", "02:00:00:00:00:01", "type", "bridge")
         ip("link", "add", "port", "type", "veth", "peer", "name", "port-peer")
@@ -91,16 +92,22 @@ def netns():
         ip("link", "set", "port-peer", "up")
         ip("addr", "add", "10.99.0.1/24", "dev", "br0")
         ip("link", "set", "br0", "up")
+        # the new pod: eth0 in its own namespace, the other end on the bridge
+        ip("link", "add", "veth-pod", "type", "veth", "peer", "name", "eth0", "netns", f"{name}-pod")
+        ip("link", "set", "veth-pod", "master", "br0", "up")
+        subprocess.run(["ip", "-n", f"{name}-pod", "link", "set", "eth0", "address", "0a:00:00:00:00:22"],
+                       check=True)
         ip("neigh", "add", "10.99.0.2", "lladdr", "0a:00:00:00:00:02", "nud", "stale", "dev", "br0")
         ip("neigh", "add", "10.99.0.3", "lladdr", "0a:00:00:00:00:03", "nud", "stale", "dev", "br0")
         yield name, ip
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+        subprocess.run(["ip", "netns", "del", f"{name}-pod"], check=False)
 
 
-def plugin(ns: str, command: str, conf: dict | None) -> subprocess.CompletedProcess:
-    env = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_CONTAINERID": "c1",
-           "CNI_NETNS": "/var/run/netns/pod", "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
+def plugin(ns: str, command: str, conf: dict | None, path: str | None = None) -> subprocess.CompletedProcess:
+    env = {"PATH": path or os.environ["PATH"], "CNI_COMMAND": command, "CNI_CONTAINERID": "c1",
+           "CNI_NETNS": f"/var/run/netns/{ns}-pod", "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
     return subprocess.run(["ip", "netns", "exec", ns, "python3", str(PLUGIN)], env=env, check=True,
                           input=json.dumps(conf) if conf is not None else "", capture_output=True, text=True)
 
@@ -112,13 +119,30 @@ CONF = {"cniVersion": "0.3.0", "name": "weave", "type": "kthw-neigh-flush", "pre
 
 
 @needs_netns
-def test_add_clears_the_stale_entry_of_the_new_pods_address_and_passes_the_result_on(netns):
+def test_add_clears_the_stale_entry_of_the_new_pods_address_and_passes_the_result_on(netns, tmp_path):
     ns, ip = netns
-    out = plugin(ns, "ADD", CONF)
+    # logger stood in for by a script that keeps its arguments (the journal is the node's)
+    (tmp_path / "logger").write_text(f'#!/bin/sh\necho "$@" >>{tmp_path}/logged\n')
+    (tmp_path / "logger").chmod(0o755)
+    out = plugin(ns, "ADD", CONF, path=f"{tmp_path}:{os.environ['PATH']}")
+    logged = (tmp_path / "logged").read_text()
+    assert "10.99.0.2: the node still had another MAC" in logged and "0a:00:00:00:00:02" in logged
+    assert "not the new pod's 0a:00:00:00:00:22" in logged
     assert json.loads(out.stdout) == PREV
     left = ip("neigh", "show", "dev", "br0")
     assert "10.99.0.2" not in left
     assert "10.99.0.3 lladdr 0a:00:00:00:00:03" in left  # another pod's entry is left alone
+
+
+@needs_netns
+def test_an_entry_that_already_names_the_new_pod_is_cleared_without_a_word(netns, tmp_path):
+    ns, ip = netns
+    ip("neigh", "replace", "10.99.0.2", "lladdr", "0a:00:00:00:00:22", "nud", "stale", "dev", "br0")
+    (tmp_path / "logger").write_text(f'#!/bin/sh\necho "$@" >>{tmp_path}/logged\n')
+    (tmp_path / "logger").chmod(0o755)
+    plugin(ns, "ADD", CONF, path=f"{tmp_path}:{os.environ['PATH']}")
+    assert not (tmp_path / "logged").exists()
+    assert "10.99.0.2" not in ip("neigh", "show", "dev", "br0")
 
 
 @needs_netns
