@@ -196,6 +196,9 @@ def test_a_reused_pod_address_is_reached_at_once(lab):
             old_ip, old_mac = reuse_pod(lab, "reuse-old", node)
             assert lab.script(node, CONNECT + old_ip).strip() == "ok"  # the node now has an entry
             lab.kubectl("delete", "pod", "reuse-old", "--wait=true", timeout=120)
+            # The Pod object goes first; its address is free once the node stopped its sandbox.
+            lab.wait("the deleted pod's sandbox stopped", timeout=60, interval=1, predicate=lambda: not lab.ssh(
+                node, "crictl pods -q --name reuse-old --state ready").strip())
             ip, mac = reuse_pod(lab, "reuse-new", node)
             neighbour = lab.script(node, f"ip neigh show {ip}").strip()
             if ip == old_ip:
@@ -203,6 +206,8 @@ def test_a_reused_pod_address_is_reached_at_once(lab):
                 assert old_mac not in neighbour, f"{ip}: the node still has the deleted pod's MAC: {neighbour}"
             assert lab.script(node, CONNECT + ip).strip() == "ok"
             lab.kubectl("delete", "pod", "reuse-new", "--wait=true", timeout=120)
+            lab.wait("the new pod's sandbox stopped", timeout=60, interval=1, predicate=lambda: not lab.ssh(
+                node, "crictl pods -q --name reuse-new --state ready").strip())
         assert reused, "Weave Net never gave the deleted pod's address to the next pod on its node"
     finally:
         lab.kubectl("delete", "pod", "reuse-old", "reuse-new", "--ignore-not-found", "--wait=false")
