@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,9 @@ def lab(request, lab_ready):
     lab.record["listed"], lab.record["dry text"] = lab.dry_run_listing("dry run of fresh nodes")
     lab.record["after dry run"] = lab.scan(ROOTS)
     lab.deploy(label="cold deploy")
+    start = time.monotonic()
+    lab.record["restarts"] = lab.settled_pod_restarts()  # test_cluster.py: none
+    lab.timings["then every kube-system pod ready"] = time.monotonic() - start
     lab.record["deployed"] = lab.scan(ROOTS)
     yield lab
     report(lab)

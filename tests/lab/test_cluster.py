@@ -107,6 +107,13 @@ def test_every_service_runs_without_restarts(lab):
         assert states == {u: ("active", "0") for u in units}, (node.name, states)
 
 
+def test_no_pod_restarted_during_the_cold_deploy(lab):
+    """Every kube-system pod (Weave Net, CoreDNS) came up on its first start: a restart on a fresh
+    cluster means something started before what it needs (counted by the lab fixture, right after
+    the cold deploy, once every pod was ready)."""
+    assert lab.record["restarts"] == {}
+
+
 def test_secrets_are_encrypted_at_rest(lab):
     lab.kubectl("delete", "secret", "kthw-e2e", "--ignore-not-found")
     lab.kubectl("create", "secret", "generic", "kthw-e2e", "--from-literal=mykey=mydata")
