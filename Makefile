@@ -3,10 +3,11 @@
 #   make test    everything: lint, unit and plan tests, then the lab end to end (slow, needs root)
 #   make check   the fast part of `make test` (no lab)
 #   make lab-test-day-two  the slow day-two lab tests (CA rotation, nodes added and removed, upgrade)
+#   make lab-test-large    the lab's 16-node topology: the cluster's tests, pod network across every pair
 #   make conformance  Kubernetes' own conformance suite, all of it, on the lab's reference cluster
 PY := .venv/bin/python
 
-.PHONY: setup up down test check lint unit plan lab-test lab-test-day-two conformance pki validate diagram bench bench-lab bench-plan
+.PHONY: setup up down test check lint unit plan lab-test lab-test-day-two lab-test-large conformance pki validate diagram bench bench-lab bench-plan
 
 setup:
 	@scripts/setup
@@ -37,7 +38,7 @@ plan: setup
 
 lab-test: setup
 	@scripts/setup --lab
-	$(PY) -m pytest -s tests/lab -m "not day_two"
+	$(PY) -m pytest -s tests/lab -m "not day_two and not large"
 
 # The slow day-two lab tests, kept out of `make test`: on the reference topology CA rotation, a
 # worker and a master added and removed, a rolling upgrade to the next Kubernetes minor version
@@ -45,7 +46,13 @@ lab-test: setup
 # three-master topology a fourth master added and removed.
 lab-test-day-two: setup
 	@scripts/setup --lab
-	$(PY) -m pytest -s tests/lab -m day_two -k "not bridge"
+	$(PY) -m pytest -s tests/lab -m "day_two and not large" -k "not bridge"
+
+# The 16-node topology (tests/lab/large.yaml: 3 masters, 12 workers, the load balancer): the
+# cluster's own tests and the pod network across every pair of nodes (about N min).
+lab-test-large: setup
+	@scripts/setup --lab
+	$(PY) -m pytest -s tests/lab -m large -k "test_cluster or test_pod_network"
 
 # Every [Conformance] test of the cluster's Kubernetes version, offline, on the reference
 # cluster (brought up and deployed first; a few hours). Results: .kthw/conformance/full/.
@@ -73,3 +80,5 @@ bench-plan: setup
 bench-lab: setup
 	@scripts/setup --lab
 	$(PY) bench/lab_deploy.py
+	.venv/bin/pip install -q --disable-pip-version-check -r bench/requirements.txt
+	$(PY) bench/plot_lab.py

@@ -1,29 +1,39 @@
-"""Lab benchmark: what a deploy costs on real (LXC) nodes. Prints figures; asserts nothing.
+"""Lab benchmark: what a deploy costs on real LXC nodes as the cluster grows. Prints figures,
+keeps them, asserts nothing.
 
-    make bench-lab          (root; destroys and recreates the lab twice: 2 and 6 workers)
-    python bench/lab_deploy.py 6   (one topology only)
+    make bench-lab                    the reference (2 masters, 2 workers), 3+4 and 3+12
+    python bench/lab_deploy.py 3+4    one topology (MASTERS+WORKERS; plus the load balancer)
+    python bench/plot_lab.py          docs/img/bench-lab.png from the kept figures
 
-For each topology: `vagrant up` (lab/up) time, cold deploy time until every node is Ready,
-dry-run time, no-op rerun time and its count of changed operations, the remote commands
-each host received during the no-op rerun, and the operator's CPU seconds for it. The no-op
-rerun and the dry run (median of 5 each, inventory from its cache) are split into phases
-from pyinfra's own progress lines:
+Each topology starts from nothing (lab/down, lab/up) and is torn down after. Every node is an
+LXC container on this machine's cores, so wall time grows with the node count whatever the
+deploy does. Measured:
 
-    start-up     python, pyinfra and config (until "Loading inventory")
-    inventory    inventory.py: the model and the machines (cache, or Vagrant)
-    connect      SSH connections to every host
-    facts        the one HostState snapshot per host (KTHW_TIMINGS, slowest host)
-    plan         the rest of deploy.py on every host (local: PKI check, templates, operations)
-    operations   running the operations (nothing to do on a no-op), then disconnecting
+    machines          lab/up: containers from the cached box until every node answers SSH
+    cold deploy       pyinfra from fresh machines to its end, split by what the time went to:
+                        start-up, inventory, connect, facts and plan (pyinfra's progress lines),
+                        then each operation (the time from its start line to the next) by its
+                        name: packages and binaries, files (certificates, configs, units),
+                        services started, waits for health, add-ons applied
+    settled           after the deploy, until every Node is Ready and CoreDNS answers a query
+                        for kubernetes.default from a master (through the Service address)
+    no-op rerun       median of 5 (inventory from its cache), split by phase; the dry run too
+    one worker added  lab/up of one more machine, the deploy that joins it, until it is Ready;
+                        then the deploy that takes it out of the file again
+    per node          memory (RSS, and the working set: usage less inactive page cache) and
+                        inotify instances, by role, read from the containers' cgroups
+
+Results are appended to .kthw/bench/lab.json (one record per topology and run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import datetime as dt
 import json
 import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,149 +49,249 @@ from kthw.model import DEFAULT_CLUSTER_FILE, load_cluster  # noqa: E402
 from lab.cluster import lab_cluster_yaml  # noqa: E402
 
 PYINFRA = [sys.executable, "-m", "pyinfra"]
+DEPLOY = [*PYINFRA, "-y", "inventory.py", "deploy.py"]
+RESULTS = REPO / ".kthw" / "bench" / "lab.json"
+TOPOLOGIES = ("2+2", "3+4", "3+12")
 
-
-def run(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float, float]:
-    """(result, wall seconds, CPU seconds of the child processes)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.monotonic()
-    out = subprocess.run(cmd, cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True)
-    wall = time.monotonic() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if out.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return out, wall, cpu
-
-
-PHASES = {  # phase -> the progress line that ends it
+PHASES = {  # phase of a pyinfra run -> the progress line that ends it
     "start-up": "--> Loading inventory",
     "inventory": "--> Connecting to hosts",
     "connect": "--> Preparing operation files",
     "facts+plan": ("--> Beginning operation run", "--> Detected changes", "--> Skipping change detection"),
     "operations": None,  # until the process exits
 }
+STAGES = (  # stage of a cold deploy -> words in an operation's name that put it there (first match)
+    ("add-ons applied", ("addons |",)),
+    ("waits for health", ("healthy", " ready (", "Ready")),
+    ("services started", (" running", "joins the running")),
+    ("packages and binaries", ("| packages", "binaries", "containerd, runc, CNI, crictl")),
+    ("barriers", ("--- barrier",)),
+    ("files (certificates, configs, units)", ("",)),
+)
+START_OP = re.compile(r"--> Starting operation: (.*?)\s*$")
 
 
-def phases(cmd: list[str], env: dict) -> dict[str, float]:
-    """Wall seconds of each phase of one pyinfra run (lines time-stamped as they arrive)."""
+# --------------------------------------------------------------------------- topologies
+def topology(masters: int, workers: int, label: str) -> Path:
+    """cluster.yaml with this many masters and workers (its own nodes first, same addresses),
+    as the lab's copy (artifacts from the lab build)."""
+    raw = yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text())
+    lbs = [n for n in raw["nodes"] if n["role"] == "loadbalancer"]
+    first = {r: [n for n in raw["nodes"] if n["role"] == r] for r in ("master", "worker")}
+    ms = [first["master"][i] if i < len(first["master"]) else
+          {**copy.deepcopy(first["master"][0]), "name": f"master-{i + 1}", "ip": f"192.168.56.{11 + i}"}
+          for i in range(masters)]
+    ws = [first["worker"][i] if i < len(first["worker"]) else
+          {**copy.deepcopy(first["worker"][0]), "name": f"worker-{i + 1}", "ip": f"192.168.56.{101 + i}"}
+          for i in range(workers)]
+    raw["nodes"] = lbs + ms + ws
+    src = REPO / ".kthw" / "bench" / f"{label}.yaml"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_text(yaml.safe_dump(raw, sort_keys=False))
+    text, _ = lab_cluster_yaml(src)
+    out = src.with_name(f"lab-{label}.yaml")
+    out.write_text(text)
+    return out
+
+
+# --------------------------------------------------------------------------- running things
+def sh(cmd: list[str], env: dict, timeout: float = 3600) -> float:
+    """Run; wall seconds. Fails loudly."""
+    start = time.monotonic()
+    out = subprocess.run(cmd, cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return time.monotonic() - start
+
+
+def timed_run(cmd: list[str], env: dict) -> tuple[dict[str, float], list[tuple[str, float]]]:
+    """One pyinfra run, its output time-stamped line by line: (phase seconds, [(operation, seconds)])."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env, "PYTHONUNBUFFERED": "1", "KTHW_TIMINGS": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     marks: dict[str, float] = {}
-    snapshot = 0.0
-    lines = []
+    ops: list[tuple[str, float]] = []  # (name, start)
+    snapshot, lines = 0.0, []
     for line in proc.stdout:
         now = time.monotonic() - start
         lines.append(line)
         for phase, ends in PHASES.items():
             if ends and phase not in marks and line.lstrip().startswith(ends):
                 marks[phase] = now
+        if m := START_OP.search(line):
+            ops.append((m.group(1), now))
         if m := re.search(r"kthw-timing \S+ snapshot ([\d.]+)", line):
             snapshot = max(snapshot, float(m.group(1)))
     if proc.wait() != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{''.join(lines)[-4000:]}")
-    marks["operations"] = time.monotonic() - start
+    end = marks["operations"] = time.monotonic() - start
     out, last = {}, 0.0
     for phase in PHASES:
         out[phase] = marks[phase] - last
         last = marks[phase]
     out["facts"], out["plan"] = snapshot, out.pop("facts+plan") - snapshot
-    out["total"] = last
-    return {k: out[k] for k in ("start-up", "inventory", "connect", "facts", "plan", "operations", "total")}
+    out["total"] = end
+    durations = [(name, (ops[i + 1][1] if i + 1 < len(ops) else end) - t) for i, (name, t) in enumerate(ops)]
+    return out, durations
+
+
+def stage_of(operation: str) -> str:
+    return next(stage for stage, words in STAGES if any(w in operation for w in words))
 
 
 def median_phases(cmd: list[str], env: dict, runs: int = 5) -> dict[str, float]:
-    samples = [phases(cmd, env) for _ in range(runs)]
+    samples = [timed_run(cmd, env)[0] for _ in range(runs)]
     return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
 
 
-def topology(workers: int) -> Path:
-    raw = yaml.safe_load(DEFAULT_CLUSTER_FILE.read_text())
-    keep = [n for n in raw["nodes"] if n["role"] != "worker"]
-    template = next(n for n in raw["nodes"] if n["role"] == "worker")
-    raw["nodes"] = keep + [{**copy.deepcopy(template), "name": f"worker-{i}", "ip": f"192.168.56.{20 + i}"}
-                           for i in range(1, workers + 1)]
-    src = REPO / ".kthw" / "bench" / f"workers-{workers}.yaml"
-    src.parent.mkdir(parents=True, exist_ok=True)
-    src.write_text(yaml.safe_dump(raw, sort_keys=False))
-    text, _ = lab_cluster_yaml(src)
-    out = src.with_name(f"lab-workers-{workers}.yaml")
-    out.write_text(text)
-    return out
+# --------------------------------------------------------------------------- the cluster
+def kubectl(cluster_file: Path, *args: str) -> subprocess.CompletedProcess:
+    c = load_cluster(cluster_file)
+    build = Path(os.path.expanduser(c.artifacts.directory))
+    binary = build / "kubernetes" / c.versions.kubernetes / "bin/linux/amd64/kubectl"
+    return subprocess.run([str(binary), "--kubeconfig", str(c.kubeconfig_dir / "admin.kubeconfig"), *args],
+                          capture_output=True, text=True, timeout=60)
 
 
-def wait_ready(cluster_file: Path, timeout: float = 600) -> float:
-    cluster = load_cluster(cluster_file)
-    kubectl = (Path(os.path.expanduser(cluster.artifacts.directory))
-               / f"kubernetes/{cluster.versions.kubernetes}/bin/linux/amd64/kubectl")
+def ready_nodes(cluster_file: Path) -> set[str]:
+    out = kubectl(cluster_file, "get", "nodes", "-o", "json")
+    if out.returncode != 0:
+        return set()
+    return {n["metadata"]["name"] for n in json.loads(out.stdout)["items"]
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])}
+
+
+# A DNS query for kubernetes.default.svc.<domain> (type A) to the cluster DNS address, from a
+# master (python3 is on every lab node): exits 0 on an answer with at least one record.
+DNS_QUERY = r"""
+import socket, struct, sys
+qname = b"".join(bytes([len(p)]) + p.encode() for p in sys.argv[2].split(".")) + b"\0"
+query = struct.pack(">HHHHHH", 0x6b74, 0x0100, 1, 0, 0, 0) + qname + struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1)
+s.sendto(query, (sys.argv[1], 53))
+r = s.recv(512)
+sys.exit(0 if r[:2] == query[:2] and r[3] & 0x0F == 0 and struct.unpack(">H", r[6:8])[0] > 0 else 1)
+"""
+
+
+def dns_answers(cluster_file: Path) -> bool:
+    c = load_cluster(cluster_file)
+    name = f"kubernetes.default.svc.{c.cluster.domain}"
+    out = subprocess.run(["ssh", "-F", str(Path.home() / ".cache/kthw/lab/ssh-config"), "-o", "BatchMode=yes",
+                          c.masters[0].name, f"python3 -c '{DNS_QUERY}' {c.network.cluster_dns} {name}"],
+                         capture_output=True, text=True, timeout=30)
+    return out.returncode == 0
+
+
+def settle(cluster_file: Path, nodes: set[str], timeout: float = 900) -> float:
+    """Seconds until every one of ``nodes`` is Ready and CoreDNS answers."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
-        out = subprocess.run([str(kubectl), "--kubeconfig", str(cluster.kubeconfig_dir / "admin.kubeconfig"),
-                              "get", "nodes", "-o", "json"], capture_output=True, text=True)
-        if out.returncode == 0:
-            items = json.loads(out.stdout)["items"]
-            ready = [n for n in items if any(c["type"] == "Ready" and c["status"] == "True"
-                                             for c in n["status"]["conditions"])]
-            if len(ready) == len(cluster.workers):
-                return time.monotonic() - start
-        time.sleep(2)
-    raise SystemExit("nodes did not become Ready")
+        if nodes <= ready_nodes(cluster_file) and dns_answers(cluster_file):
+            return time.monotonic() - start
+        time.sleep(1)
+    raise SystemExit(f"not settled after {timeout} s: Ready {sorted(ready_nodes(cluster_file))}")
 
 
-def measure(workers: int) -> dict:
-    path = topology(workers)
-    env = {"KTHW_CLUSTER": str(path)}
-    figures: dict = {}
-    subprocess.run(["lab/down"], cwd=REPO, env={**os.environ, **env}, capture_output=True)
-    _, figures["vagrant up (lab/up)"], _ = run(["lab/up"], env)
-    _, deploy, _ = run([*PYINFRA, "-y", "inventory.py", "deploy.py"], env)
-    figures["cold deploy to all-Ready"] = deploy + wait_ready(path)
-    run([sys.executable, "-c", "import inventory"], env)  # the inventory cache, as after any run
-    dry = median_phases([*PYINFRA, "inventory.py", "deploy.py", "--dry"], env)
-    noop = median_phases([*PYINFRA, "-y", "inventory.py", "deploy.py"], env)
-    figures["dry run"] = dry["total"]
-    figures["no-op rerun"] = noop["total"]
-    for phase in ("start-up", "inventory", "connect", "facts", "plan", "operations"):
-        figures[f"  no-op: {phase}"] = noop[phase]
-    for phase in ("inventory", "facts", "plan"):
-        figures[f"  dry run: {phase}"] = dry[phase]
-    env_nocache = {**env, "KTHW_INVENTORY_CACHE": "off"}
-    figures["no-op rerun, inventory from Vagrant"] = median_phases(
-        [*PYINFRA, "-y", "inventory.py", "deploy.py"], env_nocache, runs=3)["total"]
-    out, wall, cpu = run([*PYINFRA, "-y", "-vv", "--json", "inventory.py", "deploy.py"], env)
-    ops = json.loads(out.stdout)["results"]["operations"]
-    figures["changed operations"] = sum(len(op["success"]) for op in ops)
-    for op in ops:
-        if op["success"]:
-            print(f"  {workers} workers, no-op rerun changed: {op['name']} on {', '.join(op['success'])}",
-                  file=sys.stderr)
-    figures["operator CPU for the rerun"] = cpu
-    per_host: dict[str, int] = {}
-    for host in re.findall(r"^\s*\[([\w.-]+)\]\s+>>> ", out.stderr, re.M):
-        per_host[host] = per_host.get(host, 0) + 1
-    figures["remote commands per host"] = per_host
-    subprocess.run(["lab/down"], cwd=REPO, env={**os.environ, **env}, capture_output=True)
-    return figures
+def node_cost(name: str) -> tuple[float, float, int]:
+    """(RSS MiB, working set MiB, inotify instances) of a lab node's container (cgroup v1 or v2)."""
+    def group(controller: str) -> Path:
+        v2 = Path(f"/sys/fs/cgroup/lxc.payload.kthw-{name}")
+        return v2 if v2.exists() else Path(f"/sys/fs/cgroup/{controller}/lxc.payload.kthw-{name}")
+    mem = group("memory")
+    stat = dict(line.split() for line in (mem / "memory.stat").read_text().splitlines())
+    if (mem / "memory.current").exists():
+        usage, rss, inactive = int((mem / "memory.current").read_text()), int(stat["anon"]), int(stat["inactive_file"])
+    else:
+        usage, rss = int((mem / "memory.usage_in_bytes").read_text()), int(stat["total_rss"])
+        inactive = int(stat["total_inactive_file"])
+    pids = {pid for procs in group("pids").rglob("cgroup.procs") for pid in procs.read_text().split()}
+    inotify = 0
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):  # gone meanwhile
+                inotify += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify"
+    return rss / 2**20, (usage - inactive) / 2**20, inotify
+
+
+# --------------------------------------------------------------------------- one topology
+def measure(label: str) -> dict:
+    masters, workers = (int(x) for x in label.split("+"))
+    path = topology(masters, workers, label)
+    cluster = load_cluster(path)
+    grown = topology(masters, workers + 1, f"{label}-grown")
+    env, grown_env = {"KTHW_CLUSTER": str(path)}, {"KTHW_CLUSTER": str(grown)}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    r: dict = {"topology": label, "nodes": len(cluster.nodes), "cores": os.cpu_count(), "commit": commit.stdout.strip(),
+               "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes")}
+    subprocess.run(["lab/down"], cwd=REPO, env={**os.environ, **grown_env}, capture_output=True)
+    r["machines"] = sh(["lab/up"], env)
+    phases, ops = timed_run(DEPLOY, env)
+    kube = {n.name for n in cluster.kubelet_nodes}
+    r["settled"] = settle(path, kube)
+    r["cold deploy"] = phases["total"]
+    r["cold: start-up, inventory, connect"] = phases["start-up"] + phases["inventory"] + phases["connect"]
+    r["cold: facts and plan"] = phases["facts"] + phases["plan"]
+    for stage, _ in STAGES:
+        r[f"cold: {stage}"] = sum(s for name, s in ops if stage_of(name) == stage)
+    r["slowest operations"] = sorted(ops, key=lambda o: -o[1])[:8]
+    sh([sys.executable, "-c", "import inventory"], env)  # the inventory cache, as after any run
+    r["dry run"] = median_phases([*PYINFRA, "inventory.py", "deploy.py", "--dry"], env)["total"]
+    noop = median_phases(DEPLOY, env)
+    for phase in ("start-up", "inventory", "connect", "facts", "plan", "operations", "total"):
+        r[f"no-op: {phase}"] = noop[phase]
+    costs = {n.name: node_cost(n.name) for n in cluster.nodes}
+    for role in ("loadbalancer", "master", "worker"):
+        mine = [costs[n.name] for n in cluster.nodes if n.role == role]
+        r[f"per {role}: RSS MiB"] = statistics.median(c[0] for c in mine)
+        r[f"per {role}: working set MiB"] = statistics.median(c[1] for c in mine)
+        r[f"per {role}: inotify instances"] = max(c[2] for c in mine)
+    new = next(n.name for n in load_cluster(grown).workers if n.name not in {w.name for w in cluster.workers})
+    r["add a worker: machine"] = sh(["lab/up"], grown_env)
+    r["add a worker: deploy"] = sh(DEPLOY, grown_env)
+    r["add a worker: then Ready"] = settle(grown, {new})
+    r["remove it: deploy"] = sh(DEPLOY, env)
+    subprocess.run(["lab/down"], cwd=REPO, env={**os.environ, **grown_env}, capture_output=True)
+    return r
+
+
+def keep(record: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    kept = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    RESULTS.write_text(json.dumps([*kept, record], indent=1))
+
+
+def show(results: list[dict]) -> None:
+    print(f"lab benchmark, {results[0]['date'][:10]}, commit {results[0]['commit']}, {results[0]['cores']} cores "
+          "(no-op rerun and dry run: median of 5)")
+    heads = [f"{r['topology']} ({r['nodes']} nodes)" for r in results]
+    print(f"{'':44}" + "".join(f"{h:>18}" for h in heads))
+    for key in results[0]:
+        if key in ("topology", "nodes", "date", "cores", "commit", "slowest operations"):
+            continue
+        cells = [r[key] if isinstance(r[key], int) else f"{r[key]:.1f}" for r in results]
+        print(f"{key:44}" + "".join(f"{c:>18}" for c in cells))
+    for r in results:
+        print(f"slowest operations of the cold deploy, {r['topology']}: "
+              + "; ".join(f"{name} {s:.1f} s" for name, s in r["slowest operations"]))
 
 
 def main() -> None:
-    counts = [int(a) for a in sys.argv[1:]] or [2, 6]
-    results = {w: measure(w) for w in counts}
-    print("lab benchmark (1 load balancer, 2 masters, 2 or 6 workers: LXC nodes sharing this machine's 2 cores;\n"
-          "no-op rerun and dry run: median of 5)")
-    print(f"{'':40}" + "".join(f"{f'{w + 3} nodes':>14}" for w in counts))
-    for key in results[counts[0]]:
-        cells = []
-        for w in counts:
-            v = results[w][key]
-            if isinstance(v, dict):
-                cells.append(f"{min(v.values())}-{max(v.values())}" if v else "-")
-            elif isinstance(v, int):
-                cells.append(str(v))
-            else:
-                cells.append(f"{v:.2f}s")
-        print(f"{key:40}" + "".join(f"{c:>14}" for c in cells))
+    labels = sys.argv[1:] or list(TOPOLOGIES)
+    for label in labels:
+        if not re.fullmatch(r"[1-9]\d*\+[1-9]\d*", label):
+            raise SystemExit(f"bench/lab_deploy.py: {label!r}: give topologies as MASTERS+WORKERS, e.g. 3+4")
+    results = []
+    for label in labels:
+        results.append(measure(label))
+        keep(results[-1])
+        print(f"{label}: done ({results[-1]['cold deploy']:.1f} s cold deploy)", file=sys.stderr, flush=True)
+    show(results)
 
 
 if __name__ == "__main__":
