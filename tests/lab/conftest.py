@@ -37,11 +37,14 @@ def lab_ready():
 TOPOLOGIES = {
     "reference": DEFAULT_CLUSTER_FILE,
     "three-masters": Path(__file__).parent / "three-masters.yaml",
+    "large": Path(__file__).parent / "large.yaml",  # 16 nodes; marked `large`, only when asked for
     "bridge": Path(__file__).parent / "bridge.yaml",  # the other CNI, on a small cluster
 }
+LARGE = ("large",)
 
 
-@pytest.fixture(scope="session", params=list(TOPOLOGIES))
+@pytest.fixture(scope="session", params=[pytest.param(t, marks=pytest.mark.large) if t in LARGE else t
+                                         for t in TOPOLOGIES])
 def lab(request, lab_ready):
     """One topology at a time: brought up, deployed from scratch, then torn down (the next
     topology needs the machine's cores), except the last, left up for a look."""

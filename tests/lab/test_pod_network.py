@@ -211,3 +211,40 @@ def test_a_reused_pod_address_is_reached_at_once(lab):
         assert reused, "Weave Net never gave the deleted pod's address to the next pod on its node"
     finally:
         lab.kubectl("delete", "pod", "reuse-old", "reuse-new", "--ignore-not-found", "--wait=false")
+
+
+def test_every_node_reaches_every_other_over_the_pod_network(lab):
+    """A pod on every Kubernetes node (masters too) pings the pod on each other node: every pair
+    of nodes is carried by the pod network, whatever the cluster's size (the large topology has
+    15 nodes: 210 pairs)."""
+    nodes = set(kubelet_nodes(lab))
+    manifest = {
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "kthw-pairs", "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"app": "kthw-pairs"}}, "template": {
+            "metadata": {"labels": {"app": "kthw-pairs"}},
+            "spec": {"tolerations": [{"operator": "Exists", "effect": "NoSchedule"}],
+                     "terminationGracePeriodSeconds": 0,
+                     "containers": [{"name": "c", "image": smoke_image(lab), "imagePullPolicy": "Never",
+                                     "command": ["sleep", "86400"]}]}}}}
+    path = lab.cluster_file.with_suffix(".pairs.json")
+    path.write_text(json.dumps(manifest))
+    lab.kubectl("apply", "-f", str(path))
+    try:
+        def placed() -> dict[str, tuple[str, str]] | None:
+            items = json.loads(lab.kubectl("get", "pods", "-l", "app=kthw-pairs", "-o", "json"))["items"]
+            running = {p["spec"]["nodeName"]: (p["metadata"]["name"], p["status"]["podIP"]) for p in items
+                       if p["status"].get("phase") == "Running" and p["status"].get("podIP")}
+            return running if set(running) == nodes else None
+        pods = lab.wait("a running kthw-pairs pod on every node", placed, timeout=300)
+        unreached = []
+        for node, (pod, _) in sorted(pods.items()):
+            others = " ".join(ip for other, (_, ip) in sorted(pods.items()) if other != node)
+            out = lab.kubectl("exec", pod, "--", "sh", "-c",
+                              f"for ip in {others}; do ping -c 1 -W 3 $ip >/dev/null 2>&1 || echo $ip; done",
+                              timeout=60 + 4 * len(pods))
+            by_ip = {ip: other for other, (_, ip) in pods.items()}
+            unreached += [f"{node} -> {by_ip[ip]} ({ip})" for ip in out.split()]
+        assert not unreached, f"{len(unreached)} of {len(pods) * (len(pods) - 1)} pairs failed: {unreached}"
+    finally:
+        lab.kubectl("delete", "daemonset", "kthw-pairs", "--ignore-not-found", "--wait=false")
