@@ -13,8 +13,9 @@ deploy does. Measured:
     cold deploy       pyinfra from fresh machines to its end, split by what the time went to:
                         start-up, inventory, connect, facts and plan (pyinfra's progress lines),
                         then each operation (the time from its start line to the next) by its
-                        name: packages and binaries, files (certificates, configs, units),
-                        services started, waits for health, add-ons applied
+                        name: packages and binaries, images (the offline archives copied and
+                        imported), files (certificates, configs, units), services started,
+                        waits for health, add-ons applied
     settled           after the deploy, until every Node is Ready and CoreDNS answers a query
                         for kubernetes.default from a master (through the Service address)
     no-op rerun       median of 5 (inventory from its cache), split by phase; the dry run too
@@ -65,6 +66,7 @@ STAGES = (  # stage of a cold deploy -> words in an operation's name that put it
     ("waits for health", ("healthy", " ready (", "Ready")),
     ("services started", (" running", "joins the running")),
     ("packages and binaries", ("| packages", "binaries", "containerd, runc, CNI, crictl")),
+    ("images copied and imported", ("image archives", "images imported")),
     ("barriers", ("--- barrier",)),
     ("files (certificates, configs, units)", ("",)),
 )

@@ -19,8 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ["cold: start-up, inventory, connect", "cold: facts and plan", "cold: packages and binaries",
-          "cold: files (certificates, configs, units)", "cold: services started", "cold: waits for health",
-          "cold: add-ons applied", "cold: barriers", "settled"]
+          "cold: images copied and imported", "cold: files (certificates, configs, units)",
+          "cold: services started", "cold: waits for health", "cold: add-ons applied", "cold: barriers",
+          "settled"]
 
 
 def newest(records: list[dict]) -> list[dict]:
