@@ -53,11 +53,11 @@ def test_a_master_joins_and_leaves_while_the_cluster_serves(lab):
     new, first, lb = new_master(lab), lab.cluster.masters[0].name, lab.cluster.loadbalancer.name
     name, was = new["name"], sorted(m.name for m in lab.cluster.masters)
     assert new["ip"] not in {str(n.ip) for n in lab.cluster.nodes}
-    # Every lab node uses this machine's inotify instances (fs.inotify.max_user_instances: 128,
-    # which the lab must not raise; lab/README.md). A fourth master beside three workers passes
-    # that: its kubelet and containerd fail with "too many open files". So with more than two
-    # workers, the last one makes room first (taken out of the file, so drained and its Node
-    # deleted, then reset and stopped) and joins again at the end.
+    # With more than two workers, the last one makes room first (taken out of the file, so
+    # drained and its Node deleted, then reset and stopped) and joins again at the end. That
+    # began as a way around this machine's inotify limit (a fourth master beside three workers
+    # ran out of instances before lab/net raised it; lab/README.md); it stays because it also
+    # proves a reset worker rejoins while the masters change.
     room = lab.cluster.workers[-1].name if len(lab.cluster.workers) > 2 else None
     raw = yaml.safe_load(lab.cluster_file.read_text())
     raw["nodes"] = [n for n in raw["nodes"] if n["name"] != room]
