@@ -231,6 +231,16 @@ def test_dns_resolves_services_through_coredns(lab, web):
     assert f"Server:\t\t{lab.cluster.cluster_dns}" in out or str(lab.cluster.cluster_dns) in out
 
 
+def test_coredns_replicas_run_on_different_workers(lab):
+    """Losing one worker never takes DNS away: each CoreDNS replica on its own node, from the cold
+    deploy on (when the first worker is Ready before the others)."""
+    lab.kubectl("-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=180s", timeout=200)
+    pods = json.loads(lab.kubectl("-n", "kube-system", "get", "pods", "-l", "k8s-app=kube-dns", "-o", "json"))["items"]
+    nodes = [p["spec"]["nodeName"] for p in pods]
+    assert len(nodes) == min(2, len(workers(lab))) and len(set(nodes)) == len(nodes), nodes
+    assert set(nodes) <= set(workers(lab)), nodes
+
+
 def test_every_master_reaches_pods_on_every_worker(lab, web):
     """The apiservers call webhooks and aggregated APIs that run in pods: each master must reach
     pod addresses on every worker (Weave: as a mesh peer; bridge: through the node routes)."""
