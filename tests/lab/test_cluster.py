@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kthw.cluster_secrets import ENCRYPTION_CONFIG, read_encryption_keys
 from tests.lab.lab import Lab, RequestLoop, reference_only, sh
 
 ETCDCTL = ("ETCDCTL_API=3 etcdctl --cacert=/etc/etcd/etcd-ca.crt --cert=/etc/etcd/etcd-server.crt "
@@ -118,8 +119,10 @@ def test_secrets_are_encrypted_at_rest(lab):
     lab.kubectl("delete", "secret", "kthw-e2e", "--ignore-not-found")
     lab.kubectl("create", "secret", "generic", "kthw-e2e", "--from-literal=mykey=mydata")
     raw = lab.ssh(masters(lab)[0], f"{ETCDCTL} --endpoints=https://127.0.0.1:2379 get "
-                  "/registry/secrets/default/kthw-e2e --print-value-only | head -c 26")
-    assert raw.startswith("k8s:enc:secretbox:v1:key1"), raw
+                  "/registry/secrets/default/kthw-e2e --print-value-only | head -c 40")
+    # sealed with the writing key: key1 in a fresh state folder, a later one after a key rotation
+    writing = read_encryption_keys(lab.cluster.pki_dir / ENCRYPTION_CONFIG)[0][0]
+    assert raw.startswith(f"k8s:enc:secretbox:v1:{writing}:"), raw
     lab.kubectl("delete", "secret", "kthw-e2e")
 
 
