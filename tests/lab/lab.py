@@ -199,16 +199,19 @@ class Lab:
                   "sudo sh -c " + shlex.quote(script)], check=check, timeout=timeout)
         return out.stdout
 
-    def settled_pod_restarts(self, timeout: float = 300) -> dict[str, int]:
-        """Once every kube-system pod runs with all its containers ready: {pod/container: restarts}
-        of the containers that restarted on the way (none, on a healthy start)."""
+    def settled_pod_restarts(self, timeout: float = 300, namespace: str = "kube-system") -> dict[str, int]:
+        """Once every pod of ``namespace`` ("" for all) runs with all its containers ready:
+        {pod/container: restarts} of the containers that restarted on the way."""
+        where = ["-n", namespace] if namespace else ["-A"]
+
         def settled():
-            pods = json.loads(self.kubectl("get", "pods", "-n", "kube-system", "-o", "json"))["items"]
+            pods = [p for p in json.loads(self.kubectl("get", "pods", *where, "-o", "json"))["items"]
+                    if p["status"].get("phase") not in ("Succeeded", "Failed")]  # finished: nothing to wait for
             ready = pods and all(p["status"].get("phase") == "Running" and p["status"].get("containerStatuses")
                                  and all(c["ready"] for c in p["status"]["containerStatuses"]) for p in pods)
             return pods if ready else None
         return {f"{p['metadata']['name']}/{c['name']}": c["restartCount"]
-                for p in self.wait("every kube-system pod ready", settled, timeout=timeout, interval=1)
+                for p in self.wait(f"every pod ready ({' '.join(where)})", settled, timeout=timeout, interval=1)
                 for c in p["status"]["containerStatuses"] if c["restartCount"]}
 
     def wait(self, what: str, predicate, timeout: float = 300, interval: float = 3):

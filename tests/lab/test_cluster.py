@@ -412,3 +412,4 @@ def test_a_stopped_worker_blocks_only_runs_that_need_it(lab):
     lab.wait(f"{victim} Ready again", lambda: "True" in lab.kubectl(
         "get", "node", victim, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False),
         timeout=180)
+    lab.settled_pod_restarts(namespace="")  # its pods back too (new sandboxes), before the next test
