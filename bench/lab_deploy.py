@@ -14,7 +14,7 @@ deploy does. Measured:
                         start-up, inventory, connect, facts and plan (pyinfra's progress lines),
                         then each operation (the time from its start line to the next) by its
                         name: packages and binaries, images (the offline archives copied and
-                        imported), files (certificates, configs, units), services started,
+                        imported), files and settings (certs, configs, units, sysctls), services started,
                         waits for health, add-ons applied
     settled           after the deploy, until every Node is Ready and CoreDNS answers a query
                         for kubernetes.default from a master (through the Service address)
@@ -68,7 +68,7 @@ STAGES = (  # stage of a cold deploy -> words in an operation's name that put it
     ("packages and binaries", ("| packages", "binaries", "containerd, runc, CNI, crictl")),
     ("images copied and imported", ("image archives", "images imported")),
     ("barriers", ("--- barrier",)),
-    ("files (certificates, configs, units)", ("",)),
+    ("files and settings (certs, configs, units, sysctls)", ("",)),
 )
 START_OP = re.compile(r"--> Starting operation: (.*?)\s*$")
 

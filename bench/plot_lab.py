@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ["cold: start-up, inventory, connect", "cold: facts and plan", "cold: packages and binaries",
-          "cold: images copied and imported", "cold: files (certificates, configs, units)",
+          "cold: images copied and imported", "cold: files and settings (certs, configs, units, sysctls)",
           "cold: services started", "cold: waits for health", "cold: add-ons applied", "cold: barriers",
           "settled"]
 
