@@ -179,9 +179,9 @@ sys.exit(0 if r[:2] == query[:2] and r[3] & 0x0F == 0 and struct.unpack(">H", r[
 
 def dns_answers(cluster_file: Path) -> bool:
     c = load_cluster(cluster_file)
-    name = f"kubernetes.default.svc.{c.cluster.domain}"
+    name = f"kubernetes.default.svc.{c.domain}"
     out = subprocess.run(["ssh", "-F", str(Path.home() / ".cache/kthw/lab/ssh-config"), "-o", "BatchMode=yes",
-                          c.masters[0].name, f"python3 -c '{DNS_QUERY}' {c.network.cluster_dns} {name}"],
+                          c.masters[0].name, f"python3 -c '{DNS_QUERY}' {c.cluster_dns} {name}"],
                          capture_output=True, text=True, timeout=30)
     return out.returncode == 0
 
