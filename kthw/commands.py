@@ -27,18 +27,39 @@ def etcd_members_healthy(endpoints: list[str]) -> str:
         " endpoint health >/dev/null 2>&1")
 
 
+# Exits 1 only when every address given (host:port) refuses a TCP connection at once: nothing
+# listens there, for certain. Anything else (accepted, timed out, unreachable) exits 0.
+ALL_REFUSE = """import socket, sys
+for a in sys.argv[1:]:
+    h, p = a.rsplit(":", 1)
+    try:
+        socket.create_connection((h.strip("[]"), int(p)), timeout=2).close()
+        sys.exit(0)
+    except ConnectionRefusedError:
+        pass
+    except OSError:
+        sys.exit(0)
+sys.exit(1)"""
+
+
 def etcd_join(name: str, peer_url: str, endpoints: list[str]) -> str:
     """On a master whose etcd has no data yet: if the other members answer, a cluster runs, so
     this member is added to it (``etcdctl member add``, from here, with this member's
     certificate) and starts as ``existing``; if none answers, the cluster is new and nothing is
     done. A member listed already but never started (an interrupted join) is simply started; one
     that did start once has lost its data (a replaced disk): it is removed and added again, as
-    etcd documents for replacing a failed member."""
+    etcd documents for replacing a failed member.
+
+    When every other member's client port refuses connections outright (a new cluster: no etcd
+    runs anywhere yet), etcdctl is not asked at all: it would retry until its 10 s timeout. A
+    member that does not answer in time still gets the full etcdctl try."""
     ctl = ETCDCTL.replace("--endpoints=https://127.0.0.1:2379", f"--endpoints={','.join(endpoints)}") + (
         " --dial-timeout=3s --command-timeout=10s")
     peer = shlex.quote(f", {peer_url},")
     state = f"{ETCD_DIR}/initial-cluster-state.env"
-    return (f"if members=$({ctl} member list 2>/dev/null); then "
+    addresses = " ".join(shlex.quote(e.split("//", 1)[-1]) for e in endpoints)  # https://ip:2379 -> ip:2379
+    listening = f"python3 -c {shlex.quote(ALL_REFUSE)} {addresses}"
+    return (f"if {listening} && members=$({ctl} member list 2>/dev/null); then "
             f"line=$(echo \"$members\" | grep -F {peer} || true); "
             f"case \"$line\" in *', started,'*) {ctl} member remove \"${{line%%,*}}\" >/dev/null || exit 1; "
             "line='';; esac; "
