@@ -242,6 +242,7 @@ def measure(label: str) -> dict:
     for stage, _ in STAGES:
         r[f"cold: {stage}"] = sum(s for name, s in ops if stage_of(name) == stage)
     r["slowest operations"] = sorted(ops, key=lambda o: -o[1])[:8]
+    r["operations"] = ops  # every one, in the order they ran, for a closer look
     sh([sys.executable, "-c", "import inventory"], env)  # the inventory cache, as after any run
     r["dry run"] = median_phases([*PYINFRA, "inventory.py", "deploy.py", "--dry"], env)["total"]
     noop = median_phases(DEPLOY, env)
@@ -274,7 +275,7 @@ def show(results: list[dict]) -> None:
     heads = [f"{r['topology']} ({r['nodes']} nodes)" for r in results]
     print(f"{'':44}" + "".join(f"{h:>18}" for h in heads))
     for key in results[0]:
-        if key in ("topology", "nodes", "date", "cores", "commit", "slowest operations"):
+        if key in ("topology", "nodes", "date", "cores", "commit", "slowest operations", "operations"):
             continue
         cells = [r[key] if isinstance(r[key], int) else f"{r[key]:.1f}" for r in results]
         print(f"{key:44}" + "".join(f"{c:>18}" for c in cells))
