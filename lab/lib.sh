@@ -58,6 +58,12 @@ node_names() {
 for n in load_cluster().nodes: print(n.name)')
 }
 
+# "name role" per node of the model.
+node_roles() {
+    (cd "$REPO" && "$PY" -c 'from kthw.model import load_cluster
+for n in load_cluster().nodes: print(n.name, n.role)')
+}
+
 vagrant_cmd() {
     (cd "$REPO" && VAGRANT_CHECKPOINT_DISABLE=1 VAGRANT_DEFAULT_PROVIDER=lxc vagrant "$@")
 }
