@@ -4,6 +4,7 @@ every Node Ready and CoreDNS answering. Right: time against node count for the c
 worker added, and the no-op rerun.
 
     python bench/plot_lab.py [RESULTS.json] [OUT.png]
+    python bench/plot_lab.py --table [RESULTS.json]     the same figures as a Markdown table
 """
 
 from __future__ import annotations
@@ -68,7 +69,29 @@ def main(results: Path, out: Path) -> None:
     print(f"wrote {out}")
 
 
+ROWS = ["machines", "cold deploy", *STAGES[:-1], "settled", "dry run", "no-op: total", "no-op: start-up",
+        "no-op: inventory", "no-op: connect", "no-op: facts", "no-op: plan", "no-op: operations",
+        "add a worker: machine", "add a worker: deploy", "add a worker: then Ready", "remove it: deploy",
+        "per master: RSS MiB", "per master: working set MiB", "per master: inotify instances",
+        "per worker: RSS MiB", "per worker: working set MiB", "per worker: inotify instances",
+        "per loadbalancer: RSS MiB", "per loadbalancer: inotify instances"]
+
+
+def table(results: Path) -> None:
+    records = newest(json.loads(results.read_text()))
+    print("| | " + " | ".join(f"{r['topology']} ({r['nodes']} nodes)" for r in records) + " |")
+    print("|---" * (len(records) + 1) + "|")
+    for row in ROWS:
+        unit = "" if "MiB" in row or "inotify" in row else " s"
+        cells = [f"{r[row]:.1f}{unit}" if isinstance(r.get(row), float) else str(r.get(row, "-")) for r in records]
+        print(f"| {row} | " + " | ".join(cells) + " |")
+    print("\nmeasured " + ", ".join(f"{r['topology']} {r['date']} (commit {r['commit']})" for r in records))
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if args and args[0] == "--table":
+        table(Path(args[1]) if len(args) > 1 else REPO / ".kthw" / "bench" / "lab.json")
+        sys.exit(0)
     main(Path(args[0]) if args else REPO / ".kthw" / "bench" / "lab.json",
          Path(args[1]) if len(args) > 1 else REPO / "docs" / "img" / "bench-lab.png")
