@@ -222,15 +222,16 @@ def node_cost(name: str) -> tuple[float, float, int]:
 
 
 # --------------------------------------------------------------------------- one topology
-def measure(label: str) -> dict:
+def measure(label: str, r: dict) -> None:
+    """Fills ``r`` as it goes (what was measured stays when a later step fails)."""
     masters, workers = (int(x) for x in label.split("+"))
     path = topology(masters, workers, label)
     cluster = load_cluster(path)
     grown = topology(masters, workers + 1, f"{label}-grown")
     env, grown_env = {"KTHW_CLUSTER": str(path)}, {"KTHW_CLUSTER": str(grown)}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    r: dict = {"topology": label, "nodes": len(cluster.nodes), "cores": os.cpu_count(), "commit": commit.stdout.strip(),
-               "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes")}
+    r.update({"topology": label, "nodes": len(cluster.nodes), "cores": os.cpu_count(), "commit": commit.stdout.strip(),
+              "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes")})
     subprocess.run(["lab/down"], cwd=REPO, env={**os.environ, **grown_env}, capture_output=True)
     r["machines"] = sh(["lab/up"], env)
     phases, ops = timed_run(DEPLOY, env)
@@ -260,7 +261,6 @@ def measure(label: str) -> dict:
     r["add a worker: then Ready"] = settle(grown, {new})
     r["remove it: deploy"] = sh(DEPLOY, env)
     subprocess.run(["lab/down"], cwd=REPO, env={**os.environ, **grown_env}, capture_output=True)
-    return r
 
 
 def keep(record: dict) -> None:
@@ -275,7 +275,7 @@ def show(results: list[dict]) -> None:
     heads = [f"{r['topology']} ({r['nodes']} nodes)" for r in results]
     print(f"{'':44}" + "".join(f"{h:>18}" for h in heads))
     for key in results[0]:
-        if key in ("topology", "nodes", "date", "cores", "commit", "slowest operations", "operations"):
+        if key in ("topology", "nodes", "date", "cores", "commit", "slowest operations", "operations", "failed"):
             continue
         cells = [r[key] if isinstance(r[key], int) else f"{r[key]:.1f}" for r in results]
         print(f"{key:44}" + "".join(f"{c:>18}" for c in cells))
@@ -291,9 +291,17 @@ def main() -> None:
             raise SystemExit(f"bench/lab_deploy.py: {label!r}: give topologies as MASTERS+WORKERS, e.g. 3+4")
     results = []
     for label in labels:
-        results.append(measure(label))
-        keep(results[-1])
-        print(f"{label}: done ({results[-1]['cold deploy']:.1f} s cold deploy)", file=sys.stderr, flush=True)
+        r: dict = {}
+        try:
+            measure(label, r)
+        except BaseException as exc:  # keep what was measured, marked, then stop
+            r["failed"] = str(exc)[-2000:]
+            raise
+        finally:
+            if "cold deploy" in r:
+                keep(r)
+        results.append(r)
+        print(f"{label}: done ({r['cold deploy']:.1f} s cold deploy)", file=sys.stderr, flush=True)
     show(results)
 
 

@@ -27,7 +27,7 @@ STAGES = ["cold: start-up, inventory, connect", "cold: facts and plan", "cold: p
 
 def newest(records: list[dict]) -> list[dict]:
     by_topology: dict[str, dict] = {}
-    for r in records:
+    for r in (r for r in records if "failed" not in r):  # a run that stopped half-way: not drawn
         if r["topology"] not in by_topology or r["date"] >= by_topology[r["topology"]]["date"]:
             by_topology[r["topology"]] = r
     return sorted(by_topology.values(), key=lambda r: r["nodes"])
