@@ -47,7 +47,8 @@ def main(results: Path, out: Path) -> None:
         left.text(x, total, f"{total:.0f} s", ha="center", va="bottom")
     left.set_ylabel("seconds")
     left.set_title("cold deploy, fresh machines to a working cluster")
-    left.legend(fontsize=8)
+    left.set_ylim(0, max(bottom) * 1.6)  # room above the bars for the legend
+    left.legend(fontsize=7, loc="upper left", ncols=2)
     nodes = [r["nodes"] for r in records]
     right.plot(nodes, [r["cold deploy"] + r["settled"] for r in records], "o-", label="cold deploy, until settled")
     right.plot(nodes, [r["add a worker: deploy"] + r["add a worker: then Ready"] for r in records], "s-",
