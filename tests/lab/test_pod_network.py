@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import time
 
 import pytest
@@ -39,7 +40,11 @@ def assert_mesh_complete(lab: Lab) -> None:
         assert "Encryption: enabled" in status, status
         assert f"Peers: {n} " in status or f"Peers: {n}\n" in status, status
         if n > 1:
-            assert f"Connections: {n - 1} ({n - 1} established)" in status, status
+            # an established connection to every other peer, and every peer to every other (Weave
+            # may also keep retrying a second address it learnt for a peer it already reaches: on
+            # 16 nodes one node showed "Connections: 15 (14 established, 1 retrying)")
+            assert re.search(rf"Connections: \d+ \({n - 1} established", status), status
+            assert f"Peers: {n} (with {n * (n - 1)} established connections)" in status, status
         connections = lab.ssh(worker, "curl -s http://127.0.0.1:6784/status/connections")
         # no Open vSwitch datapath in the lab's kernel: Weave's pcap-based sleeve mode, encrypted
         assert connections.count("sleeve") == n - 1 and "encrypted" in connections, connections
