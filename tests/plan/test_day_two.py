@@ -66,9 +66,11 @@ def test_a_restore_refuses_before_touching_any_host(default_cluster, tmp_path):
         out = run_pyinfra(default_cluster, "-y", "-vv", *args, state="converged", deploy="restore.py", check=False)
         assert out.returncode != 0 and why in out.stdout + out.stderr, (why, out.stdout[-2000:], out.stderr[-2000:])
         assert "systemctl" not in out.stderr  # no command reached a host
-    with open(snapshot, "r+b") as fh:  # one byte changed
+    with open(snapshot, "r+b") as fh:  # one byte changed (read moves the position: seek back before writing)
         fh.seek(100)
-        fh.write(b"\0" if fh.read(1) != b"\0" else b"\1")
+        byte = fh.read(1)
+        fh.seek(100)
+        fh.write(b"\0" if byte != b"\0" else b"\1")
     out = run_pyinfra(default_cluster, "-y", "--data", f"snapshot={snapshot}", state="converged",
                       deploy="restore.py", check=False)
     assert out.returncode != 0 and "does not match its recorded sha256" in out.stdout + out.stderr
