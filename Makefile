@@ -21,7 +21,7 @@ down: setup
 # Each part prints its duration (a fresh machine also builds every lab binary first: ~21 min).
 test: setup
 	@scripts/timed "lint, unit and plan tests" $(MAKE) --no-print-directory check
-	@scripts/timed "lab set-up and artifact builds" sh -c 'scripts/setup --lab && lab/artifacts/build && lab/artifacts/build conformance registry'
+	@scripts/timed "lab set-up and artifact builds" sh -c 'scripts/setup --lab && lab/artifacts/build && lab/artifacts/build conformance'
 	@scripts/timed "lab end-to-end tests" $(MAKE) --no-print-directory lab-test
 
 check: lint
@@ -57,7 +57,7 @@ lab-test-large: setup
 # Every [Conformance] test of the cluster's Kubernetes version, offline, on the reference
 # cluster (brought up and deployed first; a few hours). Results: .kthw/conformance/full/.
 conformance: up
-	lab/artifacts/build conformance registry
+	lab/artifacts/build conformance
 	KTHW_CLUSTER=$(CURDIR)/.kthw/lab/cluster.yaml $(PY) lab/conformance
 
 validate: setup

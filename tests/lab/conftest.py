@@ -41,6 +41,13 @@ TOPOLOGIES = {
     "bridge": Path(__file__).parent / "bridge.yaml",  # the other CNI, on a small cluster
 }
 LARGE = ("large",)
+# The offline image archives (artifacts.images), copied and imported by the deploy, on one
+# topology; the others pull through the lab's registry as the shipped design pulls.
+ARCHIVES = ("bridge",)
+
+
+def lab_of(topology: str) -> Lab:
+    return Lab(TOPOLOGIES[topology], images="archives" if topology in ARCHIVES else "registry")
 
 
 @pytest.fixture(scope="session", params=[pytest.param(t, marks=pytest.mark.large) if t in LARGE else t
@@ -51,9 +58,9 @@ def lab(request, lab_ready):
     # From scratch: a cold deploy is part of the claim. Whichever topology is up must go first
     # (the host networks stay while any node uses them), so a second pass must succeed.
     for check in (False, True):
-        for other in TOPOLOGIES.values():
-            Lab(other).down(check=check)
-    lab = Lab(TOPOLOGIES[request.param])
+        for other in TOPOLOGIES:
+            lab_of(other).down(check=check)
+    lab = lab_of(request.param)
     lab.up()
     # The cold deploy, watched: every node's trees before and after a dry run, then after the
     # real run (tests/lab/test_dry_run.py compares them).

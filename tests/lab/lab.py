@@ -81,13 +81,14 @@ class Lab:
     """One deployed topology of the lab."""
 
     source: Path  # the cluster file the lab copy was made from
+    images: str = "registry"  # where the nodes get images: lab/registry, or "archives" (lab/cluster.py)
     cluster_file: Path = field(init=False)
     cluster: Cluster = field(init=False)
     timings: dict[str, float] = field(default_factory=dict)
     record: dict = field(default_factory=dict)  # what the fixture saw on the way (scans, listings)
 
     def __post_init__(self):
-        text, _ = lab_cluster_yaml(self.source)
+        text, _ = lab_cluster_yaml(self.source, images=self.images)
         out = REPO_ROOT / ".kthw" / "lab" / f"{self.source.stem}.yaml"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)

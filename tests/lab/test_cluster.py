@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from kthw.cluster_secrets import ENCRYPTION_CONFIG, read_encryption_keys
+from kthw.paths import IMAGES_DIR
 from tests.lab.lab import Lab, RequestLoop, reference_only, sh
 
 ETCDCTL = ("ETCDCTL_API=3 etcdctl --cacert=/etc/etcd/etcd-ca.crt --cert=/etc/etcd/etcd-server.crt "
@@ -28,7 +29,9 @@ SERVE = "mkdir -p /www && hostname > /www/index.html && echo serving && exec htt
 
 
 def smoke_image(lab: Lab) -> str:
-    listing = (Path(lab.cluster.artifacts.images) / "IMAGES").read_text()
+    """The lab's test image (lab/artifacts/build busybox): pulled through lab/registry, or
+    imported from its archive on the topology that runs the archives."""
+    listing = (Path(lab.cluster.artifacts.directory) / "images" / "IMAGES").read_text()
     return next(line.split()[1] for line in listing.splitlines() if "smoke/busybox" in line)
 
 
@@ -115,6 +118,26 @@ def test_no_pod_restarted_during_the_cold_deploy(lab):
     assert lab.record["restarts"] == {}
 
 
+def test_images_come_the_way_the_lab_file_says(lab):
+    """Through lab/registry (the lab's stand-in for registry.k8s.io and Docker Hub): no archive
+    on any node, and each node holds only what its pods pulled: the pause image and the pod
+    network's everywhere, CoreDNS never on a (tainted) master. With the offline archives
+    (artifacts.images): every archive's image imported on every node before any pod asked."""
+    weave = [f"docker.io/weaveworks/{n}:{lab.cluster.versions.weave.lstrip('v')}" for n in ("weave-kube", "weave-npc")]
+    everywhere = [f"registry.k8s.io/pause:{lab.cluster.versions.pause}"] + (weave if lab.cluster.cni == "weave" else [])
+    coredns = f"registry.k8s.io/coredns/coredns:{lab.cluster.versions.coredns}"
+    for node in kubelet_nodes(lab):
+        held = lab.ssh(node, "sudo ctr -n k8s.io images ls -q 2>/dev/null").split()
+        archives = lab.ssh(node, f"sudo ls {IMAGES_DIR} 2>/dev/null || true").split()
+        assert set(everywhere) <= set(held), (node, held)
+        if lab.images == "archives":
+            assert coredns in held and archives, (node, held, archives)
+        else:
+            assert not archives, (node, archives)
+            if node in masters(lab):
+                assert coredns not in held, (node, held)
+
+
 def test_secrets_are_encrypted_at_rest(lab):
     lab.kubectl("delete", "secret", "kthw-e2e", "--ignore-not-found")
     lab.kubectl("create", "secret", "generic", "kthw-e2e", "--from-literal=mykey=mydata")
@@ -148,7 +171,7 @@ spec:
       containers:
         - name: web
           image: {image}
-          imagePullPolicy: Never
+          imagePullPolicy: IfNotPresent
           command: [sh, -c, '{SERVE}']
           ports: [{{containerPort: 8080}}]
 ---
@@ -167,7 +190,7 @@ spec:
   containers:
     - name: client
       image: {image}
-      imagePullPolicy: Never
+      imagePullPolicy: IfNotPresent
       command: [sleep, "3600"]
 """
     path = lab.cluster_file.with_suffix(".smoke.yaml")

@@ -89,20 +89,20 @@ kind: Pod
 metadata: {{name: server, namespace: np-test, labels: {{app: server}}}}
 spec:
   containers:
-    - {{name: web, image: {image}, imagePullPolicy: Never,
+    - {{name: web, image: {image}, imagePullPolicy: IfNotPresent,
        command: [sh, -c, 'mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www']}}
 ---
 apiVersion: v1
 kind: Pod
 metadata: {{name: allowed, namespace: np-test, labels: {{role: allowed}}}}
 spec:
-  containers: [{{name: c, image: {image}, imagePullPolicy: Never, command: [sleep, "3600"]}}]
+  containers: [{{name: c, image: {image}, imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}}]
 ---
 apiVersion: v1
 kind: Pod
 metadata: {{name: other, namespace: np-test, labels: {{role: other}}}}
 spec:
-  containers: [{{name: c, image: {image}, imagePullPolicy: Never, command: [sleep, "3600"]}}]
+  containers: [{{name: c, image: {image}, imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}}]
 """
 DENY_ALL = """
 apiVersion: networking.k8s.io/v1
@@ -166,7 +166,7 @@ metadata: {{name: {name}, namespace: default}}
 spec:
   nodeName: {node}
   terminationGracePeriodSeconds: 0
-  containers: [{{name: c, image: {image}, imagePullPolicy: Never, command: [sh, -c, {serve!r}]}}]
+  containers: [{{name: c, image: {image}, imagePullPolicy: IfNotPresent, command: [sh, -c, {serve!r}]}}]
 """
 # One TCP connect from the node with the kubelet's default probe timeout (1 s).
 CONNECT = """python3 -c '
@@ -230,7 +230,7 @@ def test_every_node_reaches_every_other_over_the_pod_network(lab):
             "metadata": {"labels": {"app": "kthw-pairs"}},
             "spec": {"tolerations": [{"operator": "Exists", "effect": "NoSchedule"}],
                      "terminationGracePeriodSeconds": 0,
-                     "containers": [{"name": "c", "image": smoke_image(lab), "imagePullPolicy": "Never",
+                     "containers": [{"name": "c", "image": smoke_image(lab), "imagePullPolicy": "IfNotPresent",
                                      "command": ["sleep", "86400"]}]}}}}
     path = lab.cluster_file.with_suffix(".pairs.json")
     path.write_text(json.dumps(manifest))

@@ -35,7 +35,7 @@ spec:
       containers:
         - name: web
           image: {image}
-          imagePullPolicy: Never
+          imagePullPolicy: IfNotPresent
           command: [sh, -c, '{serve}']
           ports: [{{containerPort: 8080}}]
           readinessProbe: {{httpGet: {{port: 8080, path: /}}, periodSeconds: 1}}
@@ -158,7 +158,7 @@ class InClusterClient:
                 "serviceAccountName": self.name,
                 "terminationGracePeriodSeconds": 1,
                 "containers": [{
-                    "name": "client", "image": smoke_image(self.lab), "imagePullPolicy": "Never",
+                    "name": "client", "image": smoke_image(self.lab), "imagePullPolicy": "IfNotPresent",
                     "command": ["sh", "-c", CLIENT_LOOP],
                     "env": [{"name": "NS", "value": "default"}, {"name": "BODY", "value": body}],
                 }]}},
