@@ -18,7 +18,9 @@ from the same line) closes each stage that another group waits on.
     -- barrier --
        first master  etcd members of masters gone from the cluster file removed (HAProxy no
                      longer sends requests to them); in step 2 of an encryption-key rotation,
-                     every Secret rewritten with the new key (kthw/key_rotation.py)
+                     every Secret rewritten with the new key (kthw/key_rotation.py); the
+                     add-ons applied: RBAC for apiserver -> kubelet, the CNI add-on, CoreDNS
+                     (their pods wait for the nodes, and start as each one registers)
     4. masters and   containerd, runc, CNI plugins, kubelet, kube-proxy (+ bridge CNI routes);
        workers       masters register tainted: only the CNI and kube-system pods run there
        each node,    a node whose binaries change (an upgrade) restarts only in its turn: the
@@ -27,7 +29,8 @@ from the same line) closes each stage that another group waits on.
     -- barrier --
        load balancer an etcd-only member taken out of the file (and so out of etcd): stopped
                      and removed
-    5. first master  RBAC for apiserver -> kubelet, the CNI add-on, CoreDNS
+    5. first master  the masters labelled control-plane, nodes gone from the cluster file
+                     drained and deleted
 """
 
 from pyinfra import host
@@ -60,6 +63,8 @@ if etcd in wants and ctx.is_first_master:
     etcd.departed_members_removed(ctx)
 if control_plane in wants and ctx.is_first_master:
     control_plane.secrets_rewritten(ctx)  # step 2 of an encryption-key rotation
+if addons in wants:
+    addons.deploy(ctx, wants[addons])
 
 if node in wants:
     owed = node.deploy(ctx, wants[node])
@@ -71,4 +76,4 @@ if etcd in wants and not ctx.node.runs_etcd:  # a load balancer whose etcd-only 
     etcd.retired(ctx)
 
 if addons in wants:
-    addons.deploy(ctx, wants[addons])
+    addons.nodes_reconciled(ctx)

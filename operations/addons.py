@@ -2,6 +2,11 @@
 the pod network (Weave Net; nothing for the bridge CNI), CoreDNS, and the control-plane role
 label on the masters' Node objects (a kubelet may not set it on itself).
 
+The manifests are applied as soon as the control plane is up, before the nodes' services start
+(kubeadm's order too: add-ons after the control plane, nodes after that), so each node's pods
+are scheduled the moment its kubelet registers, and their images pull while the deploy goes on
+with the other nodes. What needs the nodes (the labels, nodes gone from the file) comes last.
+
 Each manifest is rendered from ``files/etc/kubernetes/addons/*.j2`` with versions and images
 from the model, kept on the master, and applied when it changed or when its objects are
 missing from the cluster (the host snapshot checks that with ``kubectl get -f``).
@@ -16,6 +21,7 @@ from pyinfra import host
 from kthw import components
 from kthw.commands import KUBECTL, KUBECTL_ARG, wait_until
 from kthw.context import DeployRefused, HostContext, Wants
+from kthw.model import NODE_API_PORT
 from kthw.ops import Directory, command_when, directories_present, files_synced, mark_applied
 from kthw.paths import ADDONS_DIR, CLUSTER_CA, CONTROL_PLANE_LABEL, DRAIN_MARK
 from kthw.pki import CA_NAME, WEAVE_PASSWORD, trust_bundle
@@ -73,6 +79,7 @@ def wants(ctx: HostContext) -> Wants:
     # running one keeps the value it started with (nodes coming or going must not roll its pods).
     weave_init = ctx.facts.get("weave_init") or f"consensus={len(ctx.cluster.kubelet_nodes)}"
     extra = {**_images(ctx), "coredns_replicas": min(2, len(ctx.cluster.workers)), "weave_init": weave_init,
+             "node_api_port": NODE_API_PORT,
              "trust_bundle_sha256": hashlib.sha256(trust_bundle(ctx.cluster.pki_dir, CA_NAME)).hexdigest()}
     for name in manifest_names(ctx):
         if name == "05-weave-password.yaml":  # the only secret one: 0600, never shown in --diff
@@ -86,6 +93,7 @@ def wants(ctx: HostContext) -> Wants:
 
 
 def deploy(ctx: HostContext, w: Wants) -> None:
+    """The manifests, rendered and applied (after the control plane, before the nodes)."""
     snap = ctx.snapshot
     directories_present(w.dirs, snap, name="addons | directory")
     for name in host.loop(manifest_names(ctx)):
@@ -100,6 +108,11 @@ def deploy(ctx: HostContext, w: Wants) -> None:
         wait = f"({TRUST_PUBLISHED}) && " if name in API_CLIENTS else ""
         command_when(f"{wait}{KUBECTL} apply -f {path} && {mark_applied(addon_key(name))}", when=[changed],
                      always=owed, name=f"addons | {name} applied")
+
+
+def nodes_reconciled(ctx: HostContext) -> None:
+    """Node objects made to match the cluster file, once every node's services run."""
+    snap = ctx.snapshot
     # Nodes gone from the cluster file (their machines may still run): drained, then deleted.
     gone = sorted(set(snap.query("node_names") or ()) - {n.name for n in ctx.cluster.kubelet_nodes})
     command_when(" && ".join(remove_node(n) for n in gone) or "true", always=bool(gone),

@@ -268,7 +268,8 @@ def _images(ctx: HostContext, w: Wants) -> None:
 def _pod_network(ctx: HostContext, w: Wants) -> None:
     c, snap = ctx.cluster, ctx.snapshot
     if c.cni == "weave":
-        # Before the add-ons: Weave's init container puts it in the CNI chain only where it is.
+        # Before the kubelet starts Weave's pod: its init container puts it in the CNI chain only
+        # where it is.
         files_synced(w.files["weave cni plugin"], snap, name="node | CNI plugin kthw-neigh-flush")
         # Weave Net's router retries every address it ever connected to: a node gone from the
         # cluster is forgotten (its IP range is reclaimed by Weave's own daemon once the Node goes).
