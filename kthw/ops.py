@@ -370,33 +370,33 @@ def files_synced(files: Sequence[ManagedFile], snapshot: Snapshot, check: str = 
 
 
 def _upload_commands(uploads: list[ManagedFile], check: str) -> list:
-    """:func:`files_synced`'s commands for new content: a fresh private upload folder, each new
-    version created 0600 beside its dest, the uploads, the swap into place, the folder removed."""
+    """:func:`files_synced`'s commands for new content, three round trips however many files: a
+    fresh private upload folder (the SSH user's own, 0700), every new version sent into it over
+    SFTP as that user, then one command as root that puts each in place (:func:`_swap_command`)
+    and removes the folder."""
     if not uploads:
         return []
     temp_dir = _upload_dir()
     q_temp = shlex.quote(temp_dir)
-    news = [shlex.quote(f.dest + ".kthw-new") for f in uploads]
+    staged = {f.dest: posixpath.join(temp_dir, hashlib.sha1(f.dest.encode()).hexdigest()) for f in uploads}
     return [
         StringCommand(f"rm -rf {q_temp} && mkdir -m 700 {q_temp} && test -O {q_temp} -a ! -L {q_temp}",
                       _sudo=False),
-        # Created 0600 before any byte arrives; `cp` (sudo uploads) and sftp keep that mode.
-        f"rm -f {' '.join(news)} && " + " && ".join(f"install -m 600 /dev/null {n}" for n in news),
-        *(FileUploadCommand(f.source(), f.dest + ".kthw-new",
-                            remote_temp_filename=posixpath.join(temp_dir, hashlib.sha1(f.dest.encode()).hexdigest()))
-          for f in uploads),
-        _swap_command(uploads, check),
-        StringCommand(f"rm -rf {q_temp}", _sudo=False),
+        *(FileUploadCommand(f.source(), staged[f.dest], _sudo=False) for f in uploads),
+        f"{_swap_command(uploads, staged, check)} && rm -rf {q_temp}",
     ]
 
 
-def _swap_command(uploads: list[ManagedFile], check: str) -> str:
-    """One command: each new version gets its mode and owner, passes ``check``, replaces the old
-    one; then what landed is hashed, compared and recorded in the host's hash cache."""
+def _swap_command(uploads: list[ManagedFile], staged: dict[str, str], check: str) -> str:
+    """One command: each new version created 0600 beside its dest before any byte is copied in
+    (a secret is never readable on the way), given its mode and owner, passed through ``check``,
+    then renamed over the old one (a running binary is never written over); then what landed is
+    hashed, compared and recorded in the host's hash cache."""
     steps = []
     for f in uploads:
         new, dest = shlex.quote(f.dest + ".kthw-new"), shlex.quote(f.dest)
-        step = f"chmod {f.mode:o} {new} && chown {f.owner} {new}"
+        step = (f"rm -f {new} && install -m 600 /dev/null {new} && cat {shlex.quote(staged[f.dest])} > {new} "
+                f"&& chmod {f.mode:o} {new} && chown {f.owner} {new}")
         if check:
             step += f" && {{ {check.format(path=new)} || {{ rm -f {new}; exit 1; }}; }}"
         steps.append(f"{step} && mv -f {new} {dest}")
