@@ -38,6 +38,9 @@ RUNTIME_STATE = [
 RUNTIME_STATE += ["/etc/cni/net.d/10-weave.conflist", "/opt/cni/bin/weave-"]
 # The kubelet's own atomic writes (a temporary ".<digits>" file beside a checkpoint it replaces).
 RUNTIME_STATE += ["/var/lib/kubelet/."]
+# The kubelet's record of each image it pulled (images come through the lab registry, pulled as
+# pods need them, not imported by the deploy).
+RUNTIME_STATE += ["/var/lib/kubelet/image_manager"]
 # The masters' scheduled etcd snapshots, and systemd's record of their timer's last run (made
 # when the timer first starts): the timer's doing, not the deploy's.
 RUNTIME_STATE += ["/var/lib/etcd-snapshots", "/var/lib/systemd/timers/stamp-kthw-etcd-snapshot.timer"]
