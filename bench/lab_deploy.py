@@ -13,11 +13,12 @@ deploy does. Measured:
     cold deploy       pyinfra from fresh machines to its end, split by what the time went to:
                         start-up, inventory, connect, facts and plan (pyinfra's progress lines),
                         then each operation (the time from its start line to the next) by its
-                        name: packages and binaries, images (the offline archives copied and
-                        imported), files and settings (certs, configs, units, sysctls), services started,
-                        waits for health, add-ons applied
+                        name: packages and binaries, images (offline archives copied and
+                        imported: only with KTHW_LAB_IMAGES=archives), files and settings (certs,
+                        configs, units, sysctls), services started, waits for health, add-ons applied
     settled           after the deploy, until every Node is Ready and CoreDNS answers a query
-                        for kubernetes.default from a master (through the Service address)
+                        for kubernetes.default from a master (through the Service address); the
+                        images the pods need are pulled from lab/registry in this time
     no-op rerun       median of 5 (inventory from its cache), split by phase; the dry run too
     one worker added  lab/up of one more machine, the deploy that joins it, until it is Ready;
                         then the deploy that takes it out of the file again
@@ -231,7 +232,8 @@ def measure(label: str, r: dict) -> None:
     env, grown_env = {"KTHW_CLUSTER": str(path)}, {"KTHW_CLUSTER": str(grown)}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     r.update({"topology": label, "nodes": len(cluster.nodes), "cores": os.cpu_count(), "commit": commit.stdout.strip(),
-              "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes")})
+              "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
+              "images": os.environ.get("KTHW_LAB_IMAGES") or "registry"})  # lab/cluster.py
     subprocess.run(["lab/down"], cwd=REPO, env={**os.environ, **grown_env}, capture_output=True)
     r["machines"] = sh(["lab/up"], env)
     phases, ops = timed_run(DEPLOY, env)

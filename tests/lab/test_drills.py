@@ -64,6 +64,7 @@ def listening(ip: str, port: int) -> bool:
         return False
 
 
+@pytest.mark.day_two  # three minutes away, then the recovery: kept out of `make test`'s budget
 def test_losing_the_load_balancer_cuts_off_only_the_operator(lab):
     """Every node reaches the apiservers through its own local proxy: with the load balancer
     gone for three minutes, only the operator's requests fail, and only while it is gone."""
