@@ -272,12 +272,13 @@ def keep(record: dict) -> None:
 
 
 def show(results: list[dict]) -> None:
-    print(f"lab benchmark, {results[0]['date'][:10]}, commit {results[0]['commit']}, {results[0]['cores']} cores "
-          "(no-op rerun and dry run: median of 5)")
+    print(f"lab benchmark, {results[0]['date'][:10]}, commit {results[0]['commit']}, {results[0]['cores']} cores, "
+          f"images {results[0]['images']} (no-op rerun and dry run: median of 5)")
     heads = [f"{r['topology']} ({r['nodes']} nodes)" for r in results]
     print(f"{'':44}" + "".join(f"{h:>18}" for h in heads))
     for key in results[0]:
-        if key in ("topology", "nodes", "date", "cores", "commit", "slowest operations", "operations", "failed"):
+        if key in ("topology", "nodes", "date", "cores", "commit", "images", "slowest operations", "operations",
+                   "failed"):
             continue
         cells = [r[key] if isinstance(r[key], int) else f"{r[key]:.1f}" for r in results]
         print(f"{key:44}" + "".join(f"{c:>18}" for c in cells))
