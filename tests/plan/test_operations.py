@@ -53,6 +53,18 @@ def test_uploads_go_through_the_callers_temp_dir_emptied_before_and_after():
     assert text.index(f"mkdir -m 700 {folder}") < text.rindex(f"rm -rf {folder}\n")
 
 
+def test_an_upload_is_two_commands_and_the_new_file_is_0600_before_its_bytes():
+    # one command as the SSH user (the private folder), the SFTP upload into it, one command as
+    # root that places the file and removes the folder: not pyinfra's cp and rm per file
+    text = run("tests/plan/unnamed_ops.py", "-y", "-vv")
+    op = text.split("--> Starting operation: ops.files_synced", 1)[1].split("--> Starting operation:", 1)[0]
+    commands = re.findall(r"^\[@fake/node\] >>> (.*)$", op, re.M)
+    assert len(commands) == 2, commands
+    new = "/etc/kthw-test/secret.key.kthw-new"
+    assert f"install -m 600 /dev/null {new} && cat /var/tmp/kthw-test-uploads/.kthw-upload/" in op
+    assert op.index(f"install -m 600 /dev/null {new}") < op.index(f"mv -f {new} /etc/kthw-test/secret.key")
+
+
 def test_managed_file_repr_names_the_file_never_its_bytes():
     f = ManagedFile.text("/etc/x.key", SECRET, mode=0o600, secret=True)
     for text in (repr(f), str(f), str([f]), repr({"files": [f]})):
