@@ -19,8 +19,8 @@ from the same line) closes each stage that another group waits on.
        first master  etcd members of masters gone from the cluster file removed (HAProxy no
                      longer sends requests to them); in step 2 of an encryption-key rotation,
                      every Secret rewritten with the new key (kthw/key_rotation.py); the
-                     add-ons applied: RBAC for apiserver -> kubelet, the CNI add-on, CoreDNS
-                     (their pods wait for the nodes, and start as each one registers)
+                     add-ons the cluster lacks applied: RBAC for apiserver -> kubelet, the CNI
+                     add-on, CoreDNS (their pods start on each node as it registers)
     4. masters and   containerd, runc, CNI plugins, kubelet, kube-proxy (+ bridge CNI routes);
        workers       masters register tainted: only the CNI and kube-system pods run there
        each node,    a node whose binaries change (an upgrade) restarts only in its turn: the
@@ -29,7 +29,8 @@ from the same line) closes each stage that another group waits on.
     -- barrier --
        load balancer an etcd-only member taken out of the file (and so out of etcd): stopped
                      and removed
-    5. first master  the masters labelled control-plane, nodes gone from the cluster file
+    5. first master  changed add-ons applied (their new pods find what they need on the nodes),
+                     the masters labelled control-plane, nodes gone from the cluster file
                      drained and deleted
 """
 
@@ -64,7 +65,7 @@ if etcd in wants and ctx.is_first_master:
 if control_plane in wants and ctx.is_first_master:
     control_plane.secrets_rewritten(ctx)  # step 2 of an encryption-key rotation
 if addons in wants:
-    addons.deploy(ctx, wants[addons])
+    rendered = addons.deploy(ctx, wants[addons])  # the add-ons a new cluster lacks: applied now
 
 if node in wants:
     owed = node.deploy(ctx, wants[node])
@@ -76,4 +77,5 @@ if etcd in wants and not ctx.node.runs_etcd:  # a load balancer whose etcd-only 
     etcd.retired(ctx)
 
 if addons in wants:
+    addons.changes_applied(ctx, rendered)
     addons.nodes_reconciled(ctx)

@@ -42,9 +42,10 @@ from kthw.facts import RECORD_HASHES_SCRIPT
 from kthw.paths import APPLIED_DIR, HASH_CACHE, UPLOAD_DIR
 
 # Uploads land in UPLOAD_DIR (mode 0700, in the SSH user's home unless ``_temp_dir`` says
-# where) before ``cp`` moves them into place with sudo: pyinfra's default temp dir is /tmp,
-# where a key would sit world-readable. Each operation that uploads empties it before and after
-# (what a failed step left goes with the next upload, and with reset.py).
+# where), sent as the SSH user, before one root command copies them into place: pyinfra's own
+# sudo upload goes through /tmp, where a key would sit world-readable. Each operation that
+# uploads empties it first (what a failed step left goes with the next upload, and with
+# reset.py) and removes it once everything is in place.
 # APPLIED_DIR: one empty file per service or add-on, touched in the same command that restarted,
 # reloaded or applied it: an input placed later (its mtime) means that step is still owed, even
 # if the run that placed it was interrupted before getting there (HostState reports both times).
@@ -369,11 +370,16 @@ def files_synced(files: Sequence[ManagedFile], snapshot: Snapshot, check: str = 
     yield from commands
 
 
+# No privilege change of any kind (sudo, su, doas, dzdo) for the upload folder and the uploads
+# into it: pyinfra's escalated upload would go through /tmp.
+AS_SSH_USER = {"_sudo": False, "_su_user": None, "_doas": False, "_dzdo": False}
+
+
 def _upload_commands(uploads: list[ManagedFile], check: str) -> list:
-    """:func:`files_synced`'s commands for new content, three round trips however many files: a
-    fresh private upload folder (the SSH user's own, 0700), every new version sent into it over
-    SFTP as that user, then one command as root that puts each in place (:func:`_swap_command`)
-    and removes the folder."""
+    """:func:`files_synced`'s commands for new content, two however many files, and one SFTP
+    put per file: a fresh private upload folder (the SSH user's own, 0700), every new version
+    sent into it over SFTP as that user, then one command as root that puts each in place
+    (:func:`_swap_command`) and removes the folder."""
     if not uploads:
         return []
     temp_dir = _upload_dir()
@@ -381,8 +387,8 @@ def _upload_commands(uploads: list[ManagedFile], check: str) -> list:
     staged = {f.dest: posixpath.join(temp_dir, hashlib.sha1(f.dest.encode()).hexdigest()) for f in uploads}
     return [
         StringCommand(f"rm -rf {q_temp} && mkdir -m 700 {q_temp} && test -O {q_temp} -a ! -L {q_temp}",
-                      _sudo=False),
-        *(FileUploadCommand(f.source(), staged[f.dest], _sudo=False) for f in uploads),
+                      **AS_SSH_USER),
+        *(FileUploadCommand(f.source(), staged[f.dest], **AS_SSH_USER) for f in uploads),
         f"{_swap_command(uploads, staged, check)} && rm -rf {q_temp}",
     ]
 

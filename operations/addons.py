@@ -2,10 +2,12 @@
 the pod network (Weave Net; nothing for the bridge CNI), CoreDNS, and the control-plane role
 label on the masters' Node objects (a kubelet may not set it on itself).
 
-The manifests are applied as soon as the control plane is up, before the nodes' services start
-(kubeadm's order too: add-ons after the control plane, nodes after that), so each node's pods
-are scheduled the moment its kubelet registers, and their images pull while the deploy goes on
-with the other nodes. What needs the nodes (the labels, nodes gone from the file) comes last.
+A manifest the cluster lacks (a new cluster, a new add-on) is applied as soon as the control
+plane is up, before the nodes' services start (kubeadm's order too: add-ons after the control
+plane, nodes after that), so each node's pods are scheduled the moment its kubelet registers and
+their images pull while the deploy goes on. A changed one is applied after the nodes' stage, once
+what its new pods need is on the nodes. What needs the Node objects (the labels, nodes gone from
+the file) comes last.
 
 Each manifest is rendered from ``files/etc/kubernetes/addons/*.j2`` with versions and images
 from the model, kept on the master, and applied when it changed or when its objects are
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 
 from pyinfra import host
+from pyinfra.api.operation import OperationMeta
 
 from kthw import components
 from kthw.commands import KUBECTL, KUBECTL_ARG, wait_until
@@ -92,22 +95,40 @@ def wants(ctx: HostContext) -> Wants:
     return w
 
 
-def deploy(ctx: HostContext, w: Wants) -> None:
-    """The manifests, rendered and applied (after the control plane, before the nodes)."""
+def deploy(ctx: HostContext, w: Wants) -> dict[str, OperationMeta]:
+    """The manifests rendered, and those the cluster lacks applied at once (after the control
+    plane, before the nodes: on a new cluster the pods are scheduled as each node registers).
+    Returns each manifest's render operation for :func:`changes_applied`."""
     snap = ctx.snapshot
     directories_present(w.dirs, snap, name="addons | directory")
+    rendered = {}
     for name in host.loop(manifest_names(ctx)):
         path = f"{ADDONS_DIR}/{name}"
-        changed = files_synced(w.files[name], snap, name=f"addons | {name} rendered")
-        # Applied when it changed, when the cluster lacks it, or when an interrupted run placed it
-        # and never applied it.
-        owed = not snap.manifest_present(path) or snap.pending(addon_key(name), [path])
-        # Pods that talk to the API get the CA bundle the controller-manager publishes in each
-        # namespace (kube-root-ca.crt): after a CA change, wait until it is the new one before
-        # these pods restart with it.
-        wait = f"({TRUST_PUBLISHED}) && " if name in API_CLIENTS else ""
-        command_when(f"{wait}{KUBECTL} apply -f {path} && {mark_applied(addon_key(name))}", when=[changed],
-                     always=owed, name=f"addons | {name} applied")
+        rendered[name] = files_synced(w.files[name], snap, name=f"addons | {name} rendered")
+        command_when(_apply(name), always=not snap.manifest_present(path), name=f"addons | {name} applied")
+    return rendered
+
+
+def changes_applied(ctx: HostContext, rendered: dict[str, OperationMeta]) -> None:
+    """An add-on the cluster runs, applied again when it changed or when an interrupted run placed
+    it and never applied it: after the nodes' stage, so what its new pods need is there first
+    (a new image version imported where artifacts.images supplies the images, a node's CNI plugin
+    placed before Weave Net's pods roll)."""
+    snap = ctx.snapshot
+    for name in host.loop(manifest_names(ctx)):
+        path = f"{ADDONS_DIR}/{name}"
+        running = snap.manifest_present(path)  # otherwise :func:`deploy` applied it
+        command_when(_apply(name), when=[rendered[name]] if running else [],
+                     always=running and snap.pending(addon_key(name), [path]),
+                     name=f"addons | {name} changes applied")
+
+
+def _apply(name: str) -> str:
+    # Pods that talk to the API get the CA bundle the controller-manager publishes in each
+    # namespace (kube-root-ca.crt): after a CA change, wait until it is the new one before these
+    # pods restart with it.
+    wait = f"({TRUST_PUBLISHED}) && " if name in API_CLIENTS else ""
+    return f"{wait}{KUBECTL} apply -f {ADDONS_DIR}/{name} && {mark_applied(addon_key(name))}"
 
 
 def nodes_reconciled(ctx: HostContext) -> None:

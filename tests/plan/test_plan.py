@@ -51,15 +51,17 @@ def test_stages_are_ordered_across_groups(fresh_plan):
     cp_last = max(i for n, i in pos.items() if n.startswith(("control plane |", "apiserver proxy |")))
     worker_first = min(i for n, i in pos.items() if n.startswith("node |"))
     worker_last = max(i for n, i in pos.items() if n.startswith("node |"))
-    reconciled = [pos["addons | nodes no longer in the cluster file drained and deleted"],
-                  pos["addons | masters labelled node-role control-plane"]]
-    applied = [i for n, i in pos.items() if n.startswith("addons |") and i not in reconciled]
+    late = [i for n, i in pos.items() if n.startswith("addons |") and (
+        n.endswith("changes applied") or n in ("addons | nodes no longer in the cluster file drained and deleted",
+                                               "addons | masters labelled node-role control-plane"))]
+    applied = [i for n, i in pos.items() if n.startswith("addons |") and i not in late]
     assert etcd_last < pos["--- barrier: etcd is up ---"] < min(cp_first, lb_first)
     assert cp_last < pos["--- barrier: control plane is up ---"] < worker_first
     assert pos["--- barrier: control plane is up ---"] < pos[removal]  # after HAProxy let go of them
-    # the add-ons' pods wait for the nodes (kubeadm's order); the Node objects' upkeep needs them
+    # new add-ons' pods wait for the nodes (kubeadm's order); a changed add-on, and the Node
+    # objects' upkeep, come after the nodes' stage
     assert pos["--- barrier: control plane is up ---"] < min(applied) and max(applied) < worker_first
-    assert worker_last < pos["--- barrier: nodes are up ---"] < min(reconciled)
+    assert worker_last < pos["--- barrier: nodes are up ---"] < min(late)
     assert pos[removal] < pos["--- barrier: nodes are up ---"] < pos[retire]  # quorum through the restarts
     # within a host, too: etcd must be healthy before the apiserver starts
     assert pos["etcd | healthy (after any restart)"] < pos["control plane | kube-apiserver running"]
@@ -300,6 +302,18 @@ def test_a_registry_dropped_from_the_mirrors_loses_its_hosts_toml(default_cluste
     assert changed == {"node | registry mirrors no longer configured removed": KUBELET_HOSTS}
 
 
+def test_a_changed_add_on_is_applied_after_the_nodes_stage(default_cluster, tmp_path):
+    # a new CoreDNS version on a running cluster: its manifest is applied once every node's stage
+    # is done (where the images come as archives, they are imported by then), not before
+    raw = yaml.safe_load(default_cluster.read_text())  # the same state folder (identity) and artifacts
+    raw["versions"]["coredns"] = "v1.14.8"
+    (path := tmp_path / "cluster.yaml").write_text(yaml.safe_dump(raw))
+    out = run_pyinfra(path, "--dry", "--json", state="converged", env={"KTHW_FAKE_STATE_CLUSTER": str(default_cluster)})
+    changed = {p["name"]: p["hosts_with_change"] for p in json.loads(out.stdout)["plan"] if p["hosts_with_change"]}
+    assert changed == {"addons | 20-coredns.yaml rendered": ["@fake/master-1"],
+                       "addons | 20-coredns.yaml changes applied": ["@fake/master-1"]}
+
+
 def test_a_rerun_after_an_interrupted_run_makes_the_restarts_it_owes(default_cluster):
     # the files are all in place: what the interrupted run placed is owed its restart or apply
     out = run_pyinfra(default_cluster, "--dry", "--json", state="interrupted")
@@ -307,7 +321,7 @@ def test_a_rerun_after_an_interrupted_run_makes_the_restarts_it_owes(default_clu
     assert changed == {
         "etcd | restarted on change, one member at a time": ["@fake/master-1"],
         "etcd | healthy (after any restart)": ["@fake/master-1"],
-        "addons | 20-coredns.yaml applied": ["@fake/master-1"],
+        "addons | 20-coredns.yaml changes applied": ["@fake/master-1"],
         "node | kubelet running": ["@fake/worker-1"],
     }
     out = run_pyinfra(default_cluster, "-y", "-vv", state="interrupted")
