@@ -3,6 +3,7 @@ and the local apiserver on a master, and the one readiness loop."""
 
 from __future__ import annotations
 
+import math
 import shlex
 
 from kthw.paths import ADMIN_KUBECONFIG, BIN_DIR, ETCD_DIR
@@ -105,13 +106,15 @@ def only_if_peers_healthy(self_healthy: str, peers_healthy: str, what: str, trie
             f"sleep {delay}; done; [ $ok = 1 ] || {{ echo {refuse} >&2; exit 1; }}; fi")
 
 
-def wait_until(condition: str, what: str, tries: int = 90, delay: int = 2, on_failure: str = "") -> str:
-    """A shell loop that waits until ``condition`` holds (``tries`` x ``delay`` seconds), else runs
-    ``on_failure`` (to show why), says "<what> not ready" and fails.
+def wait_until(condition: str, what: str, timeout: int = 180, every: float = 1, on_failure: str = "") -> str:
+    """A shell loop that waits until ``condition`` holds, asking every ``every`` seconds for
+    ``timeout`` seconds, else runs ``on_failure`` (to show why), says "<what> not ready" and
+    fails. Every second by default: a new cluster waits on several of these in turn, and each
+    costs half a poll on average.
 
-    >>> wait_until("true", "etcd", tries=3)
-    "for i in $(seq 3); do true && exit 0; sleep 2; done; echo 'etcd not ready' >&2; exit 1"
+    >>> wait_until("true", "etcd", timeout=3)
+    "for i in $(seq 3); do true && exit 0; sleep 1; done; echo 'etcd not ready' >&2; exit 1"
     """
     tail = f"{on_failure}; " if on_failure else ""
-    return (f"for i in $(seq {tries}); do {condition} && exit 0; sleep {delay}; done; "
+    return (f"for i in $(seq {math.ceil(timeout / every)}); do {condition} && exit 0; sleep {every:g}; done; "
             f"{tail}echo {shlex.quote(what + ' not ready')} >&2; exit 1")

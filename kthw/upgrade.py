@@ -123,13 +123,13 @@ def drain(node: str, kubectl: str = KUBECTL) -> str:
             f"--timeout={DRAIN_TIMEOUT_S}s >/dev/null")
 
 
-def uncordon(node: str, kubernetes: str, kubectl: str = KUBECTL, tries: int = 90) -> str:
+def uncordon(node: str, kubernetes: str, kubectl: str = KUBECTL, timeout: int = 180) -> str:
     """Wait until the node is Ready and its kubelet reports ``kubernetes``, then uncordon it and
     drop the mark."""
     q = shlex.quote(node)
     ready = (f"[ \"$({kubectl} get node {q} --request-timeout=5s -o "
              "jsonpath='{.status.conditions[?(@.type==\"Ready\")].status} {.status.nodeInfo.kubeletVersion}')\" "
              f"= {shlex.quote('True ' + kubernetes)} ]")
-    wait = wait_until(ready, f"{node} (Ready on {kubernetes})", tries=tries)
+    wait = wait_until(ready, f"{node} (Ready on {kubernetes})", timeout=timeout)
     return (f"({wait}) && {kubectl} uncordon {q} >/dev/null && "
             f"{kubectl} annotate node {q} {DRAINED}- >/dev/null")

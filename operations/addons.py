@@ -33,10 +33,16 @@ COMPONENT = components.ADDONS
 
 # the add-ons whose pods use the API with the in-cluster CA bundle (annotated with its digest)
 API_CLIENTS = ("10-weave.yaml", "20-coredns.yaml")
+ROOT_CA = f"{KUBECTL} -n kube-system get configmap kube-root-ca.crt"
 TRUST_PUBLISHED = wait_until(
-    f"{KUBECTL} -n kube-system get configmap kube-root-ca.crt -o jsonpath='{{.data.ca\\.crt}}' 2>/dev/null "
-    f"| cmp -s - {CLUSTER_CA}",
-    "kube-root-ca.crt (the controller-manager publishing the cluster's CA bundle)", tries=60)
+    f"{ROOT_CA} -o jsonpath='{{.data.ca\\.crt}}' 2>/dev/null | cmp -s - {CLUSTER_CA}",
+    "kube-root-ca.crt (the controller-manager publishing the cluster's CA bundle)", timeout=120)
+# A new cluster's first add-ons need not wait: pods that mount a bundle not yet published wait for
+# it, and the first one published is the current one. One published but not current waits.
+TRUST_CURRENT_OR_NONE = wait_until(
+    f"{{ {{ none=$({ROOT_CA} --ignore-not-found -o name) && [ -z \"$none\" ]; }} || "
+    f"{{ {ROOT_CA} -o jsonpath='{{.data.ca\\.crt}}' 2>/dev/null | cmp -s - {CLUSTER_CA}; }}; }}",
+    "kube-root-ca.crt (the controller-manager publishing the cluster's CA bundle)", timeout=120)
 
 
 def _images(ctx: HostContext) -> dict[str, str]:
@@ -105,7 +111,8 @@ def deploy(ctx: HostContext, w: Wants) -> dict[str, OperationMeta]:
     for name in host.loop(manifest_names(ctx)):
         path = f"{ADDONS_DIR}/{name}"
         rendered[name] = files_synced(w.files[name], snap, name=f"addons | {name} rendered")
-        command_when(_apply(name), always=not snap.manifest_present(path), name=f"addons | {name} applied")
+        command_when(_apply(name, TRUST_CURRENT_OR_NONE), always=not snap.manifest_present(path),
+                     name=f"addons | {name} applied")
     return rendered
 
 
@@ -118,16 +125,16 @@ def changes_applied(ctx: HostContext, rendered: dict[str, OperationMeta]) -> Non
     for name in host.loop(manifest_names(ctx)):
         path = f"{ADDONS_DIR}/{name}"
         running = snap.manifest_present(path)  # otherwise :func:`deploy` applied it
-        command_when(_apply(name), when=[rendered[name]] if running else [],
+        command_when(_apply(name, TRUST_PUBLISHED), when=[rendered[name]] if running else [],
                      always=running and snap.pending(addon_key(name), [path]),
                      name=f"addons | {name} changes applied")
 
 
-def _apply(name: str) -> str:
+def _apply(name: str, trust_wait: str) -> str:
     # Pods that talk to the API get the CA bundle the controller-manager publishes in each
     # namespace (kube-root-ca.crt): after a CA change, wait until it is the new one before these
     # pods restart with it.
-    wait = f"({TRUST_PUBLISHED}) && " if name in API_CLIENTS else ""
+    wait = f"({trust_wait}) && " if name in API_CLIENTS else ""
     return f"{wait}{KUBECTL} apply -f {ADDONS_DIR}/{name} && {mark_applied(addon_key(name))}"
 
 
@@ -155,10 +162,11 @@ def addon_key(name: str) -> str:
     return f"addon-{name}"
 
 
-def label_control_plane(nodes: list[str], kubectl: str = KUBECTL, tries: int = 60) -> str:
+def label_control_plane(nodes: list[str], kubectl: str = KUBECTL, timeout: int = 120) -> str:
     """Label these masters' Node objects with the control-plane role, once they exist (a fresh
     master's kubelet may still be registering)."""
     names = " ".join(nodes)
-    wait = wait_until(f"{kubectl} get node {names} >/dev/null 2>&1", f"Node objects of {names}", tries=tries)
+    wait = wait_until(f"{kubectl} get node {names} >/dev/null 2>&1", f"Node objects of {names}", timeout=timeout,
+                      every=0.5)
     # The wait loop ends with `exit`: run it in a subshell so the label command still runs.
     return f"({wait}) && {kubectl} label node {names} {CONTROL_PLANE_LABEL}= --overwrite >/dev/null"
