@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -48,26 +49,80 @@ def test_the_bridge_cni_has_no_use_for_it(tmp_path):
     assert CNI_NEIGH_FLUSH not in rendered(cluster_file(tmp_path, raw), "worker-1")
 
 
+UPSTREAM = '{"name": "weave", "plugins": [{"type": "weave-net"}, {"type": "portmap"}]}'
+
+
+def weave_containers(master_files) -> dict:
+    ds = next(d for d in yaml.safe_load_all(master_files[WEAVE]) if d["kind"] == "DaemonSet")
+    return {c["name"]: c for c in ds["spec"]["template"]["spec"]["containers"]}
+
+
+def stand_in(path, text: str):
+    path.write_text(f"#!/bin/sh\n{text}\n")
+    path.chmod(0o755)
+    return path
+
+
 @pytest.mark.parametrize("plugin_there", [True, False])
-def test_weave_init_writes_our_chain_only_where_the_plugin_is(tmp_path, plugin_there):
+@pytest.mark.parametrize("new_node", [True, False])
+def test_weave_init_writes_our_chain_only_where_the_plugin_is(tmp_path, plugin_there, new_node):
     init = weave_init(rendered(cluster_file(tmp_path), "master-1"))
     host = tmp_path / "host"
     (host / "etc/cni/net.d").mkdir(parents=True)
     (host / "opt/cni/bin").mkdir(parents=True)
-    upstream = '{"name": "weave", "plugins": [{"type": "weave-net"}, {"type": "portmap"}]}'
-    (host / "etc/cni/net.d/10-weave.conflist").write_text(upstream)  # what Weave's init.sh wrote
+    before = '{"name": "weave", "plugins": [{"type": "weave-net"}]}'  # what the node has had
+    if not new_node:
+        (host / "etc/cni/net.d/10-weave.conflist").write_text(before)
     if plugin_there:
-        (host / "opt/cni/bin/kthw-neigh-flush").write_text("")
-        (host / "opt/cni/bin/kthw-neigh-flush").chmod(0o755)
-    script = init["command"][2].replace("/host/", f"{host}/").replace("/home/weave/init.sh", "true")
+        stand_in(host / "opt/cni/bin/kthw-neigh-flush", "")
+    # Weave's init.sh stood in for by what its setup-cni does with HOST_ROOT and the plugin dir
+    init_sh = stand_in(tmp_path / "init.sh", f'touch "$WEAVE_CNI_PLUGIN_DIR/weave-net"\n'
+                       f"echo '{UPSTREAM}' >\"$HOST_ROOT/etc/cni/net.d/10-weave.conflist\"")
+    script = init["command"][2].replace("/host/", f"{host}/").replace("/home/weave/init.sh", str(init_sh))
     env = {"PATH": os.environ["PATH"], **{e["name"]: e["value"] for e in init["env"]}}
     subprocess.run(["sh", "-c", script], env=env, check=True)
-    written = (host / "etc/cni/net.d/10-weave.conflist").read_text()
+    net_d = host / "etc/cni/net.d"
+    assert (host / "opt/cni/bin/weave-net").exists()  # the plugin on the node
+    if new_node:  # nothing live until the router answers: staged for the weave container
+        assert sorted(p.name for p in net_d.iterdir()) == [".10-weave.conflist.staged"]
+        written = (net_d / ".10-weave.conflist.staged").read_text()
+    else:
+        assert sorted(p.name for p in net_d.iterdir()) == ["10-weave.conflist"]
+        written = (net_d / "10-weave.conflist").read_text()
     if plugin_there:
         assert json.loads(written)["plugins"][-1] == {"type": "kthw-neigh-flush"}
     else:
-        assert written == upstream
-    assert sorted(p.name for p in (host / "etc/cni/net.d").iterdir()) == ["10-weave.conflist"]
+        assert written.strip() == (UPSTREAM if new_node else before)
+
+
+@pytest.mark.parametrize("staged", [True, False])
+def test_a_new_nodes_config_goes_live_once_the_router_answers(tmp_path, staged):
+    weave = weave_containers(rendered(cluster_file(tmp_path), "master-1"))["weave"]
+    host, bin_dir = tmp_path / "host", tmp_path / "bin"
+    net_d = host / "etc/cni/net.d"
+    net_d.mkdir(parents=True)
+    bin_dir.mkdir()
+    if staged:
+        (net_d / ".10-weave.conflist.staged").write_text(UPSTREAM)
+    # curl: the router answers from its third try on; launch.sh: records whether the config
+    # was live when it started, then runs while one is staged (10 s at most)
+    stand_in(bin_dir / "curl", f'echo x >>{tmp_path}/tries\n[ "$(wc -l <{tmp_path}/tries)" -ge 3 ]')
+    launch = stand_in(tmp_path / "launch.sh",
+                      f"[ -e {net_d}/10-weave.conflist ] && echo live >{tmp_path}/at-start\n"
+                      f"for i in $(seq 100); do [ -e {net_d}/.10-weave.conflist.staged ] || exit 0; sleep 0.1; done")
+    script = weave["command"][2].replace("/host/", f"{host}/").replace("/home/weave/launch.sh", str(launch))
+    subprocess.run(["sh", "-c", script], env={"PATH": f"{bin_dir}:{os.environ['PATH']}"}, check=True, timeout=30)
+    if staged:
+        assert not (tmp_path / "at-start").exists()
+        assert (tmp_path / "tries").read_text().count("x") >= 3
+        for _ in range(50):  # the mover may still be finishing
+            if (net_d / "10-weave.conflist").exists():
+                break
+            time.sleep(0.1)
+        assert sorted(p.name for p in net_d.iterdir()) == ["10-weave.conflist"]
+        assert (net_d / "10-weave.conflist").read_text() == UPSTREAM
+    else:
+        assert list(net_d.iterdir()) == [] and not (tmp_path / "tries").exists()
 
 
 needs_netns = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
