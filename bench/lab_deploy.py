@@ -199,9 +199,17 @@ def settle(cluster_file: Path, nodes: set[str], timeout: float = 900) -> float:
 
 def node_cost(name: str) -> tuple[float, float, int]:
     """(RSS MiB, working set MiB, inotify instances) of a lab node's container (cgroup v1 or v2)."""
+    # The container's own cgroup, from its init's: LXC names a new one lxc.payload.kthw-NAME-1
+    # (-2...) while an earlier container's is still being freed, so the name alone can read an
+    # empty group.
+    pid = subprocess.run(["lxc-info", "-n", f"kthw-{name}", "-pH"], capture_output=True, text=True).stdout.strip()
+    paths = dict(line.split(":", 2)[1:] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines())
+    unified = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+
     def group(controller: str) -> Path:
-        v2 = Path(f"/sys/fs/cgroup/lxc.payload.kthw-{name}")
-        return v2 if v2.exists() else Path(f"/sys/fs/cgroup/{controller}/lxc.payload.kthw-{name}")
+        path = paths[""] if unified else next(p for c, p in paths.items() if controller in c.split(","))
+        top = path.strip("/").split("/")[0]  # the container's, above the init.scope inside it
+        return Path("/sys/fs/cgroup", top) if unified else Path("/sys/fs/cgroup", controller, top)
     mem = group("memory")
     stat = dict(line.split() for line in (mem / "memory.stat").read_text().splitlines())
     if (mem / "memory.current").exists():
