@@ -56,14 +56,6 @@ def _images(ctx: HostContext) -> dict[str, str]:
     }
 
 
-def every_node_images(ctx: HostContext) -> list[str]:
-    """The images of the add-on pods every Kubernetes node runs: the pod network's DaemonSet."""
-    if ctx.cluster.cni != "weave":
-        return []
-    images = _images(ctx)
-    return [images["weave_kube_image"], images["weave_npc_image"]]
-
-
 def manifest_names(ctx: HostContext) -> list[str]:
     names = ["00-apiserver-to-kubelet.yaml"]
     if ctx.cluster.cni == "weave":

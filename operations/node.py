@@ -57,14 +57,12 @@ from kthw.paths import (
     unit_file,
 )
 from kthw.pki import kubelet_cert_name
-from operations.addons import every_node_images
 
 COMPONENT = components.NODE
 # Debian/Ubuntu packages kubelet and kube-proxy need besides what the box ships.
 PACKAGES = ["socat", "conntrack", "ipset", "iptables", "ethtool", "kmod", "openssl"]
 
 PAUSE_IMAGE = "registry.k8s.io/pause:{v}"
-PULL_AHEAD_UNIT = "kthw-images-pulled-ahead"  # transient (systemd-run): nothing to place or remove
 
 
 # Masters register with it (kubelet registerWithTaints); only pods that tolerate it (the CNI's
@@ -255,7 +253,6 @@ def _runtime(ctx: HostContext, w: Wants, services: _Services) -> None:
 
 def _images(ctx: HostContext, w: Wants) -> None:
     if "images" not in w.files:
-        _pulled_ahead(ctx)
         return
     snap = ctx.snapshot
     archives = files_synced(w.files["images"], snap, name="node | offline image archives")
@@ -266,25 +263,6 @@ def _images(ctx: HostContext, w: Wants) -> None:
         "|| exit 1; done",
         when=[archives], always=bool(missing), name="node | images imported into containerd",
     )
-
-
-def _pulled_ahead(ctx: HostContext) -> None:
-    """A new node (no kubelet running yet) pulls the images its first pods need, the pause image
-    and the pod network's, in the background while its kubelet is placed and started: they are
-    there when the kubelet asks, seconds sooner. Only a head start: the kubelet pulls whatever is
-    missing, as it would anyway (kubespray pulls ahead too, but waits for it)."""
-    images = [PAUSE_IMAGE.format(v=ctx.cluster.versions.pause), *every_node_images(ctx)]
-    new_node = ctx.snapshot.service("kubelet")[0] != "active"
-    command_when(pull_ahead(images), always=new_node, name="node | images pulled ahead, in the background")
-
-
-def pull_ahead(images: list[str]) -> str:
-    """Start a transient unit that pulls ``images`` through the CRI, all at once (one retry
-    each: containerd may still be starting); none when one still runs from an earlier run."""
-    pulls = " ".join(f"pull {shlex.quote(i)} &" for i in images)
-    script = f'pull() {{ crictl pull "$1" >/dev/null || {{ sleep 2; crictl pull "$1" >/dev/null; }}; }}; {pulls} wait'
-    return (f"systemctl is-active -q {PULL_AHEAD_UNIT} || "
-            f"systemd-run -q --no-block --collect --unit {PULL_AHEAD_UNIT} sh -c {shlex.quote(script)}")
 
 
 def _pod_network(ctx: HostContext, w: Wants) -> None:

@@ -120,8 +120,8 @@ def test_no_pod_restarted_during_the_cold_deploy(lab):
 
 def test_images_come_the_way_the_lab_file_says(lab):
     """Through lab/registry (the lab's stand-in for registry.k8s.io and Docker Hub): no archive
-    on any node, and each node holds only what it pulled ahead and what its pods pulled: the pause
-    image and the pod network's everywhere, CoreDNS never on a (tainted) master. With the offline archives
+    on any node, and each node holds only what its pods pulled: the pause image and the pod
+    network's everywhere, CoreDNS never on a (tainted) master. With the offline archives
     (artifacts.images): every archive's image imported on every node before any pod asked."""
     weave = [f"docker.io/weaveworks/{n}:{lab.cluster.versions.weave.lstrip('v')}" for n in ("weave-kube", "weave-npc")]
     everywhere = [f"registry.k8s.io/pause:{lab.cluster.versions.pause}"] + (weave if lab.cluster.cni == "weave" else [])

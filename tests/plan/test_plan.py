@@ -346,25 +346,3 @@ def test_hosts_of_another_cluster_identity_are_refused_before_anything_runs(defa
                       state="converged", env={"KTHW_FAKE_OTHER_IDENTITY": "1"})
     changed = {p["name"] for p in json.loads(out.stdout)["plan"] if p["hosts_with_change"]}
     assert "control plane | certificates and keys" in changed
-
-
-def test_a_new_node_pulls_its_first_images_ahead_unless_archives_bring_them(fresh_plan, default_cluster, tmp_path):
-    op = "node | images pulled ahead, in the background"
-    assert set(fresh_plan[op]["hosts_with_change"]) == KUBELET_HOSTS
-    order = list(fresh_plan)
-    # once containerd runs and knows the mirrors, before the kubelet starts asking
-    assert order.index("node | registry mirrors") < order.index(op) < order.index("node | kubelet running")
-    assert "node | images pulled ahead, in the background" not in [
-        n for n, p in plan(default_cluster, state="converged").items() if p["hosts_with_change"]]
-    # offline archives (artifacts.images): imported by the deploy instead
-    images = tmp_path / "images"
-    images.mkdir()
-    (images / "pause.tar").write_bytes(b"not really an archive")
-    (images / "IMAGES").write_text("pause.tar registry.k8s.io/pause:3.10\n")
-    raw = yaml.safe_load(default_cluster.read_text())
-    raw["artifacts"]["images"] = str(images)
-    path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    p = plan(path)
-    assert not p.get(op, {}).get("hosts_with_change")
-    assert set(p["node | images imported into containerd"]["hosts_with_change"]) == KUBELET_HOSTS
