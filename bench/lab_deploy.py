@@ -3,6 +3,7 @@ keeps them, asserts nothing.
 
     make bench-lab                    the reference (2 masters, 2 workers), 3+4 and 3+12
     python bench/lab_deploy.py 3+4    one topology (MASTERS+WORKERS; plus the load balancer)
+    python bench/lab_deploy.py --cpu 2+2   also where the cold deploy's CPU went (bench/cpu_sampler.py)
     python bench/plot_lab.py          docs/img/bench-lab.png from the kept figures
 
 Each topology starts from nothing (lab/down, lab/up) and is torn down after. Every node is an
@@ -50,10 +51,14 @@ sys.path.insert(0, str(REPO))
 from kthw.model import DEFAULT_CLUSTER_FILE, load_cluster  # noqa: E402
 from lab.cluster import lab_cluster_yaml  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+from cpu_sampler import CpuSampler  # noqa: E402
+
 PYINFRA = [sys.executable, "-m", "pyinfra"]
 DEPLOY = [*PYINFRA, "-y", "inventory.py", "deploy.py"]
 RESULTS = REPO / ".kthw" / "bench" / "lab.json"
 TOPOLOGIES = ("2+2", "3+4", "3+12")
+CPU = False  # --cpu: sample where the cold deploy's CPU goes (costs the run a little of it)
 
 PHASES = {  # phase of a pyinfra run -> the progress line that ends it
     "start-up": "--> Loading inventory",
@@ -244,9 +249,17 @@ def measure(label: str, r: dict) -> None:
               "images": os.environ.get("KTHW_LAB_IMAGES") or "registry"})  # lab/cluster.py
     subprocess.run(["lab/down"], cwd=REPO, env={**os.environ, **grown_env}, capture_output=True)
     r["machines"] = sh(["lab/up"], env)
+    sampler = CpuSampler() if CPU else None
+    if sampler:
+        sampler.start()
     phases, ops = timed_run(DEPLOY, env)
     kube = {n.name for n in cluster.kubelet_nodes}
     r["settled"] = settle(path, kube)
+    if sampler:
+        by_command, by_node, busy = sampler.stop()
+        r["cpu: machine busy s"] = busy
+        r["cpu by node"] = by_node.most_common()
+        r["cpu by command"] = [(f"{role} {command}", s) for (role, command), s in by_command.most_common(15)]
     r["cold deploy"] = phases["total"]
     r["cold: start-up, inventory, connect"] = phases["start-up"] + phases["inventory"] + phases["connect"]
     r["cold: facts and plan"] = phases["facts"] + phases["plan"]
@@ -286,17 +299,25 @@ def show(results: list[dict]) -> None:
     print(f"{'':44}" + "".join(f"{h:>18}" for h in heads))
     for key in results[0]:
         if key in ("topology", "nodes", "date", "cores", "commit", "images", "slowest operations", "operations",
-                   "failed"):
+                   "failed", "cpu by node", "cpu by command"):
             continue
         cells = [r[key] if isinstance(r[key], int) else f"{r[key]:.1f}" for r in results]
         print(f"{key:44}" + "".join(f"{c:>18}" for c in cells))
     for r in results:
         print(f"slowest operations of the cold deploy, {r['topology']}: "
               + "; ".join(f"{name} {s:.1f} s" for name, s in r["slowest operations"]))
+        if "cpu by command" in r:
+            print(f"CPU seconds of the cold deploy until settled, {r['topology']} (sampled; the machine: "
+                  f"{r['cpu: machine busy s']:.0f} s): by node "
+                  + ", ".join(f"{n} {s:.1f}" for n, s in r["cpu by node"]) + "; by process "
+                  + ", ".join(f"{c} {s:.1f}" for c, s in r["cpu by command"]))
 
 
 def main() -> None:
-    labels = sys.argv[1:] or list(TOPOLOGIES)
+    global CPU
+    args = sys.argv[1:]
+    CPU = "--cpu" in args
+    labels = [a for a in args if a != "--cpu"] or list(TOPOLOGIES)
     for label in labels:
         if not re.fullmatch(r"[1-9]\d*\+[1-9]\d*", label):
             raise SystemExit(f"bench/lab_deploy.py: {label!r}: give topologies as MASTERS+WORKERS, e.g. 3+4")
