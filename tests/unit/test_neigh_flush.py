@@ -73,6 +73,7 @@ def test_weave_init_writes_our_chain_only_where_the_plugin_is(tmp_path, plugin_t
     before = '{"name": "weave", "plugins": [{"type": "weave-net"}]}'  # what the node has had
     if not new_node:
         (host / "etc/cni/net.d/10-weave.conflist").write_text(before)
+        (host / "etc/cni/net.d/.10-weave.conflist.staged").write_text("an earlier pod's, never moved")
     if plugin_there:
         stand_in(host / "opt/cni/bin/kthw-neigh-flush", "")
     # Weave's init.sh stood in for by what its setup-cni does with HOST_ROOT and the plugin dir
