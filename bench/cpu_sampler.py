@@ -14,25 +14,40 @@ from __future__ import annotations
 import collections
 import os
 import re
+import subprocess
 import threading
 from pathlib import Path
 
 HZ = os.sysconf("SC_CLK_TCK")
-NODE = re.compile(r"lxc\.payload\.kthw-(.+?)(?:-\d+)?$")  # LXC adds -1, -2... while an old group lingers
 
 
 def _machine_busy() -> float:
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is counted in user already)
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     return (sum(fields) - fields[3] - fields[4]) / HZ  # all but idle and iowait
 
 
-def _node_of(pid: str) -> str:
+def container_group(pid: str) -> str:
+    """The LXC container's own cgroup of a process: its cgroup path up to the lxc.payload.*
+    part (LXC names it lxc.payload.NAME-1, -2... while an earlier one's lingers), or "" for
+    a process of this machine."""
     for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         if "cpuacct" in controllers.split(",") or controllers == "":
-            m = NODE.match(path.strip("/").split("/")[0])
-            return m.group(1) if m else "this machine"
-    return "this machine"
+            parts = path.strip("/").split("/")
+            return next(("/".join(parts[:i + 1]) for i, p in enumerate(parts) if p.startswith("lxc.payload.")), "")
+    return ""
+
+
+def lab_groups() -> dict[str, str]:
+    """{container cgroup: node name} of the running lab nodes (kthw-NAME containers)."""
+    names = subprocess.run(["lxc-ls", "-1", "--running"], capture_output=True, text=True).stdout.split()
+    groups = {}
+    for name in (n for n in names if n.startswith("kthw-")):
+        pid = subprocess.run(["lxc-info", "-n", name, "-pH"], capture_output=True, text=True).stdout.strip()
+        if pid:
+            groups[container_group(pid)] = name.removeprefix("kthw-")
+    return groups
 
 
 class CpuSampler:
@@ -52,7 +67,10 @@ class CpuSampler:
                 if key in self.seen:
                     self.seen[key][3] = cpu
                 else:
-                    self.seen[key] = [_node_of(pid), command, None, cpu]
+                    group = container_group(pid)
+                    if group and group not in self.groups:  # a node started meanwhile
+                        self.groups = lab_groups()
+                    self.seen[key] = [self.groups.get(group, "this machine"), command, None, cpu]
             except (OSError, ValueError, IndexError):  # gone meanwhile
                 continue
 
@@ -61,6 +79,7 @@ class CpuSampler:
             self._sample()
 
     def start(self) -> None:
+        self.groups = lab_groups()
         self._sample()
         for entry in self.seen.values():
             entry[2] = entry[3]  # what these had used before counts for nothing

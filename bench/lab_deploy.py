@@ -208,13 +208,16 @@ def node_cost(name: str) -> tuple[float, float, int]:
     # (-2...) while an earlier container's is still being freed, so the name alone can read an
     # empty group.
     pid = subprocess.run(["lxc-info", "-n", f"kthw-{name}", "-pH"], capture_output=True, text=True).stdout.strip()
+    if not pid:
+        raise SystemExit(f"bench: lab node {name} is not running (lxc-info -n kthw-{name})")
     paths = dict(line.split(":", 2)[1:] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines())
     unified = Path("/sys/fs/cgroup/cgroup.controllers").exists()
 
     def group(controller: str) -> Path:
         path = paths[""] if unified else next(p for c, p in paths.items() if controller in c.split(","))
-        top = path.strip("/").split("/")[0]  # the container's, above the init.scope inside it
-        return Path("/sys/fs/cgroup", top) if unified else Path("/sys/fs/cgroup", controller, top)
+        parts = path.strip("/").split("/")  # the container's group, above the init.scope inside it
+        mine = "/".join(parts[:next(i for i, p in enumerate(parts) if p.startswith("lxc.payload.")) + 1])
+        return Path("/sys/fs/cgroup", mine) if unified else Path("/sys/fs/cgroup", controller, mine)
     mem = group("memory")
     stat = dict(line.split() for line in (mem / "memory.stat").read_text().splitlines())
     if (mem / "memory.current").exists():
