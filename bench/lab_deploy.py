@@ -4,6 +4,7 @@ keeps them, asserts nothing.
     make bench-lab                    the reference (2 masters, 2 workers), 3+4 and 3+12
     python bench/lab_deploy.py 3+4    one topology (MASTERS+WORKERS; plus the load balancer)
     python bench/lab_deploy.py --cpu 2+2   also where the cold deploy's CPU went (bench/cpu_sampler.py)
+    python bench/lab_deploy.py --cold 2+2  only the cold deploy and the wait until settled (to repeat it)
     python bench/plot_lab.py          docs/img/bench-lab.png from the kept figures
 
 Each topology starts from nothing (lab/down, lab/up) and is torn down after. Every node is an
@@ -59,6 +60,7 @@ DEPLOY = [*PYINFRA, "-y", "inventory.py", "deploy.py"]
 RESULTS = REPO / ".kthw" / "bench" / "lab.json"
 TOPOLOGIES = ("2+2", "3+4", "3+12")
 CPU = False  # --cpu: sample where the cold deploy's CPU goes (costs the run a little of it)
+COLD_ONLY = False  # --cold: the cold deploy and the wait until settled, nothing after (a repeat is quick)
 
 PHASES = {  # phase of a pyinfra run -> the progress line that ends it
     "start-up": "--> Loading inventory",
@@ -270,6 +272,10 @@ def measure(label: str, r: dict) -> None:
         r[f"cold: {stage}"] = sum(s for name, s in ops if stage_of(name) == stage)
     r["slowest operations"] = sorted(ops, key=lambda o: -o[1])[:8]
     r["operations"] = ops  # every one, in the order they ran, for a closer look
+    if COLD_ONLY:
+        r["cold only"] = True
+        subprocess.run(["lab/down"], cwd=REPO, env={**os.environ, **env}, capture_output=True)
+        return
     sh([sys.executable, "-c", "import inventory"], env)  # the inventory cache, as after any run
     r["dry run"] = median_phases([*PYINFRA, "inventory.py", "deploy.py", "--dry"], env)["total"]
     noop = median_phases(DEPLOY, env)
@@ -302,7 +308,7 @@ def show(results: list[dict]) -> None:
     print(f"{'':44}" + "".join(f"{h:>18}" for h in heads))
     for key in results[0]:
         if key in ("topology", "nodes", "date", "cores", "commit", "images", "slowest operations", "operations",
-                   "failed", "cpu by node", "cpu by command"):
+                   "failed", "cpu by node", "cpu by command", "cold only"):
             continue
         cells = [r[key] if isinstance(r[key], int) else f"{r[key]:.1f}" for r in results]
         print(f"{key:44}" + "".join(f"{c:>18}" for c in cells))
@@ -317,10 +323,10 @@ def show(results: list[dict]) -> None:
 
 
 def main() -> None:
-    global CPU
+    global CPU, COLD_ONLY
     args = sys.argv[1:]
-    CPU = "--cpu" in args
-    labels = [a for a in args if a != "--cpu"] or list(TOPOLOGIES)
+    CPU, COLD_ONLY = "--cpu" in args, "--cold" in args
+    labels = [a for a in args if a not in ("--cpu", "--cold")] or list(TOPOLOGIES)
     for label in labels:
         if not re.fullmatch(r"[1-9]\d*\+[1-9]\d*", label):
             raise SystemExit(f"bench/lab_deploy.py: {label!r}: give topologies as MASTERS+WORKERS, e.g. 3+4")

@@ -27,7 +27,8 @@ STAGES = ["cold: start-up, inventory, connect", "cold: facts and plan", "cold: p
 
 def newest(records: list[dict]) -> list[dict]:
     by_topology: dict[str, dict] = {}
-    for r in (r for r in records if "failed" not in r):  # a run that stopped half-way: not drawn
+    # a run that stopped half-way, or measured the cold deploy only (--cold): not drawn
+    for r in (r for r in records if "failed" not in r and not r.get("cold only")):
         if r["topology"] not in by_topology or r["date"] >= by_topology[r["topology"]]["date"]:
             by_topology[r["topology"]] = r
     return sorted(by_topology.values(), key=lambda r: r["nodes"])
