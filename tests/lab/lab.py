@@ -46,6 +46,9 @@ RUNTIME_STATE += ["/var/lib/kubelet/image_manager"]
 RUNTIME_STATE += ["/var/lib/etcd-snapshots", "/var/lib/systemd/timers/stamp-kthw-etcd-snapshot.timer"]
 # The deploy's own bookkeeping on a node (hashes of the files it placed), not a managed file.
 BOOKKEEPING = ["/var/lib/kthw/hash-cache.json", "/var/lib/kthw/applied"]  # (and when it last restarted what)
+# Directories the kubelet writes into directly (its checkpoints, replaced by rename as it admits
+# pods): their mtime is the kubelet's, whenever it runs; what is inside is still compared entry by entry.
+RUNTIME_DIR_MTIMES = ("/var/lib/kubelet",)
 
 
 def tree_changes(before: dict[str, list], after: dict[str, list], ignore: list[str] = (),
@@ -64,9 +67,11 @@ def tree_changes(before: dict[str, list], after: dict[str, list], ignore: list[s
             out[path] = "new"
         elif new is None:
             out[path] = "gone"
-        elif old[:width] != new[:width]:
-            names = ["kind", "content", "mode", "owner", "mtime"]
-            out[path] = ", ".join(n for n, a, b in zip(names[:width], old[:width], new[:width], strict=True) if a != b)
+        else:
+            w = 4 if path in RUNTIME_DIR_MTIMES else width
+            names = ["kind", "content", "mode", "owner", "mtime"][:w]
+            if fields := [n for n, a, b in zip(names, old[:w], new[:w], strict=True) if a != b]:
+                out[path] = ", ".join(fields)
     return out
 
 
