@@ -42,7 +42,7 @@ from operations.plan import host_plan
 
 ctx, wants = host_plan(host)
 
-base.deploy(ctx, wants[base], packages=[p for w in wants.values() for p in w.packages])
+base.deploy(ctx, wants[base], packages=[p for w in wants.values() for p in w.all_packages()])
 if etcd in wants and ctx.node.runs_etcd:
     etcd.deploy(ctx, wants[etcd])
     etcd.upkeep(ctx)

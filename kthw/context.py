@@ -18,7 +18,7 @@ from typing import Any
 
 import jinja2
 
-from kthw import paths
+from kthw import packing, paths
 from kthw.artifacts import ArtifactError, Cache, InstalledFile, installed_files, sha256_file
 from kthw.cluster_secrets import ENCRYPTION_CONFIG, known_configs
 from kthw.components import roles_of
@@ -67,6 +67,11 @@ class Wants:
 
     def all_files(self) -> list[ManagedFile]:
         return [f for group in self.files.values() for f in group]
+
+    def all_packages(self) -> list[str]:
+        """Its Debian packages, and zstd where a file of it is sent compressed (kthw.packing)."""
+        packed = any(f.zstd_cache for f in self.all_files()) and packing.PACKAGE not in self.packages
+        return [*self.packages, *([packing.PACKAGE] if packed else [])]
 
 
 _prepare_lock = threading.Lock()
@@ -201,4 +206,5 @@ class HostContext:
             # otherwise see "nothing to install" and report the host as up to date.
             raise ValueError(f"artifacts {sorted(missing)} are not installed on {self.node.role} nodes: "
                              "add them to the component's artifacts in kthw/components.py")
-        return [ManagedFile.binary(b.dest, b.local, b.sha256) for b in found]
+        return [ManagedFile.binary(b.dest, b.local, b.sha256, zstd_cache=packing.cache_dir(self.cluster))
+                for b in found]

@@ -37,6 +37,7 @@ from pyinfra.api.util import format_text
 from pyinfra.facts.files import FileContents
 from pyinfra.operations.util.files import generate_color_diff
 
+from kthw import packing
 from kthw.commands import wait_until
 from kthw.facts import RECORD_HASHES_SCRIPT
 from kthw.paths import APPLIED_DIR, HASH_CACHE, UPLOAD_DIR
@@ -107,6 +108,8 @@ class ManagedFile:
     sha256: str
     data: bytes | None = field(default=None, repr=False)
     local: Path | None = None
+    # where a local file's zstd copy is kept: it is sent compressed (kthw.packing); None sends it as it is
+    zstd_cache: Path | None = None
     mode: int = 0o644
     owner: str = "root:root"
     secret: bool = False
@@ -127,11 +130,18 @@ class ManagedFile:
                    identity=bool(accepted), accepted=accepted)
 
     @classmethod
-    def binary(cls, dest: str, local: Path, sha256: str, mode: int = 0o755) -> ManagedFile:
-        return cls(dest, sha256, local=local, mode=mode)
+    def binary(cls, dest: str, local: Path, sha256: str, mode: int = 0o755,
+               zstd_cache: Path | None = None) -> ManagedFile:
+        """A big local file (a binary, an image archive); ``zstd_cache``: send it compressed."""
+        return cls(dest, sha256, local=local, mode=mode, zstd_cache=zstd_cache)
 
-    def source(self):
-        return BytesIO(self.data) if self.data is not None else str(self.local)
+    def transfer(self) -> tuple[BytesIO | str, str]:
+        """What to upload, and the host's command that turns the upload back into the file."""
+        if self.data is not None:
+            return BytesIO(self.data), "cat"
+        if self.zstd_cache is not None:
+            return str(packing.zstd_copy(self.local, self.sha256, self.zstd_cache)), packing.UNPACK
+        return str(self.local), "cat"
 
     def __repr__(self) -> str:
         kind = "secret" if self.secret else "binary" if self.data is None else "text"
@@ -385,23 +395,26 @@ def _upload_commands(uploads: list[ManagedFile], check: str) -> list:
     temp_dir = _upload_dir()
     q_temp = shlex.quote(temp_dir)
     staged = {f.dest: posixpath.join(temp_dir, hashlib.sha1(f.dest.encode()).hexdigest()) for f in uploads}
+    sent = {f.dest: f.transfer() for f in uploads}  # (upload, how the host unpacks it)
     return [
         StringCommand(f"rm -rf {q_temp} && mkdir -m 700 {q_temp} && test -O {q_temp} -a ! -L {q_temp}",
                       **AS_SSH_USER),
-        *(FileUploadCommand(f.source(), staged[f.dest], **AS_SSH_USER) for f in uploads),
-        f"{_swap_command(uploads, staged, check)} && rm -rf {q_temp}",
+        *(FileUploadCommand(sent[f.dest][0], staged[f.dest], **AS_SSH_USER) for f in uploads),
+        f"{_swap_command(uploads, staged, {d: how for d, (_, how) in sent.items()}, check)} && rm -rf {q_temp}",
     ]
 
 
-def _swap_command(uploads: list[ManagedFile], staged: dict[str, str], check: str) -> str:
-    """One command: each new version created 0600 beside its dest before any byte is copied in
-    (a secret is never readable on the way), given its mode and owner, passed through ``check``,
-    then renamed over the old one (a running binary is never written over); then what landed is
-    hashed, compared and recorded in the host's hash cache."""
+def _swap_command(uploads: list[ManagedFile], staged: dict[str, str], unpack: dict[str, str], check: str) -> str:
+    """One command: each new version created 0600 beside its dest before any byte is written in
+    (a secret is never readable on the way) by its ``unpack`` command (``cat``, or zstd for a
+    compressed upload), given its mode and owner, passed through ``check``, then renamed over the
+    old one (a running binary is never written over); then what landed is hashed, compared and
+    recorded in the host's hash cache."""
     steps = []
     for f in uploads:
         new, dest = shlex.quote(f.dest + ".kthw-new"), shlex.quote(f.dest)
-        step = (f"rm -f {new} && install -m 600 /dev/null {new} && cat {shlex.quote(staged[f.dest])} > {new} "
+        step = (f"rm -f {new} && install -m 600 /dev/null {new} "
+                f"&& {unpack[f.dest]} {shlex.quote(staged[f.dest])} > {new} "
                 f"&& chmod {f.mode:o} {new} && chown {f.owner} {new}")
         if check:
             step += f" && {{ {check.format(path=new)} || {{ rm -f {new}; exit 1; }}; }}"

@@ -19,7 +19,7 @@ from ipaddress import IPv4Network
 
 from pyinfra import host
 
-from kthw import components
+from kthw import components, packing
 from kthw.context import HostContext, Wants
 from kthw.ops import (
     Directory,
@@ -185,8 +185,8 @@ def _image_wants(ctx: HostContext, w: Wants) -> None:
     images = [i for i in ctx.images() if ctx.cluster.cni == "weave" or "weaveworks/" not in i[2]]
     if images:
         w.dirs.append(Directory(IMAGES_DIR, 0o755))
-        w.files["images"] = [ManagedFile.binary(f"{IMAGES_DIR}/{path.name}", path, sha, mode=0o644)
-                             for path, sha, _ in images]
+        w.files["images"] = [ManagedFile.binary(f"{IMAGES_DIR}/{path.name}", path, sha, mode=0o644,
+                                                zstd_cache=packing.cache_dir(ctx.cluster)) for path, sha, _ in images]
         w.images = [ref for _, _, ref in images if ref]
 
 

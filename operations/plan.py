@@ -40,7 +40,7 @@ def snapshot_spec(wants: dict[ModuleType, Wants]) -> dict:
         spec["dirs"] += [d.path for d in w.dirs]
         spec["services"] += w.services
         spec["sysctls"] += list(w.sysctls)
-        spec["packages"] += w.packages
+        spec["packages"] += w.all_packages()
         spec["manifests"] += w.manifests
         spec["images"] += w.images
         for name, arg in w.queries.items():  # two components asking one question: both lists

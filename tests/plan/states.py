@@ -60,7 +60,7 @@ def converged_state(cluster: Cluster, node: Node) -> dict:
         for s in w.services:
             state["services"][s] = ["active", "enabled"]
         state["sysctls"].update(w.sysctls)
-        state["packages"].update({p: True for p in w.packages})
+        state["packages"].update({p: True for p in w.all_packages()})
         state["manifests"].update({m: "present" for m in w.manifests})
         state["images"] += w.images
     # every kubelet registered and Ready, on the versions this model pins (only the first master

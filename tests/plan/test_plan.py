@@ -103,7 +103,7 @@ def test_loadbalancer_gets_only_haproxy(default_cluster):
     # (etcd and keepalived only to find what a former deploy's options may have left)
     assert [m.__name__ for m in collect(ctx)] == ["operations.base", "operations.etcd", "operations.apiserver_proxy",
                                                   "operations.keepalived"]
-    assert [p for w in wants.values() for p in w.packages] == ["haproxy"]
+    assert [p for w in wants.values() for p in w.all_packages()] == ["haproxy"]
     assert not any(f.secret for w in wants.values() for f in w.all_files())
 
 
@@ -346,3 +346,18 @@ def test_hosts_of_another_cluster_identity_are_refused_before_anything_runs(defa
                       state="converged", env={"KTHW_FAKE_OTHER_IDENTITY": "1"})
     changed = {p["name"] for p in json.loads(out.stdout)["plan"] if p["hosts_with_change"]}
     assert "control plane | certificates and keys" in changed
+
+
+def test_binaries_travel_zstd_compressed_and_zstd_is_installed_first(default_cluster, tmp_path):
+    out = run_pyinfra(default_cluster, "-y", "-vv", state="fresh")
+    text = out.stdout + out.stderr
+    worker = re.findall(r"^\[@fake/worker-1\]\s+>>> (.*)$", text, re.M)
+    kubelet = next(c for c in worker if "/usr/local/bin/kubelet.kthw-new" in c)
+    assert re.search(r"&& zstd -dqc \S+ > /usr/local/bin/kubelet\.kthw-new &&", kubelet)
+    hosts = next(c for c in worker if "/etc/hosts.kthw-new" in c)
+    assert re.search(r"&& cat \S+ > /etc/hosts\.kthw-new &&", hosts)  # small files as they are
+    packages = [c for c in worker if "apt-get install" in c]
+    assert len(packages) == 1 and packages[0].endswith(" zstd")
+    assert worker.index(packages[0]) < min(i for i, c in enumerate(worker) if "zstd -dqc" in c)
+    cache = yaml.safe_load(default_cluster.read_text())["artifacts"]["cache_dir"]
+    assert sorted(p.suffix for p in (default_cluster.parent / cache / "zstd").iterdir())[:1] == [".zst"]
