@@ -44,6 +44,8 @@ RUNTIME_STATE += ["/var/lib/kubelet/image_manager"]
 # The masters' scheduled etcd snapshots, and systemd's record of their timer's last run (made
 # when the timer first starts): the timer's doing, not the deploy's.
 RUNTIME_STATE += ["/var/lib/etcd-snapshots", "/var/lib/systemd/timers/stamp-kthw-etcd-snapshot.timer"]
+# apt's daily timers (masked in the lab's box since 2026-12-07; a machine of an older box ran them).
+RUNTIME_STATE += ["/var/lib/apt/daily_lock", "/var/lib/apt/periodic", "/var/lib/apt/lists"]
 # The deploy's own bookkeeping on a node (hashes of the files it placed), not a managed file.
 BOOKKEEPING = ["/var/lib/kthw/hash-cache.json", "/var/lib/kthw/applied"]  # (and when it last restarted what)
 # Directories the kubelet writes into directly (its checkpoints, replaced by rename as it admits
