@@ -5,9 +5,10 @@ such a file: :meth:`kthw.context.Wants.all_packages`).
 
 Why: an upload costs CPU per byte at both ends of the SSH connection (paramiko here; sshd and
 sftp-server on the host), and a cold deploy sends about 2 GB of Go binaries. Measured in the
-lab on 2026-12-07 (kube-apiserver, 89 MB): sent as it is, 0.43 CPU-s here and 0.49 on the host;
-compressed with zstd -3 it is 27% of that size, and unpacking it takes 0.09 CPU-s. gzip -1
-would have saved as much in transfer and spent it again unpacking (0.52 CPU-s).
+lab on 2026-12-07 (kube-apiserver, 89 MB, to a master; three runs): sent as it is, 0.54-0.69
+CPU-s here and 0.45-0.56 on the host; zstd -3 leaves 27% of it, which cost 0.14-0.17 here,
+0.21-0.22 there and 0.16-0.21 to unpack. gzip -1 saved as much in transfer and spent it again
+unpacking (0.52 CPU-s).
 
 Each compressed copy is made once per content, when a host first needs it, in the operator's
 cache (``artifacts.cache_dir``/zstd/<sha256>.zst), written by rename so a crash never leaves half
