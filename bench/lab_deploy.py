@@ -20,7 +20,10 @@ deploy does. Measured:
                         configs, units, sysctls), services started, waits for health, add-ons applied
     settled           after the deploy, until every Node is Ready and CoreDNS answers a query
                         for kubernetes.default from a master (through the Service address); the
-                        images the pods need are pulled from lab/registry in this time
+                        images the pods need are pulled from lab/registry in this time. Split by
+                        the cluster's own records (settle: ...): the last Node Ready, CoreDNS's
+                        first pod scheduled and ready, each image's slowest pull on any node
+                        with and without its wait in the kubelet's pull queue
     no-op rerun       median of 5 (inventory from its cache), split by phase; the dry run too
     one worker added  lab/up of one more machine, the deploy that joins it, until it is Ready;
                         then the deploy that takes it out of the file again
@@ -204,6 +207,41 @@ def settle(cluster_file: Path, nodes: set[str], timeout: float = 900) -> float:
     raise SystemExit(f"not settled after {timeout} s: Ready {sorted(ready_nodes(cluster_file))}")
 
 
+PULLED = re.compile(r'Successfully pulled image "(?:[^"/]*/)*([^":]+)[^"]*" in (\S+) \((\S+) including waiting\)')
+
+
+def go_seconds(text: str) -> float:
+    """A Go duration as the kubelet prints it (1m2.5s, 3.2s, 870ms) in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "µs": 1e-6, "us": 1e-6, "ns": 1e-9}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|µs|us|ns|h|m|s)", text))
+
+
+def settle_split(cluster_file: Path, deploy_end: float) -> dict[str, float]:
+    """What the time after the deploy went to, from the cluster's own records (whole seconds,
+    as the API keeps them, after the deploy's end; negative: before it): the last Node Ready,
+    the first CoreDNS pod scheduled and ready, and each image's slowest pull on any node with
+    its longest wait in a kubelet's pull queue (the kubelet's "Pulled" events)."""
+    def after(stamp: str) -> float:
+        return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() - deploy_end
+
+    def when(obj: dict, condition: str) -> float | None:
+        return next((after(c["lastTransitionTime"]) for c in obj["status"].get("conditions", [])
+                     if c["type"] == condition and c["status"] == "True"), None)
+    nodes = json.loads(kubectl(cluster_file, "get", "nodes", "-o", "json").stdout)["items"]
+    pods = json.loads(kubectl(cluster_file, "-n", "kube-system", "get", "pods", "-l", "k8s-app=kube-dns",
+                              "-o", "json").stdout)["items"]
+    split = {"settle: last Node Ready": max(when(n, "Ready") for n in nodes),
+             "settle: first CoreDNS pod scheduled": min(when(p, "PodScheduled") for p in pods),
+             "settle: first CoreDNS pod ready": min(when(p, "Ready") or float("inf") for p in pods)}
+    events = json.loads(kubectl(cluster_file, "-n", "kube-system", "get", "events", "--field-selector",
+                                "reason=Pulled", "-o", "json").stdout)["items"]
+    for image, took, waited in (m.groups() for e in events if (m := PULLED.search(e["message"]))):
+        for key, value in ((f"settle: {image} pull (slowest)", go_seconds(took)),
+                           (f"settle: {image} pull, with queue (slowest)", go_seconds(waited))):
+            split[key] = max(split.get(key, 0.0), value)
+    return split
+
+
 def node_cost(name: str) -> tuple[float, float, int]:
     """(RSS MiB, working set MiB, inotify instances) of a lab node's container (cgroup v1 or v2)."""
     # The container's own cgroup, from its init's: LXC names a new one lxc.payload.kthw-NAME-1
@@ -258,8 +296,10 @@ def measure(label: str, r: dict) -> None:
     if sampler:
         sampler.start()
     phases, ops = timed_run(DEPLOY, env)
+    deploy_end = time.time()
     kube = {n.name for n in cluster.kubelet_nodes}
     r["settled"] = settle(path, kube)
+    r.update(settle_split(path, deploy_end))
     if sampler:
         by_command, by_node, busy = sampler.stop()
         r["cpu: machine busy s"] = busy
@@ -310,7 +350,7 @@ def show(results: list[dict]) -> None:
         if key in ("topology", "nodes", "date", "cores", "commit", "images", "slowest operations", "operations",
                    "failed", "cpu by node", "cpu by command", "cold only"):
             continue
-        cells = [r[key] if isinstance(r[key], int) else f"{r[key]:.1f}" for r in results]
+        cells = [r[key] if isinstance(r.get(key), int) else f"{r[key]:.1f}" if key in r else "-" for r in results]
         print(f"{key:44}" + "".join(f"{c:>18}" for c in cells))
     for r in results:
         print(f"slowest operations of the cold deploy, {r['topology']}: "
