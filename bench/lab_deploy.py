@@ -21,9 +21,9 @@ deploy does. Measured:
     settled           after the deploy, until every Node is Ready and CoreDNS answers a query
                         for kubernetes.default from a master (through the Service address); the
                         images the pods need are pulled from lab/registry in this time. Split by
-                        the cluster's own records (settle: ...): the last Node Ready, CoreDNS's
-                        first pod scheduled and ready, each image's slowest pull on any node
-                        with and without its wait in the kubelet's pull queue
+                        the cluster's own records (settle: ...): the last Node registered and
+                        Ready, CoreDNS's first pod scheduled and ready, each image's slowest pull
+                        on any node with and without its wait in the kubelet's pull queue
     no-op rerun       median of 5 (inventory from its cache), split by phase; the dry run too
     one worker added  lab/up of one more machine, the deploy that joins it, until it is Ready;
                         then the deploy that takes it out of the file again
@@ -220,7 +220,8 @@ def settle_split(cluster_file: Path, deploy_end: float) -> dict[str, float]:
     """What the time after the deploy went to, from the cluster's own records (whole seconds,
     as the API keeps them, after the deploy's end; negative: before it): the last Node Ready,
     the first CoreDNS pod scheduled and ready, and each image's slowest pull on any node with
-    its longest wait in a kubelet's pull queue (the kubelet's "Pulled" events)."""
+    its longest wait in a kubelet's pull queue (the kubelet's "Pulled" events). The last Node
+    registered too: its pods could not start before."""
     def after(stamp: str) -> float:
         return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() - deploy_end
 
@@ -230,7 +231,8 @@ def settle_split(cluster_file: Path, deploy_end: float) -> dict[str, float]:
     nodes = json.loads(kubectl(cluster_file, "get", "nodes", "-o", "json").stdout)["items"]
     pods = json.loads(kubectl(cluster_file, "-n", "kube-system", "get", "pods", "-l", "k8s-app=kube-dns",
                               "-o", "json").stdout)["items"]
-    split = {"settle: last Node Ready": max(when(n, "Ready") for n in nodes),
+    split = {"settle: last Node registered": max(after(n["metadata"]["creationTimestamp"]) for n in nodes),
+             "settle: last Node Ready": max(when(n, "Ready") for n in nodes),
              "settle: first CoreDNS pod scheduled": min(when(p, "PodScheduled") for p in pods),
              "settle: first CoreDNS pod ready": min(when(p, "Ready") or float("inf") for p in pods)}
     events = json.loads(kubectl(cluster_file, "-n", "kube-system", "get", "events", "--field-selector",
