@@ -17,7 +17,9 @@ deploy does. Measured:
                         then each operation (the time from its start line to the next) by its
                         name: packages and binaries, images (offline archives copied and
                         imported: only with KTHW_LAB_IMAGES=archives), files and settings (certs,
-                        configs, units, sysctls), services started, waits for health, add-ons applied
+                        configs, units, sysctls), services started, waits for health, add-ons
+                        applied; the last one ends at pyinfra's "Results" line, and the end of
+                        the run (results printed, every host disconnected) is a stage of its own
     settled           after the deploy, until every Node is Ready and CoreDNS answers a query
                         for kubernetes.default from a master (through the Service address); the
                         images the pods need are pulled from lab/registry in this time. Split by
@@ -70,7 +72,8 @@ PHASES = {  # phase of a pyinfra run -> the progress line that ends it
     "inventory": "--> Connecting to hosts",
     "connect": "--> Preparing operation files",
     "facts+plan": ("--> Beginning operation run", "--> Detected changes", "--> Skipping change detection"),
-    "operations": None,  # until the process exits
+    "operations": "--> Results:",
+    "end of run": None,  # the results printed, every host disconnected: until the process exits
 }
 STAGES = (  # stage of a cold deploy -> words in an operation's name that put it there (first match)
     ("add-ons applied", ("addons |",)),
@@ -137,14 +140,16 @@ def timed_run(cmd: list[str], env: dict) -> tuple[dict[str, float], list[tuple[s
             snapshot = max(snapshot, float(m.group(1)))
     if proc.wait() != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{''.join(lines)[-4000:]}")
-    end = marks["operations"] = time.monotonic() - start
+    end = marks["end of run"] = time.monotonic() - start
+    marks.setdefault("operations", end)
     out, last = {}, 0.0
     for phase in PHASES:
         out[phase] = marks[phase] - last
         last = marks[phase]
     out["facts"], out["plan"] = snapshot, out.pop("facts+plan") - snapshot
     out["total"] = end
-    durations = [(name, (ops[i + 1][1] if i + 1 < len(ops) else end) - t) for i, (name, t) in enumerate(ops)]
+    durations = [(name, (ops[i + 1][1] if i + 1 < len(ops) else marks["operations"]) - t)
+                 for i, (name, t) in enumerate(ops)]
     return out, durations
 
 
@@ -312,6 +317,7 @@ def measure(label: str, r: dict) -> None:
     r["cold: facts and plan"] = phases["facts"] + phases["plan"]
     for stage, _ in STAGES:
         r[f"cold: {stage}"] = sum(s for name, s in ops if stage_of(name) == stage)
+    r["cold: end of run (results, disconnect)"] = phases["end of run"]
     r["slowest operations"] = sorted(ops, key=lambda o: -o[1])[:8]
     r["operations"] = ops  # every one, in the order they ran, for a closer look
     if COLD_ONLY:
@@ -321,7 +327,7 @@ def measure(label: str, r: dict) -> None:
     sh([sys.executable, "-c", "import inventory"], env)  # the inventory cache, as after any run
     r["dry run"] = median_phases([*PYINFRA, "inventory.py", "deploy.py", "--dry"], env)["total"]
     noop = median_phases(DEPLOY, env)
-    for phase in ("start-up", "inventory", "connect", "facts", "plan", "operations", "total"):
+    for phase in ("start-up", "inventory", "connect", "facts", "plan", "operations", "end of run", "total"):
         r[f"no-op: {phase}"] = noop[phase]
     costs = {n.name: node_cost(n.name) for n in cluster.nodes}
     for role in ("loadbalancer", "master", "worker"):

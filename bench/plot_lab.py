@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 STAGES = ["cold: start-up, inventory, connect", "cold: facts and plan", "cold: packages and binaries",
           "cold: images copied and imported", "cold: files and settings (certs, configs, units, sysctls)",
           "cold: services started", "cold: waits for health", "cold: add-ons applied", "cold: barriers",
-          "settled"]
+          "cold: end of run (results, disconnect)", "settled"]
 
 
 def newest(records: list[dict]) -> list[dict]:
@@ -72,7 +72,7 @@ def main(results: Path, out: Path) -> None:
 
 
 ROWS = ["machines", "cold deploy", *STAGES[:-1], "settled", "dry run", "no-op: total", "no-op: start-up",
-        "no-op: inventory", "no-op: connect", "no-op: facts", "no-op: plan", "no-op: operations",
+        "no-op: inventory", "no-op: connect", "no-op: facts", "no-op: plan", "no-op: operations", "no-op: end of run",
         "add a worker: machine", "add a worker: deploy", "add a worker: then Ready", "remove it: deploy",
         "per master: RSS MiB", "per master: working set MiB", "per master: inotify instances",
         "per worker: RSS MiB", "per worker: working set MiB", "per worker: inotify instances",
