@@ -83,7 +83,7 @@ def table(results: Path) -> None:
     records = newest(json.loads(results.read_text()))
     print("| | " + " | ".join(f"{r['topology']} ({r['nodes']} nodes)" for r in records) + " |")
     print("|---" * (len(records) + 1) + "|")
-    for row in ROWS:
+    for row in (row for row in ROWS if any(row in r for r in records)):  # (rows older runs lack: left out)
         unit = "" if "MiB" in row or "inotify" in row else " s"
         cells = [f"{r[row]:.1f}{unit}" if isinstance(r.get(row), float) else str(r.get(row, "-")) for r in records]
         print(f"| {row} | " + " | ".join(cells) + " |")
