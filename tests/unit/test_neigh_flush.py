@@ -1,7 +1,8 @@
 """kthw-neigh-flush, the CNI plugin last in Weave Net's chain (files/opt/cni/bin/kthw-neigh-flush.j2
-says why), and the Weave init container that puts it there: the rendered files, the init
-script run against a stand-in host root, and the plugin run for real in a throwaway network
-namespace holding a stale neighbour entry, as a node holds one for a reused pod address."""
+says why), the Weave init container that puts it there and the weave container's start (its
+peers asked for until the API answers): the rendered files, the scripts run against stand-ins,
+and the plugin run for real in a throwaway network namespace holding a stale neighbour entry,
+as a node holds one for a reused pod address."""
 
 from __future__ import annotations
 
@@ -111,7 +112,9 @@ def test_a_new_nodes_config_goes_live_once_the_router_answers(tmp_path, staged):
     launch = stand_in(tmp_path / "launch.sh",
                       f"[ -e {net_d}/10-weave.conflist ] && echo live >{tmp_path}/at-start\n"
                       f"for i in $(seq 100); do [ -e {net_d}/.10-weave.conflist.staged ] || exit 0; sleep 0.1; done")
-    script = weave["command"][2].replace("/host/", f"{host}/").replace("/home/weave/launch.sh", str(launch))
+    peers = stand_in(tmp_path / "kube-utils", "echo 192.168.56.11")
+    script = (weave["command"][2].replace("/host/", f"{host}/").replace("/home/weave/launch.sh", str(launch))
+              .replace("/home/weave/kube-utils", str(peers)))
     subprocess.run(["sh", "-c", script], env={"PATH": f"{bin_dir}:{os.environ['PATH']}"}, check=True, timeout=30)
     if staged:
         assert not (tmp_path / "at-start").exists()
@@ -124,6 +127,25 @@ def test_a_new_nodes_config_goes_live_once_the_router_answers(tmp_path, staged):
         assert (net_d / "10-weave.conflist").read_text() == UPSTREAM
     else:
         assert list(net_d.iterdir()) == [] and not (tmp_path / "tries").exists()
+
+
+@pytest.mark.parametrize("failures, peers", [(2, "192.168.56.11 192.168.56.21"), (40, "")])
+def test_the_weave_container_asks_for_its_peers_until_the_api_answers(tmp_path, failures, peers):
+    """Upstream's launch.sh asks once and exits on a failure; the container's command asks for
+    up to 30 s and hands the answer over in KUBE_PEERS (none: launch.sh asks, and fails, itself)."""
+    weave = weave_containers(rendered(cluster_file(tmp_path), "master-1"))["weave"]
+    kube_utils = stand_in(tmp_path / "kube-utils",
+                          f'echo x >>{tmp_path}/asked\n[ "$(wc -l <{tmp_path}/asked)" -gt {failures} ] || exit 1\n'
+                          'echo 192.168.56.11 192.168.56.21')
+    launch = stand_in(tmp_path / "launch.sh", f'echo "$KUBE_PEERS" >{tmp_path}/peers')
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_in(bin_dir / "sleep", "")  # the 1 s waits between tries, skipped here
+    script = (weave["command"][2].replace("/host/", f"{tmp_path}/host/").replace("/home/weave/launch.sh", str(launch))
+              .replace("/home/weave/kube-utils", str(kube_utils)))
+    subprocess.run(["sh", "-c", script], env={"PATH": f"{bin_dir}:{os.environ['PATH']}"}, check=True, timeout=30)
+    assert (tmp_path / "peers").read_text().strip() == peers
+    assert (tmp_path / "asked").read_text().count("x") == (failures + 1 if peers else 30)
 
 
 needs_netns = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
