@@ -210,9 +210,10 @@ class Lab:
                   "sudo sh -c " + shlex.quote(script)], check=check, timeout=timeout)
         return out.stdout
 
-    def settled_pod_restarts(self, timeout: float = 300, namespace: str = "kube-system") -> dict[str, int]:
+    def settled_pod_restarts(self, timeout: float = 300, namespace: str = "kube-system") -> dict[str, dict]:
         """Once every pod of ``namespace`` ("" for all) runs with all its containers ready:
-        {pod/container: restarts} of the containers that restarted on the way."""
+        {pod/container: why} of the containers that restarted on the way (restarts, how the
+        last run ended and its last log lines: a failed test says why, not only that)."""
         where = ["-n", namespace] if namespace else ["-A"]
 
         def settled():
@@ -221,9 +222,17 @@ class Lab:
             ready = pods and all(p["status"].get("phase") == "Running" and p["status"].get("containerStatuses")
                                  and all(c["ready"] for c in p["status"]["containerStatuses"]) for p in pods)
             return pods if ready else None
-        return {f"{p['metadata']['name']}/{c['name']}": c["restartCount"]
+        return {f"{p['metadata']['name']}/{c['name']}": self._why_restarted(p, c)
                 for p in self.wait(f"every pod ready ({' '.join(where)})", settled, timeout=timeout, interval=1)
                 for c in p["status"]["containerStatuses"] if c["restartCount"]}
+
+    def _why_restarted(self, pod: dict, container: dict) -> dict:
+        ended = container.get("lastState", {}).get("terminated", {})
+        log = self.kubectl("logs", "-n", pod["metadata"]["namespace"], pod["metadata"]["name"],
+                           "-c", container["name"], "--previous", "--tail", "6", check=False)
+        return {"restarts": container["restartCount"], "node": pod["spec"].get("nodeName"),
+                "ended": {k: ended.get(k) for k in ("exitCode", "reason", "startedAt", "finishedAt")},
+                "log": log.strip().splitlines()}
 
     def wait(self, what: str, predicate, timeout: float = 300, interval: float = 3):
         deadline = time.monotonic() + timeout

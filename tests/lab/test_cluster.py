@@ -111,11 +111,22 @@ def test_every_service_runs_without_restarts(lab):
         assert states == {u: ("active", "0") for u in units}, (node.name, states)
 
 
+def test_each_node_gets_the_share_of_the_cores_its_cpus_say(lab):
+    """The lab's stand-in for a VM's vCPUs (the Vagrantfile's lxc block): a node's CPU weight is
+    proportional to its `cpus`, so a 2-CPU master gets twice a 1-CPU worker's time when the
+    machine's cores are contended."""
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    key, unit = ("cpu.weight", 100) if v2 else ("cpu.shares", 1024)
+    got = {n.name: int(sh(f"lxc-cgroup -n kthw-{n.name} {key}").stdout) for n in lab.cluster.nodes}
+    assert got == {n.name: unit * n.cpus for n in lab.cluster.nodes}
+
+
 def test_no_pod_restarted_during_the_cold_deploy(lab):
     """Every kube-system pod (Weave Net, CoreDNS) came up on its first start: a restart on a fresh
     cluster means something started before what it needs (counted by the lab fixture, right after
     the cold deploy, once every pod was ready)."""
-    assert lab.record["restarts"] == {}
+    restarts = lab.record["restarts"]
+    assert restarts == {}, json.dumps(restarts, indent=1)
 
 
 def test_images_come_the_way_the_lab_file_says(lab):
