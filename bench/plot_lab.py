@@ -39,10 +39,11 @@ def main(results: Path, out: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2))
     labels = [f"{r['topology']}\n{r['nodes']} nodes" for r in records]
     bottom = [0.0] * len(records)
-    for stage in STAGES:
+    colours = plt.get_cmap("tab20").colors  # more stages than tab10's 10 colours: none repeats
+    for stage, colour in zip(STAGES, colours[::2] + colours[1::2], strict=False):
         values = [r.get(stage, 0.0) for r in records]
         name = "then until all Ready, DNS answers" if stage == "settled" else stage.removeprefix("cold: ")
-        left.bar(labels, values, bottom=bottom, label=name)
+        left.bar(labels, values, bottom=bottom, label=name, color=colour)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     for x, total in enumerate(bottom):
         left.text(x, total, f"{total:.0f} s", ha="center", va="bottom")
